@@ -1,0 +1,1 @@
+"""Asset Administration Shell models (basyx-python-sdk). Knows AAS, nothing of OPC UA sessions or MQTT."""

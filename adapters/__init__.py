@@ -1,0 +1,1 @@
+"""Southbound protocol adapters. They know their protocol and nothing of AAS, buffers or sinks."""

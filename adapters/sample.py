@@ -1,0 +1,63 @@
+"""What every adapter hands to the agent: batches of samples, interruptions and node problems.
+
+The caller guarantees nothing beyond the types; the adapter guarantees that it awaits
+`emit` for every batch before it acknowledges that batch to the server, so whatever `emit`
+has committed when it returns is safe, and whatever it raises is not acknowledged as
+handled (the adapter logs it and reports an interruption for the affected items).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+
+class Sample(NamedTuple):
+    """One value change. `handle` is the index the agent gave the item when it configured the adapter.
+
+    `value` is a plain Python value: bool, int, float, str, bytes, datetime (UTC, aware),
+    dict {"language", "text"} for localized text, or a list of those for arrays.
+    """
+
+    handle: int
+    value: Any
+    source_time: datetime | None
+    server_time: datetime | None
+    status: int
+
+
+class Event(NamedTuple):
+    """One event notification (an alarm, a state change) from an event source the agent configured."""
+
+    handle: int
+    time: datetime
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Interruption:
+    """Collection for `handles` was interrupted from `start` until `end` (both UTC, aware)."""
+
+    source: str
+    handles: tuple[int, ...]
+    start: datetime
+    end: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProblem:
+    """An item that cannot be collected: unknown node, wrong type, access denied. It is skipped."""
+
+    source: str
+    handle: int
+    node: str
+    problem: str
+
+
+EmitSamples = Callable[[Sequence[Sample]], Awaitable[None]]
+EmitEvents = Callable[[Sequence[Event]], Awaitable[None]]
+ReportInterruption = Callable[[Interruption], Awaitable[None]]
+ReportProblem = Callable[[NodeProblem], Awaitable[None]]
