@@ -61,3 +61,16 @@ EmitSamples = Callable[[Sequence[Sample]], Awaitable[None]]
 EmitEvents = Callable[[Sequence[Event]], Awaitable[None]]
 ReportInterruption = Callable[[Interruption], Awaitable[None]]
 ReportProblem = Callable[[NodeProblem], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceState:
+    """The connection state of a source changed: "connected", "disconnected" or "failed"."""
+
+    source: str
+    state: str
+    time: datetime
+    detail: str
+
+
+ReportState = Callable[[SourceState], Awaitable[None]]

@@ -1,0 +1,44 @@
+"""What the agent asks the OPC UA adapter to collect. Plain values; handles are the agent's indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    handle: int
+    node: str  # "ns=2;s=CNC01.Speed", or a browse path "0:Objects/2:CNC01/2:Speed" when by_path
+    opcua_type: str  # expected built-in type name; checked against the server at every (re)connect
+    is_array: bool = False
+    by_path: bool = False
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    sampling_ms: float | None = None  # None: the publishing interval (subscribe) or the source's poll interval
+    queue_size: int = 10
+    deadband: tuple[Literal["absolute", "percent"], float] | None = None
+    trigger: Literal["status", "status_value", "status_value_timestamp"] = "status_value"
+
+
+@dataclass(frozen=True, slots=True)
+class EventItem:
+    handle: int
+    node: str  # the object whose events to receive (its EventNotifier must allow subscribing)
+    fields: tuple[str, ...] = ("Message", "Severity", "SourceName", "Time", "EventType")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    id: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    security_policy: str = "None"
+    security_mode: str = "None"
+    certificate: str | None = None
+    private_key: str | None = None
+    server_certificate: str | None = None
+    publishing_interval_ms: float = 500.0
+    poll_interval_ms: float = 1000.0
+    timeout_s: float = 10.0
+    max_items_per_call: int | None = None  # None: the server's operation limits decide

@@ -1,0 +1,76 @@
+"""Turning asyncua values into the plain Python values the agent receives, and type checks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Any
+
+from asyncua import ua
+
+PLAIN_TYPES: frozenset[type] = frozenset({bool, int, float, str, bytes, type(None)})
+
+# Built-in DataType node ids (namespace 0) and the subtypes a server may declare instead.
+BUILTIN_TYPE_IDS: dict[int, str] = {
+    1: "Boolean",
+    2: "SByte",
+    3: "Byte",
+    4: "Int16",
+    5: "UInt16",
+    6: "Int32",
+    7: "UInt32",
+    8: "Int64",
+    9: "UInt64",
+    10: "Float",
+    11: "Double",
+    12: "String",
+    13: "DateTime",
+    14: "Guid",
+    15: "ByteString",
+    17: "NodeId",
+    19: "StatusCode",
+    21: "LocalizedText",
+    290: "Double",  # Duration
+    294: "DateTime",  # UtcTime
+    29: "Int32",  # Enumeration
+    295: "String",  # LocaleId
+    12878: "String",  # NormalizedString
+    12880: "String",  # DecimalString
+}
+TYPE_ALIASES: dict[str, str] = {"UtcTime": "DateTime"}
+
+
+def plain(v: Any) -> Any:
+    """A value as the agent expects it (see adapters.sample.Sample)."""
+    t = type(v)
+    if t in PLAIN_TYPES:
+        return v
+    if t is datetime:
+        return v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    if t is list:
+        return [plain(x) for x in v]
+    if t is ua.LocalizedText:
+        return {"language": v.Locale or "", "text": v.Text or ""}
+    if t is ua.StatusCode:
+        return int(v.value)
+    if t is uuid.UUID:
+        return str(v)
+    if t is ua.NodeId or t is ua.ExpandedNodeId or t is ua.QualifiedName:
+        return v.to_string()
+    if isinstance(v, IntEnum):
+        return int(v)
+    if isinstance(v, bytearray):
+        return bytes(v)
+    return str(v)
+
+
+def declared_type(data_type: ua.NodeId) -> str | None:
+    """The built-in type name for a server's DataType attribute, None if it is not a built-in one."""
+    if data_type.NamespaceIndex != 0 or not isinstance(data_type.Identifier, int):
+        return None
+    return BUILTIN_TYPE_IDS.get(data_type.Identifier)
+
+
+def expected(opcua_type: str) -> str:
+    return TYPE_ALIASES.get(opcua_type, opcua_type)

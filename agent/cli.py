@@ -1,0 +1,85 @@
+"""The `edge-agent` command: run, check, export."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from agent import config as config_mod
+from agent import logs
+
+
+def _load(path: Path) -> config_mod.Config:
+    try:
+        return config_mod.load(path)
+    except config_mod.ConfigError as e:
+        click.echo(f"configuration error:\n{e}", err=True)
+        sys.exit(2)
+
+
+def _shells(cfg: config_mod.Config):  # type: ignore[no-untyped-def]
+    from agent.shells import build_shells
+
+    try:
+        return build_shells(cfg)
+    except ValueError as e:
+        click.echo(f"configuration error: {e}", err=True)
+        sys.exit(2)
+
+
+CONFIG = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="YAML file"
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edge-agent")
+def main() -> None:
+    """Manufacturing data-collection edge agent: OPC UA -> AAS -> durable buffer -> MQTT."""
+
+
+@main.command()
+@CONFIG
+def check(config_path: Path) -> None:
+    """Validate a config file without connecting to anything."""
+    cfg = _load(config_path)
+    _shells(cfg)
+    points = sum(len(e.points) for e in cfg.equipment)
+    click.echo(
+        f"{config_path}: OK — site {cfg.site.id}, {len(cfg.equipment)} machines, {points} points, "
+        f"{len(cfg.sources)} OPC UA sources, sinks: {', '.join(f'{s.id} ({s.type})' for s in cfg.sinks)}"
+    )
+
+
+@main.command()
+@CONFIG
+@click.option("--seconds", type=float, default=None, help="stop after this many seconds")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
+def run(config_path: Path, seconds: float | None, log_format: str) -> None:
+    """Collect, buffer and forward until SIGTERM/Ctrl-C."""
+    cfg = _load(config_path)
+    from agent.app import run_agent, secrets
+
+    logs.setup(cfg.agent.log_level, log_format, secrets(cfg))
+    _shells(cfg)
+    run_agent(cfg, stop_after=seconds)
+
+
+@main.command()
+@CONFIG
+@click.option("--format", "fmt", type=click.Choice(["json", "xml", "aasx"]), default="json")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def export(config_path: Path, fmt: str, output: Path) -> None:
+    """Write the Asset Administration Shell environment built from the config."""
+    from aas_models.export import write_environment
+
+    cfg = _load(config_path)
+    env = _shells(cfg)
+    write_environment(env, fmt, output)  # type: ignore[arg-type]
+    click.echo(f"wrote {output} ({fmt})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""Configuration: YAML in, validated frozen models out.
+
+Every error names the file, the line, the key path and what is allowed; an unknown key is an
+error with a "did you mean" when a known key is close. Secrets are `SecretStr`, so they never
+show in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from aas_models.types import OPCUA_TYPES
+
+ID_SHORT = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
+PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. The message is for the person who wrote the file."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Deadband(_Model):
+    type: Literal["absolute", "percent"]
+    value: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _percent_range(self) -> Deadband:
+        if self.type == "percent" and self.value > 100:
+            raise ValueError("a percent deadband must be between 0 and 100")
+        return self
+
+
+class Point(_Model):
+    """One mapping: an OPC UA node to an element of the equipment's operational-data submodel."""
+
+    node: str | None = None
+    browse_path: str | None = None
+    path: str = Field(description="idShort path in the OperationalData submodel, dot-separated")
+    type: str = Field(description="OPC UA built-in type of the node's value")
+    array: bool = False
+    semantic_id: str | None = None
+    unit: str | None = None
+    description: str | None = None
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    sampling_ms: float | None = Field(default=None, ge=0)
+    queue_size: int = Field(default=10, ge=1, le=10000)
+    deadband: Deadband | None = None
+    trigger: Literal["status", "status_value", "status_value_timestamp"] = "status_value"
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        for part in v.split("."):
+            if not ID_SHORT.match(part):
+                raise ValueError(
+                    f"idShort {part!r} in path {v!r} is not allowed: use 2 or more characters, "
+                    "a letter first, then letters, digits or '_' (no '-', valid in AAS 3.0 and 3.1)"
+                )
+        return v
+
+    @field_validator("type")
+    @classmethod
+    def _type(cls, v: str) -> str:
+        if v not in OPCUA_TYPES:
+            near = difflib.get_close_matches(v, OPCUA_TYPES, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown OPC UA type {v!r}{hint}; allowed: {', '.join(OPCUA_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _address(self) -> Point:
+        if (self.node is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of 'node' (e.g. ns=2;s=CNC01.Speed) or 'browse_path'")
+        return self
+
+    @property
+    def address(self) -> str:
+        return self.node if self.node is not None else f"browse:{self.browse_path}"
+
+
+class EventSource(_Model):
+    """An object whose events (alarms) go to the event lane."""
+
+    node: str
+    name: str = "alarms"
+    fields: tuple[str, ...] = ("Message", "Severity", "SourceName", "Time", "EventType")
+
+
+class Address(_Model):
+    street: str | None = None
+    zipcode: str | None = None
+    city: str | None = None
+    country_code: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
+
+
+class Nameplate(_Model):
+    manufacturer_name: str
+    product_designation: str
+    uri_of_product: str
+    order_code: str
+    serial_number: str | None = None
+    year_of_construction: str | None = None
+    product_family: str | None = None
+    software_version: str | None = None
+    hardware_version: str | None = None
+    address: Address = Address()
+
+
+class Equipment(_Model):
+    id: str = Field(description="equipment id, used in topics and as the default idShort")
+    name: str | None = None
+    source: str = Field(description="id of the OPC UA source this equipment is read from")
+    aas_id: str | None = None
+    asset_id: str | None = None
+    id_short: str | None = None
+    nameplate: Nameplate
+    points: tuple[Point, ...] = Field(min_length=1)
+    events: tuple[EventSource, ...] = ()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not PLAIN_ID.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_paths(self) -> Equipment:
+        seen: set[str] = set()
+        for p in self.points:
+            if p.path in seen:
+                raise ValueError(f"path {p.path!r} is mapped twice")
+            seen.add(p.path)
+        return self
+
+
+class Security(_Model):
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: Path | None = None
+    private_key: Path | None = None
+    server_certificate: Path | None = None
+
+
+class Source(_Model):
+    id: str
+    endpoint: str = Field(pattern=r"^opc\.tcp://")
+    username: str | None = None
+    password: SecretStr | None = None
+    security: Security = Security()
+    publishing_interval_ms: float = Field(default=500, gt=0)
+    poll_interval_ms: float = Field(default=1000, gt=0)
+    timeout_s: float = Field(default=10, gt=0)
+    reconnect_initial_s: float = Field(default=1, gt=0)
+    reconnect_max_s: float = Field(default=30, gt=0)
+    max_items_per_call: int | None = Field(default=None, ge=1, description="default: the server's operation limits")
+
+
+class Batching(_Model):
+    max_records: int = Field(default=1000, ge=1, le=100000)
+    max_delay_ms: int = Field(default=1000, ge=0)
+    max_message_records: int = Field(default=500, ge=1)
+    max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+
+
+class Tls(_Model):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
+class MqttSinkConfig(_Model):
+    type: Literal["mqtt"]
+    id: str = "mqtt"
+    host: str
+    port: int = Field(default=1883, ge=1, le=65535)
+    client_id: str | None = None
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: Tls | None = None
+    topic_prefix: str = "kamp/v1"
+    keepalive_s: int = Field(default=30, ge=5)
+    batch: Batching = Batching()
+
+
+class FileSinkConfig(_Model):
+    """Appends each message as one JSON line to a local file: the demo's receiver, or an air-gapped export."""
+
+    type: Literal["file"]
+    id: str = "file"
+    path: Path
+    batch: Batching = Batching(max_delay_ms=200)
+
+
+SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig, Field(discriminator="type")]
+
+
+class Site(_Model):
+    id: str
+    name: str | None = None
+    aas_prefix: str = Field(
+        default="urn:edge-agent", description="prefix for AAS and asset ids not given per equipment"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not PLAIN_ID.match(v):
+            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+        return v
+
+
+class BufferConfig(_Model):
+    path: Path | None = None
+    quota_mb: float = Field(default=1024, gt=0)
+    synchronous: Literal["normal", "full"] = "normal"
+
+
+class AgentSettings(_Model):
+    data_dir: Path = Path("./data")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_interval_s: float = Field(default=60, gt=0)
+
+
+class Config(_Model):
+    version: Literal[1] = 1
+    site: Site
+    agent: AgentSettings = AgentSettings()
+    buffer: BufferConfig = BufferConfig()
+    sources: tuple[Source, ...] = Field(min_length=1)
+    equipment: tuple[Equipment, ...] = Field(min_length=1)
+    sinks: tuple[SinkConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        sources = {s.id for s in self.sources}
+        if len(sources) != len(self.sources):
+            raise ValueError("source ids must be unique")
+        ids = [e.id for e in self.equipment]
+        if len(set(ids)) != len(ids):
+            raise ValueError("equipment ids must be unique")
+        for e in self.equipment:
+            if e.source not in sources:
+                near = difflib.get_close_matches(e.source, sources, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(
+                    f"equipment {e.id!r} reads from source {e.source!r}, which is not defined{hint}; "
+                    f"defined: {', '.join(sorted(sources))}"
+                )
+        sink_ids = [s.id for s in self.sinks]
+        if len(set(sink_ids)) != len(sink_ids):
+            raise ValueError("sink ids must be unique (give each sink an 'id')")
+        return self
+
+    def aas_id(self, e: Equipment) -> str:
+        return e.aas_id or f"{self.site.aas_prefix}:aas:{self.site.id}:{e.id}"
+
+    def asset_id(self, e: Equipment) -> str:
+        return e.asset_id or f"{self.site.aas_prefix}:asset:{self.site.id}:{e.id}"
+
+    def buffer_path(self) -> Path:
+        return self.buffer.path or self.agent.data_dir / "buffer.db"
+
+
+def _lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Key path -> 1-based line, so errors can point into the file."""
+    out: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        out[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*path, str(k.value))
+                out[key] = k.start_mark.line + 1
+                walk(v, key)
+                out[key] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                walk(v, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return out
+    if root is not None:
+        walk(root, ())
+    return out
+
+
+def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    """The model class that owns the mapping at `loc` (for 'did you mean' on unknown keys)."""
+    model: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation, loc)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _inner_model(annotation: Any, loc: tuple[str | int, ...]) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if args:
+        for a in args:
+            found = _inner_model(a, loc)
+            if found is not None:
+                return found
+        if getattr(annotation, "__metadata__", None):
+            return None
+    return None
+
+
+def _format_errors(file: str, err: ValidationError, lines: dict[tuple[str | int, ...], int], data: Any) -> str:
+    msgs = []
+    errors = err.errors()
+    for e in errors:
+        if e["type"] == "too_short" and any(
+            o is not e and tuple(o["loc"][: len(e["loc"])]) == tuple(e["loc"]) for o in errors
+        ):
+            continue  # a list whose items failed looks empty to pydantic; the item errors say why
+        loc = _strip_tags(tuple(e["loc"]), data)
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
+        line = _nearest_line(loc, lines)
+        prefix = f"{file}:{line}" if line else file
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(_model_at(loc[:-1]))
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (typo? did you mean {near[0]!r})" if near else ""
+            msgs.append(f"{prefix}: {where}: unknown key{hint}; allowed here: {', '.join(allowed)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
+            msgs.append(f"{prefix}: {where or '(top level)'}: {msg}{shown}")
+    return "\n".join(msgs)
+
+
+def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
+    """Remove union tags pydantic inserts (e.g. 'mqtt' in sinks.0.mqtt.host) by walking the data."""
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict):
+            # a tag or a missing key: keep a missing key (it is the subject of the error)
+            if isinstance(part, str) and part in _UNION_TAGS:
+                continue
+            out.append(part)
+            node = None
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+_UNION_TAGS = frozenset({"mqtt", "file"})
+_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def _expand_env(text: str, file: str) -> str:
+    """${NAME} takes a value from the environment, so secrets need not sit in the file."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{file}: environment variable {name} is used but not set")
+        return os.environ[name]
+
+    return _ENV.sub(sub, text)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file; raises ConfigError with every problem found."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
+    return parse(text, file)
+
+
+def parse(text: str, file: str = "<config>") -> Config:
+    lines = _lines(text)
+    try:
+        data = yaml.safe_load(_expand_env(text, file))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else file
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping with site, sources, equipment and sinks")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(file, e, lines, data)) from None

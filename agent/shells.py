@@ -1,0 +1,53 @@
+"""From config to AAS: the shell specs aas_models builds, and the valueType records carry."""
+
+from __future__ import annotations
+
+from aas_models import spec
+from aas_models.build import ShellEnvironment, build_environment
+from agent.config import Config, Equipment
+
+
+def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
+    n = e.nameplate
+    return spec.Shell(
+        id=cfg.aas_id(e),
+        id_short=e.id_short or _id_short(e.id),
+        asset_id=cfg.asset_id(e),
+        nameplate=spec.Nameplate(
+            manufacturer_name=n.manufacturer_name,
+            product_designation=n.product_designation,
+            uri_of_product=n.uri_of_product,
+            order_code=n.order_code,
+            address=spec.Address(
+                street=n.address.street,
+                zipcode=n.address.zipcode,
+                city=n.address.city,
+                country_code=n.address.country_code,
+            ),
+            serial_number=n.serial_number,
+            year_of_construction=n.year_of_construction,
+            product_family=n.product_family,
+            software_version=n.software_version,
+            hardware_version=n.hardware_version,
+        ),
+        elements=tuple(
+            spec.Element(
+                path=p.path,
+                opcua_type=p.type,
+                is_array=p.array,
+                semantic_id=p.semantic_id,
+                unit=p.unit,
+                description=p.description,
+            )
+            for p in e.points
+        ),
+    )
+
+
+def _id_short(equipment_id: str) -> str:
+    s = "".join(c if c.isalnum() or c == "_" else "_" for c in equipment_id)
+    return s if s[:1].isalpha() and len(s) >= 2 else f"Eq_{s}"
+
+
+def build_shells(cfg: Config) -> ShellEnvironment:
+    return build_environment([shell_spec(cfg, e) for e in cfg.equipment])

@@ -1,0 +1,119 @@
+"""Config validation: clear messages naming file, line, key path and what is allowed; no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load, parse
+
+GOOD = """\
+site:
+  id: plant-1
+sources:
+  - id: plc1
+    endpoint: opc.tcp://127.0.0.1:4840/
+    password: hunter2-secret
+equipment:
+  - id: cnc01
+    source: plc1
+    nameplate:
+      manufacturer_name: Doosan
+      product_designation: DNM 5700
+      uri_of_product: https://example.com/dnm5700
+      order_code: DNM-5700-01
+    points:
+      - node: ns=2;s=CNC01.SpindleSpeed
+        path: Spindle.Speed
+        type: Double
+        unit: rpm
+        sampling_ms: 100
+        deadband: {type: percent, value: 2}
+sinks:
+  - type: mqtt
+    host: 127.0.0.1
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "agent.yaml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_a_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, GOOD))
+    point = cfg.equipment[0].points[0]
+    assert point.deadband is not None and point.deadband.type == "percent"
+    assert cfg.sinks[0].type == "mqtt" and cfg.sinks[0].port == 1883
+    assert cfg.aas_id(cfg.equipment[0]) == "urn:edge-agent:aas:plant-1:cnc01"
+    assert "hunter2" not in repr(cfg)
+
+
+def test_typo_in_a_key_names_line_path_and_suggests(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("        unit: rpm", "        unti: rpm"))
+    with pytest.raises(ConfigError) as err:
+        load(p)
+    msg = str(err.value)
+    assert f"{p}:19:" in msg
+    assert "equipment[0].points[0].unti" in msg
+    assert "did you mean 'unit'" in msg
+
+
+def test_wrong_value_type_names_key_and_value(tmp_path: Path) -> None:
+    p = write(tmp_path, GOOD.replace("sampling_ms: 100", "sampling_ms: fast"))
+    with pytest.raises(ConfigError) as err:
+        load(p)
+    msg = str(err.value)
+    assert "equipment[0].points[0].sampling_ms" in msg
+    assert "'fast'" in msg and ":20:" in msg
+
+
+def test_unknown_opcua_type_lists_allowed_types() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD.replace("type: Double", "type: Dubble"), "x.yaml")
+    msg = str(err.value)
+    assert "did you mean 'Double'" in msg and "UInt64" in msg
+
+
+def test_bad_idshort_and_unknown_source_are_explained() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD.replace("path: Spindle.Speed", "path: Spindle.spindle-speed"), "x.yaml")
+    assert "no '-'" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        parse(GOOD.replace("    source: plc1", "    source: plc2"), "x.yaml")
+    assert "did you mean 'plc1'" in str(err.value)
+
+
+def test_percent_deadband_must_be_a_percentage() -> None:
+    with pytest.raises(ConfigError, match="between 0 and 100"):
+        parse(GOOD.replace("value: 2}", "value: 250}"), "x.yaml")
+
+
+def test_secrets_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLC_PASSWORD", "from-env")
+    cfg = parse(GOOD.replace("hunter2-secret", "${PLC_PASSWORD}"), "x.yaml")
+    assert cfg.sources[0].password is not None
+    assert cfg.sources[0].password.get_secret_value() == "from-env"
+    with pytest.raises(ConfigError, match="MISSING_VAR"):
+        parse(GOOD.replace("hunter2-secret", "${MISSING_VAR}"), "x.yaml")
+
+
+def test_check_command_reports_without_traceback(tmp_path: Path) -> None:
+    bad = write(tmp_path, GOOD.replace("host: 127.0.0.1", "hots: 127.0.0.1"))
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "-c", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "sinks[0].hots" in r.stderr and "did you mean 'host'" in r.stderr
+    good = write(tmp_path, GOOD)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "check", "-c", str(good)], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 machines, 1 points" in r.stdout
+    assert "hunter2" not in r.stdout + r.stderr
