@@ -1,0 +1,516 @@
+"""The durable buffer, on real files and a real SQLite: delivery, ordering, crashes, quota, broken disks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from uploader.buffer import (
+    Batch,
+    Buffer,
+    BufferCorruptError,
+    BufferFormatError,
+    BufferFullError,
+    BufferIOError,
+    BufferLockedError,
+    Dropped,
+    Item,
+    Row,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+BIG = 1 << 30
+
+
+def body(n: int, size: int = 300) -> bytes:
+    head = b'{"n":%d,"v":"' % n
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def rows(lane: str, start: int, count: int, keys: tuple[str, ...] = ("press-01",)) -> list[Row]:
+    """`count` rows numbered from `start`; ts = number, so time ranges are easy to predict."""
+    return [(lane, keys[n % len(keys)], float(n), body(n)) for n in range(start, start + count)]
+
+
+def drain(buf: Buffer, lane: str) -> list[Item]:
+    """Everything stored in `lane` and not in an open batch, oldest first, left pending."""
+    batch = buf.begin(lane, 1 << 20)
+    if batch is None:
+        return []
+    buf.end(batch, [])
+    return list(batch.items)
+
+
+def merge(total: dict[str, tuple[int, float, float]], dropped: Dropped) -> None:
+    for key, (count, first, last) in dropped.by_key.items():
+        if key in total:
+            n, f, la = total[key]
+            total[key] = (n + count, min(f, first), max(la, last))
+        else:
+            total[key] = (count, first, last)
+
+
+def expected_by_key(added: list[Row], dropped_seqs: set[int]) -> dict[str, tuple[int, float, float]]:
+    """What Dropped must report, from the rows as added (seq n is added[n - 1] in a fresh file)."""
+    result: dict[str, tuple[int, float, float]] = {}
+    for seq in dropped_seqs:
+        _, key, ts, _ = added[seq - 1]
+        n, first, last = result.get(key, (0, ts, ts))
+        result[key] = (n + 1, min(first, ts), max(last, ts))
+    return result
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "buffer.db"
+
+
+@pytest.fixture
+def buf(path: Path) -> Iterator[Buffer]:
+    with Buffer(path, quota_bytes=BIG) as buffer:
+        yield buffer
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_added_records_come_back_in_order_and_are_deleted_when_accepted(path: Path, synchronous: str) -> None:
+    with Buffer(path, quota_bytes=BIG, synchronous=synchronous) as buf:  # type: ignore[arg-type]
+        added = rows("data", 0, 5, keys=("a", "b"))
+        assert buf.add(added) == Dropped(0, {})
+        batch = buf.begin("data", 10)
+        assert batch is not None
+        assert batch.lane == "data"
+        assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == added
+        assert [i.seq for i in batch.items] == [1, 2, 3, 4, 5]
+        assert buf.begin("data", 10) is None
+        assert buf.pending()["data"] == 5
+
+        buf.end(batch, [i.seq for i in batch.items])
+
+        assert buf.pending()["data"] == 0
+        assert buf.begin("data", 10) is None
+        stats = buf.stats()
+        assert stats.added["data"] == stats.delivered["data"] == 5
+        assert len(buf.origin) == 12
+        int(buf.origin, 16)
+
+
+def test_lanes_are_isolated_and_listed_in_priority_order(buf: Buffer) -> None:
+    assert Buffer.LANES == ("status", "gap", "event", "usage", "data")
+    mixed = [row for n in range(3) for lane in Buffer.LANES for row in rows(lane, n, 1, keys=(lane,))]
+    buf.add(mixed)
+
+    assert list(buf.pending()) == list(Buffer.LANES)
+    assert buf.pending() == dict.fromkeys(Buffer.LANES, 3)
+    for lane in Buffer.LANES:
+        batch = buf.begin(lane, 100)
+        assert batch is not None
+        assert {i.lane for i in batch.items} == {lane}
+        assert {i.key for i in batch.items} == {lane}
+        assert [i.ts for i in batch.items] == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="unknown lane 'dta'"):
+        buf.add([("dta", "k", 0.0, b"{}")])
+    with pytest.raises(ValueError, match="unknown lane"):
+        buf.begin("dta", 1)
+
+
+def test_partly_accepted_batch_gives_the_rest_back_in_order_before_newer_records(buf: Buffer) -> None:
+    buf.add(rows("data", 0, 10))
+    first = buf.begin("data", 6)
+    assert first is not None
+    seqs = [i.seq for i in first.items]
+
+    buf.end(first, accepted=seqs[0::2])
+
+    again = buf.begin("data", 5)
+    assert again is not None
+    assert [i.seq for i in again.items] == [*seqs[1::2], 7, 8]
+    assert buf.pending()["data"] == 7
+
+
+def test_rejected_records_are_deleted_and_counted(buf: Buffer) -> None:
+    buf.add(rows("event", 0, 4))
+    batch = buf.begin("event", 4)
+    assert batch is not None
+
+    buf.end(batch, accepted=[1, 2], rejected=[3])
+
+    stats = buf.stats()
+    assert (stats.delivered["event"], stats.rejected["event"], stats.pending["event"]) == (2, 1, 1)
+    rest = buf.begin("event", 4)
+    assert rest is not None
+    assert [i.seq for i in rest.items] == [4]
+
+
+def test_two_open_batches_in_one_lane_never_overlap(buf: Buffer) -> None:
+    buf.add(rows("data", 0, 30))
+    one = buf.begin("data", 10)
+    two = buf.begin("data", 10)
+    assert one is not None and two is not None
+    assert [i.seq for i in one.items] == list(range(1, 11))
+    assert [i.seq for i in two.items] == list(range(11, 21))
+
+    buf.end(one, accepted=range(1, 6))
+    three = buf.begin("data", 10)
+
+    assert three is not None
+    assert [i.seq for i in three.items] == [6, 7, 8, 9, 10, 21, 22, 23, 24, 25]
+    assert not {i.seq for i in three.items} & {i.seq for i in two.items}
+    buf.end(two, accepted=[i.seq for i in two.items])
+    buf.end(three, accepted=[i.seq for i in three.items])
+    assert [i.seq for i in drain(buf, "data")] == [26, 27, 28, 29, 30]
+
+
+def test_max_bytes_caps_a_batch_but_one_oversized_record_still_goes(buf: Buffer) -> None:
+    buf.add([("data", "k", 0.0, b"x" * 5000), *rows("data", 1, 10)])
+    big = buf.begin("data", 10, max_bytes=1000)
+    assert big is not None
+    assert [i.seq for i in big.items] == [1]
+    small = buf.begin("data", 10, max_bytes=1000)
+    assert small is not None
+    assert [i.seq for i in small.items] == [2, 3, 4]
+
+
+def test_end_refuses_a_batch_that_is_not_open_and_seqs_outside_it(buf: Buffer) -> None:
+    buf.add(rows("data", 0, 3))
+    batch = buf.begin("data", 2)
+    assert batch is not None
+    with pytest.raises(ValueError, match=r"seqs \[3\] are not in this batch"):
+        buf.end(batch, accepted=[1, 3])
+    with pytest.raises(ValueError, match="both accepted and rejected"):
+        buf.end(batch, accepted=[1], rejected=[1])
+    buf.end(batch, accepted=[1, 2])
+    with pytest.raises(ValueError, match="not open"):
+        buf.end(batch, accepted=[])
+    with pytest.raises(ValueError, match="not open"):
+        buf.end(Batch("data", ()), accepted=[])
+    assert buf.pending()["data"] == 1
+
+
+def test_wrongly_typed_row_is_refused_and_nothing_is_written(buf: Buffer) -> None:
+    good = rows("data", 0, 3)
+    bad: list[Row] = [*good, ("data", "k", 1.0, "not bytes")]  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="body: bytes"):
+        buf.add(bad)
+    assert buf.pending()["data"] == 0
+    assert buf.last_seq == 0
+    buf.add(good)
+    assert [i.seq for i in drain(buf, "data")] == [1, 2, 3]
+
+
+# --- restarts and crashes -----------------------------------------------------------------------
+
+
+def test_open_batches_are_forgotten_at_restart_so_everything_is_pending_again(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(rows("data", 0, 5) + rows("usage", 5, 2))
+        in_flight = buf.begin("data", 3)
+        assert in_flight is not None
+        partly = buf.begin("usage", 2)
+        assert partly is not None
+        buf.end(partly, accepted=[6])
+
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 1, "data": 5}
+        assert [i.seq for i in drain(buf, "data")] == [1, 2, 3, 4, 5]
+        assert [i.seq for i in drain(buf, "usage")] == [7]
+
+
+def test_seq_is_never_reused_after_everything_is_delivered_and_the_file_reopened(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        origin = buf.origin
+        buf.add(rows("data", 0, 4) + rows("gap", 4, 1))
+        for lane in ("data", "gap"):
+            batch = buf.begin(lane, 10)
+            assert batch is not None
+            buf.end(batch, [i.seq for i in batch.items])
+        assert buf.pending() == dict.fromkeys(Buffer.LANES, 0)
+
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.origin == origin
+        assert buf.last_seq == 5
+        buf.add(rows("data", 5, 2))
+        assert [i.seq for i in drain(buf, "data")] == [6, 7]
+
+
+CHILD_ADDS_UNTIL_KILLED = textwrap.dedent(
+    """
+    import sys
+    from uploader.buffer import Buffer
+
+    buf = Buffer(sys.argv[1], quota_bytes=1 << 30)
+    n = buf.last_seq
+    while True:
+        buf.add([("data", "k", float(n + i), b'{"n":%d}' % (n + i)) for i in range(200)])
+        n += 200
+        print(buf.last_seq, flush=True)
+    """
+)
+
+
+def test_every_add_that_returned_survives_sigkill_without_duplicates(path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(5):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD_ADDS_UNTIL_KILLED, str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        try:
+            printed = [int(child.stdout.readline()) for _ in range(25)]
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+        printed += [int(line) for line in child.stdout.read().split()]
+        child.stdout.close()
+        last_returned = printed[-1]
+
+        with Buffer(path, quota_bytes=BIG) as buf:
+            items = drain(buf, "data")
+            seqs = [i.seq for i in items]
+            # One more add may have committed between its return and the kill, before the print.
+            assert len(seqs) in (last_returned, last_returned + 200)
+            assert seqs == list(range(1, len(seqs) + 1))
+            assert [i.body for i in items] == [b'{"n":%d}' % n for n in range(len(seqs))]
+            assert buf.pending()["data"] == len(seqs) == buf.last_seq
+
+
+# --- quota --------------------------------------------------------------------------------------
+
+
+def test_quota_drops_the_oldest_data_first_and_reports_it_per_key(path: Path) -> None:
+    quota = 400_000
+    keys = ("press-01", "press-02", "oven-07")
+    added: list[Row] = []
+    reported: dict[str, tuple[int, float, float]] = {}
+    with Buffer(path, quota_bytes=quota) as buf:
+        protected = rows("gap", 0, 20) + rows("usage", 20, 20) + rows("status", 40, 20) + rows("event", 60, 50)
+        buf.add(protected)
+        added += protected
+        for start in range(110, 3110, 100):
+            batch = rows("data", start, 100, keys)
+            dropped = buf.add(batch)
+            added += batch
+            merge(reported, dropped)
+            assert buf.stats().used_bytes <= quota + 100 * 340
+
+        remaining = [i.seq for i in drain(buf, "data")]
+        data_seqs = [seq for seq, row in enumerate(added, 1) if row[0] == "data"]
+        assert remaining == data_seqs[-len(remaining) :]
+        dropped_seqs = set(data_seqs) - set(remaining)
+        stats = buf.stats()
+        assert len(dropped_seqs) > 1000
+        assert stats.dropped == {"status": 0, "gap": 0, "event": 0, "usage": 0, "data": len(dropped_seqs)}
+        assert reported == expected_by_key(added, dropped_seqs)
+        assert {lane: stats.pending[lane] for lane in ("status", "gap", "event", "usage")} == {
+            "status": 20,
+            "gap": 20,
+            "event": 50,
+            "usage": 20,
+        }
+        assert stats.pending["data"] == len(remaining)
+        assert not stats.over_quota
+
+
+def test_quota_drops_events_after_data_and_never_protected_records(
+    path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    added: list[Row] = []
+    with Buffer(path, quota_bytes=300_000) as buf:
+        for batch in (rows("event", 0, 200, ("line-1",)), rows("data", 200, 300, ("press-01",))):
+            assert buf.add(batch).count == 0
+            added += batch
+
+        usage = rows("usage", 500, 700, ("agent",))
+        dropped = buf.add(usage)
+        added += usage
+
+        events = [i.seq for i in drain(buf, "event")]
+        assert buf.pending()["data"] == 0
+        assert 0 < len(events) < 200
+        assert events == list(range(201 - len(events), 201))
+        dropped_seqs = set(range(1, 501)) - set(events)
+        assert dropped.count == len(dropped_seqs)
+        assert dropped.by_key == expected_by_key(added, dropped_seqs)
+        assert not buf.stats().over_quota
+
+        with caplog.at_level(logging.WARNING, logger="uploader.buffer"):
+            more = rows("gap", 1200, 800, ("press-01",))
+            dropped = buf.add(more)
+            added += more
+        assert dropped.by_key == expected_by_key(added, set(events))
+        stats = buf.stats()
+        assert stats.over_quota
+        assert stats.used_bytes > 300_000
+        assert stats.pending == {"status": 0, "gap": 800, "event": 0, "usage": 700, "data": 0}
+        assert stats.dropped["event"] == 200 and stats.dropped["data"] == 300
+        assert any("over its quota" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+
+
+def test_quota_never_drops_records_in_an_open_batch_and_drops_given_back_ones_first(path: Path) -> None:
+    added: list[Row] = []
+    with Buffer(path, quota_bytes=200_000) as buf:
+        first = rows("data", 0, 300)
+        buf.add(first)
+        added += first
+        one = buf.begin("data", 50)
+        two = buf.begin("data", 50)
+        assert one is not None and two is not None
+        buf.end(one, accepted=[])
+
+        more = rows("data", 300, 300)
+        dropped = buf.add(more)
+        added += more
+
+        remaining = {i.seq for i in drain(buf, "data")} | {i.seq for i in two.items}
+        dropped_seqs = set(range(1, 601)) - remaining
+        assert set(range(1, 51)) <= dropped_seqs
+        assert not {i.seq for i in two.items} & dropped_seqs
+        assert dropped_seqs - set(range(1, 51)) == set(range(101, 101 + len(dropped_seqs) - 50))
+        assert dropped.count == len(dropped_seqs)
+        assert dropped.by_key == expected_by_key(added, dropped_seqs)
+
+        buf.end(two, accepted=[i.seq for i in two.items])
+        assert buf.stats().delivered["data"] == 50
+        assert buf.pending()["data"] == len(remaining) - 50
+
+
+def test_space_freed_by_delivery_is_given_back_to_the_file_system(buf: Buffer) -> None:
+    for start in range(0, 8000, 500):
+        buf.add(rows("data", start, 500))
+    full = buf.stats().db_bytes
+    while (batch := buf.begin("data", 1000)) is not None:
+        buf.end(batch, [i.seq for i in batch.items])
+    assert buf.stats().db_bytes < full / 2
+
+
+# --- broken disks and files ---------------------------------------------------------------------
+
+
+def test_full_disk_raises_a_clear_error_and_writes_nothing(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(rows("data", 0, 100))
+        pages = buf.stats().db_bytes // 4096
+        # The honest stand-in for a full disk without root: SQLite refuses to grow past this size.
+        buf._conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+
+        with pytest.raises(BufferFullError) as failed:
+            buf.add(rows("gap", 100, 10) + rows("data", 110, 1000))
+
+        message = str(failed.value)
+        assert str(path) in message and "full" in message and "Nothing was written" in message
+        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 0, "data": 100}
+        assert buf.last_seq == 100
+        buf._conn.execute("PRAGMA max_page_count = 1073741823")
+        buf.add(rows("gap", 100, 10))
+        assert [i.seq for i in drain(buf, "gap")] == list(range(101, 111))
+
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.pending() == {"status": 0, "gap": 10, "event": 0, "usage": 0, "data": 100}
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+CHILD_HITS_FILE_SIZE_LIMIT = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from uploader.buffer import Buffer, BufferIOError
+
+    buf = Buffer(sys.argv[1], quota_bytes=1 << 30)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
+    try:
+        while True:
+            buf.add([("data", "k", 0.0, b"x" * 300)] * 100)
+    except BufferIOError as exc:
+        print(buf.last_seq, exc, sep="\\n", flush=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    buf.add([("usage", "agent", 0.0, b"{}")])
+    buf.close()
+    """
+)
+
+
+def test_write_error_from_the_os_rolls_the_add_back_and_the_buffer_carries_on(path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_HITS_FILE_SIZE_LIMIT, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    last_seq, message = done.stdout.splitlines()[:2]
+    assert str(path) in message and "I/O error" in message
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.pending()["data"] == int(last_seq)
+        assert [i.seq for i in drain(buf, "usage")] == [int(last_seq) + 1]
+
+
+def test_garbage_file_is_refused_with_an_error_naming_it(path: Path) -> None:
+    path.write_bytes(b"this is not a database\n" * 400)
+    with pytest.raises(BufferCorruptError, match="move the file aside") as failed:
+        Buffer(path, quota_bytes=BIG)
+    assert str(path) in str(failed.value)
+
+
+def test_damaged_pages_surface_as_a_corrupt_buffer_not_a_raw_sqlite_error(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(rows("data", 0, 2000))
+    with path.open("r+b") as raw:
+        raw.seek(40 * 4096)
+        raw.write(b"\xa5" * (100 * 4096))
+    with pytest.raises(BufferCorruptError, match=str(path)), Buffer(path, quota_bytes=BIG) as buf:
+        drain(buf, "data")
+
+
+def test_another_applications_database_is_refused(path: Path) -> None:
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE customers (name TEXT)")
+    other.close()
+    with pytest.raises(BufferFormatError, match="not an edge-agent buffer"):
+        Buffer(path, quota_bytes=BIG)
+
+
+def test_a_newer_schema_is_refused(path: Path) -> None:
+    Buffer(path, quota_bytes=BIG).close()
+    newer = sqlite3.connect(path)
+    newer.execute("PRAGMA user_version = 2")
+    newer.close()
+    with pytest.raises(BufferFormatError, match="newer agent"):
+        Buffer(path, quota_bytes=BIG)
+
+
+def test_a_second_buffer_on_the_same_file_is_refused_while_the_first_is_open(buf: Buffer, path: Path) -> None:
+    with pytest.raises(BufferLockedError, match="Only one agent"):
+        Buffer(path, quota_bytes=BIG, busy_timeout=0.05)
+    buf.add(rows("data", 0, 1))
+    assert buf.pending()["data"] == 1
+
+
+def test_missing_directory_is_reported_with_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "buffer.db"
+    with pytest.raises(BufferIOError, match="directory exists"):
+        Buffer(missing, quota_bytes=BIG)
+
+
+def test_an_empty_file_becomes_a_new_buffer(path: Path) -> None:
+    path.touch()
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.pending() == dict.fromkeys(Buffer.LANES, 0)
