@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
 
 from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues
@@ -121,6 +120,8 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Ba
     )
     if isinstance(s, FileSinkConfig):
         return FileSink(s.path, name=s.id), batching, "edge"
+    from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
+
     tls = None
     if s.tls is not None:
         tls = TlsSettings(

@@ -149,6 +149,7 @@ class OpcUaSource:
         ep = self.endpoint
         client = Client(ep.url, timeout=ep.timeout_s, watchdog_intervall=max(1.0, ep.timeout_s / 4))
         client.name = client.description = "edge-agent"
+        client.session_timeout = 120_000  # ms; a dead session should not hold server resources for an hour
         client.application_uri = "urn:edge-agent:client"
         if ep.username:
             client.set_user(ep.username)
@@ -220,6 +221,15 @@ class OpcUaSource:
         self._last_publish = time.monotonic()
         if subscribe or self.events:
             await self._subscribe(client, subscribe, nodes, await self._limit(client, "monitored"))
+        log.info(
+            "%s: connected to %s; %d items subscribed, %d polled, %d event sources, %d skipped",
+            self.endpoint.id,
+            self.endpoint.url,
+            len(subscribe),
+            len(poll),
+            len(self.events),
+            len(self.items) - len(self.active),
+        )
         return self._start_pollers(client, poll, nodes, read_chunk)
 
     async def _report(self, item_handle: int, node: str, problem: str) -> None:
