@@ -258,7 +258,7 @@ class OpcUaSource:
         """The plant-conformance check: every mapped node exists and carries the configured type."""
         handles = list(nodes)
         ok: list[int] = []
-        for part in _chunks(handles, max(1, chunk // 2)):
+        for part in _chunks(handles, chunk):
             ids = [nodes[h] for h in part]
             types = await client.uaclient.read_attributes(ids, ua.AttributeIds.DataType)
             ranks = await client.uaclient.read_attributes(ids, ua.AttributeIds.ValueRank)

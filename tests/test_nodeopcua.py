@@ -1,0 +1,130 @@
+"""The OPC UA adapter against node-opcua, a second OPC UA stack that honours sampling intervals,
+implements absolute and percent deadband and enforces operation limits (asyncua's server does none)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from adapters.opcua.source import OpcUaSource
+from adapters.opcua.spec import Endpoint, Item
+from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
+from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
+from tests.helpers import free_port
+
+pytestmark = pytest.mark.skipif(node_opcua_available() is not None, reason=str(node_opcua_available()))
+
+
+def quick() -> Iterator[float]:
+    return itertools.repeat(0.2)
+
+
+@dataclass
+class Collected:
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[NodeProblem] = field(default_factory=list)
+    states: list[SourceState] = field(default_factory=list)
+    interruptions: list[Interruption] = field(default_factory=list)
+
+    def of(self, handle: int) -> list[Sample]:
+        return [s for s in self.samples if s.handle == handle]
+
+
+async def collect(
+    url: str, items: Sequence[Item], until: Callable[[Collected], bool], timeout: float, **endpoint: object
+) -> tuple[Collected, OpcUaSource]:
+    out = Collected()
+
+    async def emit(samples: Sequence[Sample]) -> None:
+        out.samples.extend(samples)
+
+    async def emit_events(events: Sequence[Event]) -> None:
+        pass
+
+    async def interrupted(i: Interruption) -> None:
+        out.interruptions.append(i)
+
+    async def problem(p: NodeProblem) -> None:
+        out.problems.append(p)
+
+    async def state(s: SourceState) -> None:
+        out.states.append(s)
+
+    ep = Endpoint(id="node", url=url, timeout_s=20, **endpoint)  # type: ignore[arg-type]
+    source = OpcUaSource(
+        ep, items, emit=emit, emit_events=emit_events, interrupted=interrupted, problem=problem, state=state,
+        delays=quick,
+    )  # fmt: skip
+    task = asyncio.create_task(source.run())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not until(out):
+            assert not task.done(), f"the source stopped: {task.exception()!r}"
+            assert loop.time() < deadline, f"timed out after {timeout} s; have {len(out.samples)} samples"
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return out, source
+
+
+def test_per_item_sampling_interval_is_honoured() -> None:
+    with NodeOpcuaServer(port=free_port(), vars=10) as server:
+        items = [
+            Item(handle=1, node=server.fast_id, opcua_type="Double", sampling_ms=100, queue_size=50),
+            Item(handle=2, node=server.fast_id, opcua_type="Double", sampling_ms=500, queue_size=50),
+        ]
+
+        def enough(c: Collected) -> bool:
+            return len(c.of(2)) >= 12
+
+        got, _ = asyncio.run(collect(server.endpoint, items, enough, timeout=60, publishing_interval_ms=200))
+    fast, slow = got.of(1), got.of(2)
+    span = lambda xs: (xs[-1].source_time - xs[1].source_time).total_seconds()  # noqa: E731
+    fast_rate = (len(fast) - 2) / span(fast)
+    slow_rate = (len(slow) - 2) / span(slow)
+    assert 6 <= fast_rate <= 14, f"100 ms sampling gave {fast_rate:.1f} values/s"
+    assert 1.4 <= slow_rate <= 2.8, f"500 ms sampling gave {slow_rate:.1f} values/s"
+    assert fast_rate / slow_rate > 3.5
+
+
+def test_absolute_and_percent_deadband() -> None:
+    with NodeOpcuaServer(port=free_port(), vars=10) as server:
+        items = [
+            Item(handle=1, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500),
+            Item(handle=2, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
+                 deadband=("absolute", 10.0)),
+            Item(handle=3, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
+                 deadband=("percent", 25.0)),
+        ]  # fmt: skip
+
+        def enough(c: Collected) -> bool:
+            return len(c.of(3)) >= 12
+
+        got, _ = asyncio.run(collect(server.endpoint, items, enough, timeout=90, publishing_interval_ms=100))
+    every, absolute, percent = ([s.value for s in got.of(h)] for h in (1, 2, 3))
+    assert all(abs(b - a) > 10 for a, b in itertools.pairwise(absolute)), absolute[:20]
+    assert all(abs(b - a) > 25 for a, b in itertools.pairwise(percent)), percent[:20]
+    assert len(every) > 3 * len(absolute) and len(absolute) > len(percent)
+
+
+def test_5000_nodes_are_split_by_the_operation_limits() -> None:
+    with NodeOpcuaServer(port=free_port(), vars=5000, period_ms=500, max_nodes_per_call=700) as server:
+        ids = server.variable_ids()
+        items = [Item(handle=i + 1, node=n, opcua_type="Double") for i, n in enumerate(ids)]
+        items.append(Item(handle=9999, node=server.node_id("NoSuchNode"), opcua_type="Double"))
+
+        def all_seen(c: Collected) -> bool:
+            return len({s.handle for s in c.samples}) >= 5000
+
+        got, source = asyncio.run(collect(server.endpoint, items, all_seen, timeout=120, publishing_interval_ms=250))
+    assert len(source.active) == 5000
+    assert [p.handle for p in got.problems] == [9999]
+    assert "unknown on the server" in got.problems[0].problem
+    assert {s.handle for s in got.samples} == set(range(1, 5001))
+    assert all(s.status == 0 and s.source_time is not None for s in got.samples)
