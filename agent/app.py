@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-
 from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues
 from aas_models.types import xs_type
@@ -191,18 +190,17 @@ class Agent:
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
-        if self._previous is not None:
-            self.pipeline.restore_last_times(self._previous.last_times)
+        self.pipeline.restore_marks()
         self._first_connect: set[str] = set()
         self.started = datetime.now(UTC)
-        for s in cfg.sources:
-            items = self.plan.items.get(s.id, [])
-            events = self.plan.event_items.get(s.id, [])
+        for src in cfg.sources:
+            items = self.plan.items.get(src.id, [])
+            events = self.plan.event_items.get(src.id, [])
             if not items and not events:
                 continue
             self.sources.append(
                 OpcUaSource(
-                    endpoint(s),
+                    endpoint(src),
                     items,
                     events,
                     emit=self.pipeline.on_samples,
@@ -210,7 +208,7 @@ class Agent:
                     interrupted=self.pipeline.on_interruption,
                     problem=self.pipeline.on_problem,
                     state=self._on_state,
-                    delays=Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays,
+                    delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
                 )
             )
 
@@ -264,7 +262,7 @@ class Agent:
             await asyncio.gather(*source_tasks, return_exceptions=True)
             beat.cancel()
             await asyncio.gather(beat, return_exceptions=True)
-            self.runstate.beat(last_times=self.pipeline.last_times())
+            self.runstate.beat()
             with contextlib.suppress(Exception):
                 await self.pipeline.status("agent-stopping", "stopped by request")
             for t in forward_tasks:
@@ -278,13 +276,13 @@ class Agent:
                     await sink.stop()
             for buf in self.buffers:
                 buf.close()
-            self.runstate.beat(clean=True, last_times=self.pipeline.last_times())
+            self.runstate.beat(clean=True)
             log.info("stopped cleanly")
 
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            self.runstate.beat(last_times=self.pipeline.last_times())
+            self.runstate.beat()
 
 
 def run_agent(cfg: Config, stop_after: float | None = None) -> None:

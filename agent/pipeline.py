@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from uploader.buffer import Buffer, BufferError, Dropped, Row
-
 from aas_models.live import LiveValues
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from uploader import wire
+from uploader.buffer import Buffer, BufferError, Dropped, Row
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ class Binding:
     node: str
     prefix: bytes
     encode: wire.ValueEncoder
+    mark: str  # key of this element's last-source-time mark in the buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +84,7 @@ def make_binding(
         node=node,
         prefix=wire.record_prefix(fixed),
         encode=wire.value_encoder(value_type, is_array=is_array),
+        mark=f"last:{equipment}/{path}",
     )
 
 
@@ -150,6 +151,7 @@ class Pipeline:
         dumps = wire.dumps
         bad: list[Row] = []
         last = self.last
+        marks: dict[str, str] = {}
         repeats = 0
         for s in samples:
             b = bindings.get(s.handle)
@@ -160,6 +162,8 @@ class Pipeline:
                 repeats += 1
                 continue
             last[s.handle] = stamp
+            if s.source_time is not None:
+                marks[b.mark] = f"{s.source_time.isoformat()}|{s.status}"
             try:
                 value = b.encode(s.value)
             except (wire.WireValueError, TypeError, ValueError) as exc:
@@ -180,7 +184,7 @@ class Pipeline:
         self.repeats += repeats
         if samples:
             self.last_value_at = _utcnow()
-        await self.store(rows)
+        await self.store(rows, marks)
 
     async def on_events(self, events: Sequence[Event]) -> None:
         rows: list[Row] = []
@@ -226,19 +230,13 @@ class Pipeline:
         rec = {"time": _utcnow(), "kind": kind, "message": message, **jsonable(extra)}
         await self.store([("status", AGENT_KEY, _utcnow().timestamp(), wire.dumps(rec))])
 
-    def last_times(self) -> dict[str, str]:
-        """`equipment/path` -> last stored source time, for the heartbeat file."""
-        out: dict[str, str] = {}
-        for h, (t, status) in self.last.items():
-            b = self.bindings.get(h)
-            if b is not None and t is not None:
-                out[f"{b.equipment}/{b.path}"] = f"{t.isoformat()}|{status}"
-        return out
-
-    def restore_last_times(self, saved: dict[str, str]) -> None:
-        by_key = {f"{b.equipment}/{b.path}": h for h, b in self.bindings.items()}
-        for key, value in saved.items():
-            h = by_key.get(key)
+    def restore_marks(self) -> None:
+        """Load each element's last stored (source time, status) from the buffer, after a restart."""
+        if not self.buffers:
+            return
+        by_mark = {b.mark: h for h, b in self.bindings.items()}
+        for key, value in self.buffers[0].marks().items():
+            h = by_mark.get(key)
             if h is None:
                 continue
             try:
@@ -294,7 +292,7 @@ class Pipeline:
             log.warning("buffer quota: dropped %d oldest records of %s (%s .. %s)", count, key, start, end)
         return rows
 
-    async def store(self, rows: list[Row]) -> None:
+    async def store(self, rows: list[Row], marks: dict[str, str] | None = None) -> None:
         """Commit rows to every buffer; retry with backoff while a disk refuses, then raise.
 
         Raising makes the adapter report an interruption. Protected records (gaps, status) that a
@@ -303,21 +301,21 @@ class Pipeline:
         failure: BufferError | None = None
         for i, buf in enumerate(self.buffers):
             try:
-                await self._store_one(i, buf, rows)
+                await self._store_one(i, buf, rows, marks or {})
             except BufferError as exc:
                 failure = exc
         self._on_stored()
         if failure is not None:
             raise failure
 
-    async def _store_one(self, i: int, buf: Buffer, rows: list[Row]) -> None:
+    async def _store_one(self, i: int, buf: Buffer, rows: list[Row], marks: dict[str, str]) -> None:
         batch = self._held[i] + rows if self._held[i] else rows
         delays = self._delays()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._store_timeout
         while batch:
             try:
-                dropped = buf.add(batch)
+                dropped = buf.add(batch, marks.items())
             except BufferError as exc:
                 if loop.time() >= deadline:
                     self._held[i] = [r for r in batch if r[0] != "data"][-10000:]
@@ -327,4 +325,5 @@ class Pipeline:
                 continue
             # What the quota dropped becomes a gap record in the same buffer (gaps are never dropped).
             batch = self._dropped_rows(dropped) if dropped.count else []
+            marks = {}
         self._held[i] = []

@@ -18,7 +18,6 @@ import orjson
 class Previous:
     last_alive: datetime
     clean: bool
-    last_times: dict[str, str]
 
 
 class RunState:
@@ -28,7 +27,7 @@ class RunState:
     def load(self) -> Previous | None:
         try:
             doc = orjson.loads(self.path.read_bytes())
-            return Previous(datetime.fromisoformat(doc["last_alive"]), bool(doc["clean"]), dict(doc.get("last", {})))
+            return Previous(datetime.fromisoformat(doc["last_alive"]), bool(doc["clean"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 

@@ -86,6 +86,8 @@ Row = tuple[str, str, float, bytes]
 record body, one JSON object as bytes without an "id" field."""
 
 SCHEMA_VERSION: Final = 1
+_SQL_MARKS_TABLE: Final = "CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
+_SQL_MARK: Final = "INSERT INTO marks (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 # Marks the file as ours, so another application's SQLite database is refused, not written into.
 APPLICATION_ID: Final = 0x45414246
 
@@ -339,6 +341,7 @@ class Buffer:
                     "body BLOB NOT NULL, "
                     "CHECK (typeof(key) = 'text' AND typeof(ts) = 'real' AND typeof(body) = 'blob'))"
                 )
+            conn.execute(_SQL_MARKS_TABLE)
             conn.execute(
                 "INSERT INTO state (id, origin, created, last_seq) VALUES (1, ?, ?, 0)",
                 (secrets.token_hex(6), time.time()),
@@ -351,13 +354,22 @@ class Buffer:
                 conn.execute("ROLLBACK")
             raise
 
+    def marks(self) -> dict[str, str]:
+        """Every mark saved by `add()`, latest value per key."""
+        with self._errors("read marks"):
+            return dict(self._conn.execute("SELECT k, v FROM marks").fetchall())
+
     @property
     def last_seq(self) -> int:
         """The highest seq ever assigned in this file (0 for a new file)."""
         return self._last_seq
 
-    def add(self, rows: Sequence[Row]) -> Dropped:
+    def add(self, rows: Sequence[Row], marks: Iterable[tuple[str, str]] = ()) -> Dropped:
         """Store `rows` in one transaction; durable (committed) when it returns.
+
+        `marks` (key, value) are saved in the same transaction and read back with `marks()`: the
+        caller's own progress notes (the agent keeps each element's last source time there, so
+        a restart does not store a value it already had under a second id).
 
         If the rows would take the database over the quota, the oldest droppable records are
         deleted in the same transaction and returned as `Dropped`. Raises `ValueError` for an
@@ -386,6 +398,7 @@ class Buffer:
                 conn.executemany(self._sql_insert[lane], group)
                 pending[lane] += len(group)
             conn.execute(self._sql_state, (seq, *pending.values()))
+            conn.executemany(_SQL_MARK, marks)
         self._last_seq = seq
         self._pending = pending
         for lane, group in by_lane.items():

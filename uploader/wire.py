@@ -89,9 +89,8 @@ def _encode_bytes(v: Any) -> Any:
 def encode_datetime(v: Any) -> str:
     if not isinstance(v, datetime):
         raise WireValueError(f"expected a datetime, got {type(v).__name__} {v!r}")
-    if v.tzinfo is None:
-        v = v.replace(tzinfo=UTC)
-    return v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    when: datetime = v if v.tzinfo is not None else v.replace(tzinfo=UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _encode_langstring(v: Any) -> Any:
