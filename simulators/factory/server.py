@@ -1,0 +1,347 @@
+"""The OPC UA side of the factory simulator (asyncua server)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from asyncua import Node, Server, ua
+from asyncua.server.event_generator import EventGenerator
+
+from simulators.factory.catalogue import (
+    DIAGNOSTICS_FOLDER,
+    DIAGNOSTICS_MACHINE_INDEX,
+    EVENT_TYPE_NAME,
+    KIND_DESCRIPTIONS,
+    NAMESPACE_INDEX,
+    NAMESPACE_URI,
+    SignalInfo,
+)
+from simulators.factory.machines import Machine, MachineEvent
+from simulators.factory.plant import Plant, Round
+from simulators.factory.record import ValueRecorder
+
+log = logging.getLogger(__name__)
+
+APPLICATION_URI = "urn:edge-agent:simulators:factory:server"
+UNECE_NAMESPACE = "http://www.opcfoundation.org/UA/units/un/cefact"
+# Catalogue unit -> (UN/CEFACT common code, name), for the standard EngineeringUnits property.
+UNECE_UNITS: dict[str, tuple[str, str]] = {
+    "rpm": ("RPM", "revolutions per minute"),
+    "%": ("P1", "percent"),
+    "mm/min": ("H81", "millimetre per minute"),
+    "°C": ("CEL", "degree Celsius"),
+    "mm": ("MMT", "millimetre"),
+    "mm/s": ("C16", "millimetre per second"),
+    "bar": ("BAR", "bar"),
+    "kN": ("B47", "kilonewton"),
+    "s": ("SEC", "second"),
+    "kW": ("KWT", "kilowatt"),
+    "kWh": ("KWH", "kilowatt hour"),
+    "A": ("AMP", "ampere"),
+    "1/min": ("C94", "reciprocal minute"),
+}
+_UNSET = object()
+
+
+def unece_unit_id(code: str) -> int:
+    """EUInformation.UnitId of a UN/CEFACT common code (OPC 10000-8, 5.6.3)."""
+    unit_id = 0
+    for char in code[:4]:
+        unit_id = (unit_id << 8) | ord(char)
+    return unit_id
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class FactorySimulator:
+    """asyncua server for a `Plant`, updated every `period` seconds.
+
+    Each round writes, with explicit source and server timestamps (the same for the whole round),
+    the values that changed since the last write, as a PLC gateway reports changes: Diagnostics
+    change every round, a setting such as ProgramName only now and then. The recorder sees exactly
+    those writes. Pass `plant` and `recorder` to keep counters and history across a stop/start.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 4840,
+        machines: int = 3,
+        period: float = 0.5,
+        seed: int = 1,
+        alarm_every: int = 0,
+        record: str | Path | None = None,
+        *,
+        plant: Plant | None = None,
+        recorder: ValueRecorder | None = None,
+    ) -> None:
+        if period <= 0:
+            raise ValueError("period must be > 0")
+        self.host = host
+        self.port = port
+        self.period = period
+        self.plant = plant if plant is not None else Plant(machines, seed, alarm_every)
+        self.recorder = recorder if recorder is not None else ValueRecorder(path=record)
+        self._server: Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._nodes: dict[str, ua.NodeId] = {}
+        self._last: dict[str, object] = {}
+        self._generators: dict[str, EventGenerator] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}/"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Build the address space, write the first round and accept connections."""
+        if self._server is not None:
+            raise RuntimeError("simulator already started")
+        self._nodes.clear()
+        self._last.clear()
+        self._generators.clear()
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.set_server_name("Edge agent factory simulator")
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        await server.set_application_uri(APPLICATION_URI)
+        index = await server.register_namespace(NAMESPACE_URI)
+        if index != NAMESPACE_INDEX:
+            raise RuntimeError(f"{NAMESPACE_URI} registered at index {index}, expected {NAMESPACE_INDEX}")
+        event_type = await self._add_event_type(server)
+        for machine in self.plant.machines:
+            await self._add_machine(server, machine, event_type)
+        # Stepped only now: building the address space takes a second or more, and the first
+        # round's source time should be when it is published.
+        now = utcnow()
+        events, values = self.plant.step(now)
+        self._server = server
+        self.recorder.open()
+        try:
+            await self._publish(now, values)
+            await server.start()
+        except BaseException:
+            self._server = None
+            self.recorder.close()
+            raise
+        self._task = asyncio.create_task(self._run(), name=f"factory-updates-{self.port}")
+        try:
+            await self._fire(events, now)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def serve(self, stop: asyncio.Event, timeout: float | None = None) -> None:
+        """Serve until `stop` is set or `timeout` seconds pass; raises if the update loop failed."""
+        task = self._task
+        if task is None:
+            raise RuntimeError("simulator not started")
+        waiter = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task in done:
+            task.result()
+
+    async def stop(self) -> None:
+        """Stop updating and close the server and every client connection; idempotent."""
+        task, self._task = self._task, None
+        server, self._server = self._server, None
+        try:
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+                if not task.cancelled():
+                    # Retrieve the failure so asyncio does not log it again; serve() already raised it.
+                    task.exception()
+        finally:
+            if server is not None:
+                await server.stop()
+            self.recorder.close()
+
+    async def reset_alarm(self, machine_name: str) -> bool:
+        """What the ResetAlarm method does; True if an alarm was active."""
+        machine = self.plant.machine(machine_name)
+        async with self._lock:
+            event = machine.reset_alarm()
+            if event is None:
+                return False
+            now = utcnow()
+            await self._publish(now, self.plant.machine_values(machine))
+            await self._fire([event], now)
+            return True
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += self.period
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+            if loop.time() - deadline > self.period:
+                # Fell more than a round behind (loaded machine): skip rounds rather than burst.
+                deadline = loop.time()
+            try:
+                async with self._lock:
+                    now = utcnow()
+                    events, values = self.plant.step(now)
+                    await self._publish(now, values)
+                    await self._fire(events, now)
+            except Exception:
+                log.exception("factory update round failed; updates stop")
+                raise
+
+    async def _publish(self, now: datetime, values: Round) -> None:
+        """Write the values that changed since the last write, with explicit timestamps."""
+        server = self._server
+        assert server is not None
+        aspace = server.iserver.aspace
+        written: list[tuple[str, str, object]] = []
+        for signal, value in values:
+            if self._last.get(signal.node_id, _UNSET) == value:
+                continue
+            data_value = ua.DataValue(
+                Value=ua.Variant(value, ua.VariantType[signal.opcua_type]),
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            )
+            # The address space's own write returns the status that Server.write_attribute_value drops:
+            # a type mismatch must fail loudly, not leave a stale value.
+            status = await aspace.write_attribute_value(self._nodes[signal.node_id], ua.AttributeIds.Value, data_value)
+            status.check()
+            self._last[signal.node_id] = value
+            written.append((signal.node_id, signal.opcua_type, value))
+        self.recorder.add(now, written)
+
+    async def _fire(self, events: list[MachineEvent], now: datetime) -> None:
+        server = self._server
+        assert server is not None
+        for event in events:
+            generator = self._generators[event.machine]
+            fields = generator.event
+            fields.Severity = event.severity
+            fields.AlarmCode = event.alarm.code
+            fields.MachineState = event.state.name
+            fields.Message = ua.LocalizedText(event.message, "en-US")
+            await generator.trigger(time_attr=now)
+            # asyncua delivers an event only to subscribers of its emitting node. Clients also expect
+            # machine events on the Server object (the usual place to subscribe to all events), so
+            # the same event (same EventId) is delivered there as well.
+            machine_node = fields.emitting_node
+            fields.emitting_node = ua.NodeId(ua.ObjectIds.Server)
+            try:
+                await server.iserver.subscription_service.trigger_event(fields)
+            finally:
+                fields.emitting_node = machine_node
+
+    async def _add_event_type(self, server: Server) -> Node:
+        base = server.get_node(ua.NodeId(ua.ObjectIds.BaseEventType))
+        event_type = await base.add_object_type(
+            ua.NodeId(EVENT_TYPE_NAME, NAMESPACE_INDEX), ua.QualifiedName(EVENT_TYPE_NAME, NAMESPACE_INDEX)
+        )
+        for name, vtype in (("AlarmCode", ua.VariantType.Int32), ("MachineState", ua.VariantType.String)):
+            await event_type.add_property(
+                ua.NodeId(f"{EVENT_TYPE_NAME}.{name}", NAMESPACE_INDEX),
+                ua.QualifiedName(name, NAMESPACE_INDEX),
+                ua.Variant(ua.get_default_value(vtype), vtype),
+            )
+        return event_type
+
+    async def _add_machine(self, server: Server, machine: Machine, event_type: Node) -> None:
+        obj = await server.nodes.objects.add_object(
+            ua.NodeId(machine.name, NAMESPACE_INDEX), ua.QualifiedName(machine.name, NAMESPACE_INDEX)
+        )
+        await self._describe(server, obj.nodeid, KIND_DESCRIPTIONS[machine.kind])
+        parents: dict[str, Node] = {"": obj}
+        if machine.index == DIAGNOSTICS_MACHINE_INDEX:
+            parents[DIAGNOSTICS_FOLDER] = await obj.add_folder(
+                ua.NodeId(f"{machine.name}.{DIAGNOSTICS_FOLDER}", NAMESPACE_INDEX),
+                ua.QualifiedName(DIAGNOSTICS_FOLDER, NAMESPACE_INDEX),
+            )
+        for signal in self.plant.signals:
+            if signal.machine == machine.name:
+                folder, _, name = signal.name.rpartition(".")
+                await self._add_variable(server, parents[folder], name, signal)
+
+        # EventGenerator marks the object as an event notifier (SubscribeToEvents).
+        self._generators[machine.name] = await server.get_event_generator(event_type, emitting_node=obj)
+        await server.nodes.server.add_reference(obj.nodeid, ua.ObjectIds.HasNotifier)
+        await obj.add_method(
+            ua.NodeId(f"{machine.name}.ResetAlarm", NAMESPACE_INDEX),
+            ua.QualifiedName("ResetAlarm", NAMESPACE_INDEX),
+            self._reset_method(machine.name),
+            [],
+            [
+                ua.Argument(
+                    Name="WasInAlarm",
+                    DataType=ua.NodeId(ua.ObjectIds.Boolean),
+                    ValueRank=ua.ValueRank.Scalar,
+                    Description=ua.LocalizedText("True if an alarm was active and has been reset", "en-US"),
+                )
+            ],
+        )
+
+    async def _add_variable(self, server: Server, parent: Node, name: str, signal: SignalInfo) -> None:
+        # The placeholder value only fixes the type: the first round overwrites it before clients connect.
+        vtype = ua.VariantType[signal.opcua_type]
+        node = await parent.add_variable(
+            ua.NodeId.from_string(signal.node_id),
+            ua.QualifiedName(name, NAMESPACE_INDEX),
+            ua.Variant([] if signal.is_array else ua.get_default_value(vtype), vtype),
+        )
+        self._nodes[signal.node_id] = node.nodeid
+        await self._describe(server, node.nodeid, signal.description)
+        if signal.is_array:
+            # asyncua leaves ValueRank at OneOrMoreDimensions (0) for list values; these are 1-D of any length.
+            await server.write_attribute_value(
+                node.nodeid,
+                ua.DataValue(ua.Variant(ua.ValueRank.OneDimension, ua.VariantType.Int32)),
+                ua.AttributeIds.ValueRank,
+            )
+            await server.write_attribute_value(
+                node.nodeid, ua.DataValue(ua.Variant([0], ua.VariantType.UInt32)), ua.AttributeIds.ArrayDimensions
+            )
+        unit = UNECE_UNITS.get(signal.unit or "")
+        if unit is not None and signal.unit is not None:
+            code, description = unit
+            info = ua.EUInformation(
+                NamespaceUri=UNECE_NAMESPACE,
+                UnitId=unece_unit_id(code),
+                DisplayName=ua.LocalizedText(signal.unit),
+                Description=ua.LocalizedText(description),
+            )
+            await node.add_property(
+                ua.NodeId(f"{node.nodeid.Identifier}.EngineeringUnits", NAMESPACE_INDEX),
+                ua.QualifiedName("EngineeringUnits", 0),
+                ua.Variant(info, ua.VariantType.ExtensionObject),
+                datatype=ua.NodeId(ua.ObjectIds.EUInformation),
+            )
+
+    @staticmethod
+    async def _describe(server: Server, node: ua.NodeId, text: str) -> None:
+        description = ua.DataValue(ua.Variant(ua.LocalizedText(text, "en-US"), ua.VariantType.LocalizedText))
+        await server.write_attribute_value(node, description, ua.AttributeIds.Description)
+
+    def _reset_method(self, machine_name: str) -> Callable[[ua.NodeId], Awaitable[list[ua.Variant]]]:
+        async def reset_alarm(parent: ua.NodeId) -> list[ua.Variant]:
+            return [ua.Variant(await self.reset_alarm(machine_name), ua.VariantType.Boolean)]
+
+        return reset_alarm
