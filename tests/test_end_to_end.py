@@ -125,6 +125,14 @@ def start_agent(tmp_path: Path, opc_port: int, mqtt_port: int, **kw: Any) -> Age
     return AgentProcess(cfg, tmp_path / "agent.log").start()
 
 
+# A node the server does not have, and a node mapped with the wrong type: both are reported
+# and skipped while everything else keeps flowing.
+BAD_POINTS = """\
+      - {node: "ns=2;s=CNC01.NoSuchSignal", path: Missing, type: Double}
+      - {node: "ns=2;s=CNC01.SpindleSpeed", path: SpeedAsInt, type: Int32}
+"""
+
+
 def diag(name: str) -> str:
     return f"ns=2;s=CNC01.Diagnostics.{name}"
 
@@ -132,7 +140,7 @@ def diag(name: str) -> str:
 def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber) -> None:
     opc_port = free_port()
     with FactoryThread(port=opc_port, period=0.1, machines=3, alarm_every=3) as fac:
-        agent = start_agent(tmp_path, opc_port, broker.port)
+        agent = start_agent(tmp_path, opc_port, broker.port, extra_points=BAD_POINTS)
         try:
 
             def specials_seen() -> bool:
@@ -145,6 +153,14 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         finally:
             assert agent.stop() == 0, agent.log()[-3000:]
         got = received(subscriber)
+        log = agent.log()
+
+    assert "Traceback" not in log
+    problems = {r["path"]: r for r in got.records("status") if r["kind"] == "node-problem"}
+    assert "unknown on the server" in problems["Missing"]["message"]
+    assert problems["Missing"]["node"] == "ns=2;s=CNC01.NoSuchSignal"
+    assert "server type is Double, the mapping says Int32" in problems["SpeedAsInt"]["message"]
+    assert "ns=2;s=CNC01.NoSuchSignal" in log and "skipped" in log
 
     data = got.unique("data")
     nodes = {r["node"] for r in data}
