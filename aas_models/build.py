@@ -146,35 +146,25 @@ def _check_shell(shell: Shell, used_ids: set[str]) -> None:
         if not identifier or len(identifier) > MAX_IDENTIFIER or not xml_safe(identifier):
             raise ModelBuildError(f"{where}: {label} must be 1-{MAX_IDENTIFIER} XML-safe characters")
     if shell.nameplate_id() == shell.operational_id():
-        raise ModelBuildError(
-            f"{where}: nameplate and operational submodel share id {shell.nameplate_id()!r}"
-        )
+        raise ModelBuildError(f"{where}: nameplate and operational submodel share id {shell.nameplate_id()!r}")
     for identifier in (shell.id, shell.nameplate_id(), shell.operational_id()):
         if identifier in used_ids:
             raise ModelBuildError(f"{where}: identifier {identifier!r} is already used by an earlier shell")
     if not _ID_SHORT.fullmatch(shell.id_short):
-        raise ModelBuildError(
-            f"{where}: shell idShort {shell.id_short!r} is invalid; allowed: {ID_SHORT_RULE}"
-        )
+        raise ModelBuildError(f"{where}: shell idShort {shell.id_short!r} is invalid; allowed: {ID_SHORT_RULE}")
     for f in fields(shell.nameplate):
         text = getattr(shell.nameplate, f.name)
         if isinstance(text, str) and (not text or not xml_safe(text)):
-            raise ModelBuildError(
-                f"{where}: nameplate {f.name} must be non-empty XML-safe text, got {text!r}"
-            )
+            raise ModelBuildError(f"{where}: nameplate {f.name} must be non-empty XML-safe text, got {text!r}")
     for f in fields(shell.nameplate.address):
         text = getattr(shell.nameplate.address, f.name)
         if text is not None and (not text or not xml_safe(text)):
             raise ModelBuildError(f"{where}: nameplate address {f.name} must be non-empty XML-safe text")
 
 
-def _build_operational(
-    shell: Shell, language: str, bindings: dict[tuple[str, str], Binding]
-) -> model.Submodel:
+def _build_operational(shell: Shell, language: str, bindings: dict[tuple[str, str], Binding]) -> model.Submodel:
     _check_paths(shell)
-    submodel = model.Submodel(
-        shell.operational_id(), id_short=OPERATIONAL_ID_SHORT, kind=model.ModellingKind.INSTANCE
-    )
+    submodel = model.Submodel(shell.operational_id(), id_short=OPERATIONAL_ID_SHORT, kind=model.ModellingKind.INSTANCE)
     collections: dict[str, model.SubmodelElementCollection] = {}
     for spec in shell.elements:
         where = f"shell {shell.id!r}, element {spec.path!r}"
@@ -218,8 +208,7 @@ def _check_paths(shell: Shell) -> None:
         for segment in segments:
             if not _ID_SHORT.fullmatch(segment):
                 raise ModelBuildError(
-                    f"{where}: idShort {segment!r} is invalid; "
-                    f"each dot-separated segment needs {ID_SHORT_RULE}"
+                    f"{where}: idShort {segment!r} is invalid; each dot-separated segment needs {ID_SHORT_RULE}"
                 )
         if spec.path in leaves:
             raise ModelBuildError(f"{where}: path declared twice")

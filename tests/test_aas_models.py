@@ -47,9 +47,7 @@ PRESS_ELEMENTS = (
     Element("Counts.UInt", "UInt32"),
     Element("Counts.Long", "Int64"),
     Element("Counts.ULong", "UInt64"),
-    Element(
-        "Spindle.Speed", "Double", semantic_id=SPEED_SEMANTIC_ID, unit="1/min", description="스핀들 속도"
-    ),
+    Element("Spindle.Speed", "Double", semantic_id=SPEED_SEMANTIC_ID, unit="1/min", description="스핀들 속도"),
     Element("Spindle.Motor.Temperature", "Float", unit="°C"),
     Element("Operator", "String"),
     Element("Recipe", "String"),
@@ -60,9 +58,7 @@ PRESS_ELEMENTS = (
     Element("Status", "StatusCode"),
     Element("BatchId", "Guid"),
     Element("SourceNode", "NodeId"),
-    Element(
-        "Axis.Positions", "Double", is_array=True, unit="mm", semantic_id="https://example.com/semantics/Pos"
-    ),
+    Element("Axis.Positions", "Double", is_array=True, unit="mm", semantic_id="https://example.com/semantics/Pos"),
     Element("Alarms", "UInt32", is_array=True),
     Element("Messages", "LocalizedText", is_array=True),
 )
@@ -187,9 +183,7 @@ def _value(doc: dict[str, Any], path: str, shell_id: str = PRESS) -> Any:
 def _schema(name: str) -> dict[str, Any]:
     file = SCHEMAS / name
     if not file.is_file():
-        pytest.skip(
-            f"{file} not found: the official AAS schemas live in shared/reference/schemas beside the repo"
-        )
+        pytest.skip(f"{file} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
     loaded: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
     return loaded
 
@@ -390,9 +384,7 @@ def test_json_matches_official_schema(doc: dict[str, Any], schema_file: str) -> 
 def test_xml_matches_xsd(exported: dict[str, Path]) -> None:
     xsd = SCHEMAS / "AAS-3.1.xsd"
     if not xsd.is_file():
-        pytest.skip(
-            f"{xsd} not found: the official AAS schemas live in shared/reference/schemas beside the repo"
-        )
+        pytest.skip(f"{xsd} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
     schema = etree.XMLSchema(etree.parse(str(xsd)))
     document = etree.parse(str(exported["xml"]))
     assert schema.validate(document), str(schema.error_log)
@@ -413,9 +405,7 @@ def _check_round_trip(store: model.DictIdentifiableStore[model.Identifiable]) ->
     recipe = operational.get_referable("Recipe")
     assert isinstance(recipe, model.Property) and recipe.value == "프레스 레시피 A-7"
     message = operational.get_referable("Message")
-    assert isinstance(message, model.MultiLanguageProperty) and dict(message.value or {}) == {
-        "ko": "정상 가동"
-    }
+    assert isinstance(message, model.MultiLanguageProperty) and dict(message.value or {}) == {"ko": "정상 가동"}
     oven = store.get_item(f"{OVEN}/sm/OperationalData")
     assert isinstance(oven, model.Submodel)
     temperature = oven.get_referable("Temperature")
@@ -485,9 +475,7 @@ def test_unknown_opcua_type_is_rejected() -> None:
 
 
 def test_duplicate_path_is_rejected() -> None:
-    with pytest.raises(
-        ModelBuildError, match=r"shell 'urn:example:aas:bad', element 'Ax\.By': path declared twice"
-    ):
+    with pytest.raises(ModelBuildError, match=r"shell 'urn:example:aas:bad', element 'Ax\.By': path declared twice"):
         _build_one(Element("Ax.By", "Double"), Element("Ax.By", "Int32"))
 
 
