@@ -45,7 +45,7 @@ class WireValueError(ValueError):
 
 def encode_float(v: Any) -> Any:
     if type(v) is not float:
-        if type(v) is int or isinstance(v, bool):
+        if not isinstance(v, int | float) or isinstance(v, bool):
             raise WireValueError(f"expected a floating-point value, got {type(v).__name__} {v!r}")
         v = float(v)
     if v - v == 0.0:  # finite: the cheapest test that is False for NaN and ±INF

@@ -1,0 +1,108 @@
+"""The wire format: values JSON holds exactly stay numbers, the rest travel as xs: lexical strings."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, timezone
+
+import jsonschema
+import orjson
+import pytest
+
+from uploader import wire
+
+
+@pytest.mark.parametrize(
+    ("xs", "value", "json_value"),
+    [
+        ("xs:double", 1.5, 1.5),
+        ("xs:double", math.nan, "NaN"),
+        ("xs:double", math.inf, "INF"),
+        ("xs:float", -math.inf, "-INF"),
+        ("xs:unsignedLong", 2**64 - 1, "18446744073709551615"),
+        ("xs:long", -(2**63), "-9223372036854775808"),
+        ("xs:long", 2**53, 2**53),
+        ("xs:unsignedByte", 255, 255),
+        ("xs:byte", -128, -128),
+        ("xs:string", "", ""),
+        ("xs:string", "주축 과부하", "주축 과부하"),
+        ("xs:base64Binary", b"\x00\x01\xff", "AAH/"),
+        ("xs:boolean", False, False),
+        ("langString", {"language": "ko-KR", "text": "경고"}, [{"language": "ko-KR", "text": "경고"}]),
+        ("xs:dateTime", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "2026-01-02T03:04:05.000006Z"),
+        ("xs:dateTime", datetime(2026, 1, 2, 12, tzinfo=timezone(timedelta(hours=9))), "2026-01-02T03:00:00.000000Z"),
+    ],
+)
+def test_values_round_trip_exactly(xs: str, value: object, json_value: object) -> None:
+    encoded = wire.value_encoder(xs)(value)
+    assert encoded == json_value
+    back = wire.decode_value(xs, orjson.loads(orjson.dumps(encoded)))
+    if isinstance(value, float) and math.isnan(value):
+        assert math.isnan(back)
+    elif isinstance(value, datetime):
+        assert back == value
+    else:
+        assert back == value
+
+
+@pytest.mark.parametrize(
+    ("xs", "value", "message"),
+    [
+        ("xs:unsignedByte", 256, "outside xs:unsignedByte"),
+        ("xs:unsignedInt", -1, "outside"),
+        ("xs:int", 1.5, "expected an integer"),
+        ("xs:int", True, "expected an integer"),
+        ("xs:double", "3.1", "expected a floating-point value"),
+        ("xs:string", b"x", "expected a string"),
+    ],
+)
+def test_values_that_do_not_fit_are_refused_with_a_reason(xs: str, value: object, message: str) -> None:
+    with pytest.raises(wire.WireValueError, match=message):
+        wire.value_encoder(xs)(value)
+
+
+def test_arrays_encode_each_item() -> None:
+    enc = wire.value_encoder("xs:double", is_array=True)
+    assert enc([1.0, math.nan, -math.inf]) == [1.0, "NaN", "-INF"]
+    assert enc([]) == []
+
+
+def test_unknown_value_type_lists_the_allowed_ones() -> None:
+    with pytest.raises(wire.WireValueError, match="allowed: xs:boolean"):
+        wire.value_encoder("xs:decimal")
+
+
+def test_payload_splices_stable_ids_and_validates_against_the_shipped_schema() -> None:
+    prefix = wire.record_prefix(
+        {
+            "shell": "urn:s",
+            "submodel": "urn:s/sm",
+            "path": "Spindle.Speed",
+            "valueType": "xs:double",
+            "node": "ns=2;s=X",
+        }
+    )
+    now = datetime.now(UTC)
+    bodies = [
+        wire.body(prefix, {"value": wire.encode_float(v), "sourceTime": now, "serverTime": now, "status": 0})
+        for v in (1.0, math.nan)
+    ]
+    ids = [wire.record_id("0123456789ab", 7), wire.record_id("0123456789ab", 8)]
+    msg = wire.payload({"origin": "0123456789ab", "site": "s1", "asset": "cnc01", "lane": "data"}, ids, bodies)
+    doc = orjson.loads(msg)
+    jsonschema.Draft202012Validator(wire.schema()).validate(doc)
+    assert [r["id"] for r in doc["records"]] == ["0123456789ab-7", "0123456789ab-8"]
+    assert doc["records"][1]["value"] == "NaN"
+    assert doc["records"][0]["sourceTime"].endswith("Z")
+
+
+def test_schema_rejects_a_record_without_its_value_type() -> None:
+    doc = {
+        "v": 1,
+        "origin": "0123456789ab",
+        "site": "s",
+        "lane": "data",
+        "records": [{"id": "0123456789ab-1", "shell": "a", "submodel": "b", "path": "c", "value": 1}],
+    }
+    with pytest.raises(jsonschema.ValidationError, match="valueType"):
+        jsonschema.Draft202012Validator(wire.schema()).validate(doc)
