@@ -391,16 +391,24 @@ _UNION_TAGS = frozenset({"mqtt", "file"})
 _ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
-def _expand_env(text: str, file: str) -> str:
-    """${NAME} takes a value from the environment, so secrets need not sit in the file."""
+def _expand_env(data: Any, file: str, lines: dict[tuple[str | int, ...], int], at: tuple[str | int, ...] = ()) -> Any:
+    """${NAME} in a value takes it from the environment, so secrets need not sit in the file."""
+    if isinstance(data, dict):
+        return {k: _expand_env(v, file, lines, (*at, str(k))) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_env(v, file, lines, (*at, i)) for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
 
     def sub(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in os.environ:
-            raise ConfigError(f"{file}: environment variable {name} is used but not set")
+            line = _nearest_line(at, lines)
+            where = ".".join(str(p) for p in at)
+            raise ConfigError(f"{file}:{line}: {where}: environment variable {name} is used but not set")
         return os.environ[name]
 
-    return _ENV.sub(sub, text)
+    return _ENV.sub(sub, data)
 
 
 def load(path: str | Path) -> Config:
@@ -416,13 +424,14 @@ def load(path: str | Path) -> Config:
 def parse(text: str, file: str = "<config>") -> Config:
     lines = _lines(text)
     try:
-        data = yaml.safe_load(_expand_env(text, file))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file
         raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping with site, sources, equipment and sinks")
+    data = _expand_env(data, file, lines)
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -117,3 +117,18 @@ def test_check_command_reports_without_traceback(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "1 machines, 1 points" in r.stdout
     assert "hunter2" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("example", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str)
+def test_example_configs_validate_and_export_valid_aas(example: Path, tmp_path: Path) -> None:
+    import aas_core3_1.jsonization as jsonization
+    import aas_core3_1.verification as verification
+    import orjson
+
+    from aas_models.export import write_environment
+    from agent.shells import build_shells
+
+    out = tmp_path / "env.json"
+    write_environment(build_shells(load(example)), "json", out)
+    env = jsonization.environment_from_jsonable(orjson.loads(out.read_bytes()))
+    assert [str(e) for e in verification.verify(env)] == []
