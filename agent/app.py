@@ -230,6 +230,7 @@ class Agent:
         return {
             "started": self.started,
             "values_in": self.pipeline.values_in,
+            "repeats_skipped": self.pipeline.repeats,
             "bad_values": self.pipeline.bad_values,
             "sources": {s.endpoint.id: {"connected": s.connected, "active": len(s.active)} for s in self.sources},
             "buffers": {
@@ -280,9 +281,15 @@ class Agent:
             log.info("stopped cleanly")
 
     async def _heartbeat(self) -> None:
+        """Beat once a second; every `status_interval_s` also write the counters to the status lane."""
+        loop = asyncio.get_running_loop()
+        next_stats = loop.time() + self.cfg.agent.status_interval_s
         while True:
             await asyncio.sleep(1.0)
             self.runstate.beat()
+            if loop.time() >= next_stats:
+                next_stats += self.cfg.agent.status_interval_s
+                await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
 
 
 def run_agent(cfg: Config, stop_after: float | None = None) -> None:

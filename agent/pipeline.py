@@ -133,9 +133,9 @@ class Pipeline:
         self._store_timeout = store_timeout
         self._on_stored = on_stored
         self._held: list[list[Row]] = [[] for _ in self.buffers]  # per buffer: protected rows not stored yet
-        # (source time, status) last stored per handle: a resubscribe or restart re-reports the
-        # current value with its old source time, which is a repeat, not a new value.
-        self.last: dict[int, tuple[datetime | None, int]] = {}
+        # (source time as epoch seconds, status) last stored per handle: a resubscribe or restart
+        # re-reports the current value with its old source time, which is a repeat, not a new value.
+        self.last: dict[int, tuple[float, int]] = {}
         self.repeats = 0
         self.values_in = 0
         self.bad_values = 0
@@ -151,31 +151,30 @@ class Pipeline:
         dumps = wire.dumps
         bad: list[Row] = []
         last = self.last
-        marks: dict[str, str] = {}
+        marks: dict[str, tuple[float, int]] = {}
         repeats = 0
+        now = _utcnow().timestamp()
         for s in samples:
             b = bindings.get(s.handle)
             if b is None:
                 continue
-            stamp = (s.source_time, s.status)
-            if s.source_time is not None and last.get(s.handle) == stamp:
-                repeats += 1
-                continue
-            last[s.handle] = stamp
-            if s.source_time is not None:
-                marks[b.mark] = f"{s.source_time.isoformat()}|{s.status}"
+            st = s.source_time
+            if st is not None:
+                t = st.timestamp()
+                stamp = (t, s.status)
+                if last.get(s.handle) == stamp:
+                    repeats += 1
+                    continue
+                last[s.handle] = marks[b.mark] = stamp
+            else:
+                t = s.server_time.timestamp() if s.server_time is not None else now
             try:
                 value = b.encode(s.value)
             except (wire.WireValueError, TypeError, ValueError) as exc:
                 bad.append(self._bad_value_row(b, s, exc))
                 continue
-            body = (
-                b.prefix
-                + dumps({"value": value, "sourceTime": s.source_time, "serverTime": s.server_time, "status": s.status})[
-                    1:
-                ]
-            )
-            append(("data", b.equipment, _epoch(s.source_time or s.server_time), body))
+            varying = {"value": value, "sourceTime": st, "serverTime": s.server_time, "status": s.status}
+            append(("data", b.equipment, t, b.prefix + dumps(varying)[1:]))
             update(b.shell_id, b.path, s.value)
         if bad:
             self.bad_values += len(bad)
@@ -184,7 +183,7 @@ class Pipeline:
         self.repeats += repeats
         if samples:
             self.last_value_at = _utcnow()
-        await self.store(rows, marks)
+        await self.store(rows, {k: f"{t!r}|{status}" for k, (t, status) in marks.items()})
 
     async def on_events(self, events: Sequence[Event]) -> None:
         rows: list[Row] = []
@@ -241,7 +240,7 @@ class Pipeline:
                 continue
             try:
                 t, status = value.rsplit("|", 1)
-                self.last[h] = (datetime.fromisoformat(t), int(status))
+                self.last[h] = (float(t), int(status))
             except ValueError:
                 continue
 

@@ -61,6 +61,7 @@ def factory_config(
         "agent:",
         f"  data_dir: {data_dir}",
         "  log_level: info",
+        "  status_interval_s: 2",
         "sources:",
         "  - id: factory",
         f"    endpoint: opc.tcp://127.0.0.1:{opc_port}/",

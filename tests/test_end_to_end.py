@@ -150,6 +150,11 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
             wait_until("NaN, INF and -INF of the Double to arrive", specials_seen, timeout=60)
             got = received(subscriber)
             wait_until("an alarm event", lambda: received(subscriber).records("event"), timeout=60)
+            wait_until(
+                "the periodic counters",
+                lambda: [r for r in received(subscriber).records("status") if r["kind"] == "agent-stats"],
+                timeout=30,
+            )
         finally:
             assert agent.stop() == 0, agent.log()[-3000:]
         got = received(subscriber)
@@ -161,6 +166,8 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
     assert problems["Missing"]["node"] == "ns=2;s=CNC01.NoSuchSignal"
     assert "server type is Double, the mapping says Int32" in problems["SpeedAsInt"]["message"]
     assert "ns=2;s=CNC01.NoSuchSignal" in log and "skipped" in log
+    stats = [r for r in got.records("status") if r["kind"] == "agent-stats"][-1]
+    assert stats["values_in"] > 0 and stats["sources"]["factory"]["connected"] is True
 
     data = got.unique("data")
     nodes = {r["node"] for r in data}
