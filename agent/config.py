@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from aas_models.types import OPCUA_TYPES
+from adapters.opcua.values import node_id_problem
 
 ID_SHORT = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
 PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -78,6 +79,14 @@ class Point(_Model):
             raise ValueError(f"unknown OPC UA type {v!r}{hint}; allowed: {', '.join(OPCUA_TYPES)}")
         return v
 
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        problem = node_id_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
+
     @model_validator(mode="after")
     def _address(self) -> Point:
         if (self.node is None) == (self.browse_path is None):
@@ -95,6 +104,14 @@ class EventSource(_Model):
     node: str
     name: str = "alarms"
     fields: tuple[str, ...] = ("Message", "Severity", "SourceName", "Time", "EventType")
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, v: str) -> str:
+        problem = node_id_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class Address(_Model):

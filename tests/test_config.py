@@ -88,6 +88,11 @@ def test_bad_idshort_and_unknown_source_are_explained() -> None:
     assert "did you mean 'plc1'" in str(err.value)
 
 
+def test_a_malformed_node_id_is_caught_before_connecting() -> None:
+    with pytest.raises(ConfigError, match=r"points\[0\].node: not a valid OPC UA node id"):
+        parse(GOOD.replace("ns=2;s=CNC01.SpindleSpeed", "ns=2:CNC01.SpindleSpeed"), "x.yaml")
+
+
 def test_percent_deadband_must_be_a_percentage() -> None:
     with pytest.raises(ConfigError, match="between 0 and 100"):
         parse(GOOD.replace("value: 2}", "value: 250}"), "x.yaml")

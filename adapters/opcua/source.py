@@ -250,7 +250,7 @@ class OpcUaSource:
                     out[item.handle] = ua.NodeId.from_string(item.node)
             except ua.UaStatusCodeError as e:
                 await self._report(item.handle, item.node, f"browse path not found on the server ({e})")
-            except ValueError as e:
+            except (ValueError, ua.UaStringParsingError) as e:
                 await self._report(item.handle, item.node, f"not a valid node id ({e})")
         return out
 

@@ -74,3 +74,12 @@ def declared_type(data_type: ua.NodeId) -> str | None:
 
 def expected(opcua_type: str) -> str:
     return TYPE_ALIASES.get(opcua_type, opcua_type)
+
+
+def node_id_problem(text: str) -> str | None:
+    """Why `text` is not a node id in OPC UA string notation (ns=2;s=Name, i=85, ...), or None."""
+    try:
+        ua.NodeId.from_string(text)
+    except (ValueError, ua.UaStringParsingError) as e:
+        return f"not a valid OPC UA node id: {e}; expected e.g. 'ns=2;s=CNC01.SpindleSpeed' or 'ns=3;i=1001'"
+    return None

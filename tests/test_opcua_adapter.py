@@ -1,0 +1,99 @@
+"""The OPC UA adapter against the factory simulator: polling, browse paths, type checks, events."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator, Sequence
+
+from adapters.opcua.source import OpcUaSource
+from adapters.opcua.spec import Endpoint, EventItem, Item
+from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
+from simulators.factory import FactoryThread
+from tests.helpers import free_port
+
+
+def quick() -> Iterator[float]:
+    return itertools.repeat(0.2)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.events: list[Event] = []
+        self.problems: list[NodeProblem] = []
+        self.states: list[SourceState] = []
+        self.interruptions: list[Interruption] = []
+
+    async def emit(self, samples: Sequence[Sample]) -> None:
+        self.samples.extend(samples)
+
+    async def emit_events(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    async def interrupted(self, i: Interruption) -> None:
+        self.interruptions.append(i)
+
+    async def problem(self, p: NodeProblem) -> None:
+        self.problems.append(p)
+
+    async def state(self, s: SourceState) -> None:
+        self.states.append(s)
+
+    def of(self, handle: int) -> list[Sample]:
+        return [s for s in self.samples if s.handle == handle]
+
+
+async def run_until(source: OpcUaSource, done: object, timeout: float, source_sink: Sink) -> None:
+    task = asyncio.create_task(source.run())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while not done():  # type: ignore[operator]
+            assert loop.time() < deadline, (
+                f"timed out: {[(h, len(source_sink.of(h))) for h in (1, 2, 5)]} events {len(source_sink.events)} problems {source_sink.problems}"
+            )
+            assert not task.done(), repr(task.exception())
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_polling_browse_paths_events_and_problems() -> None:
+    port = free_port()
+    sink = Sink()
+    items = [
+        Item(handle=1, node="ns=2;s=CNC01.SpindleSpeed", opcua_type="Double", mode="poll", sampling_ms=200),
+        Item(handle=2, node="0:Objects/2:PRS01/2:Tonnage", opcua_type="Double", by_path=True),
+        Item(handle=3, node="0:Objects/2:PRS01/2:NoSuchThing", opcua_type="Double", by_path=True),
+        Item(handle=4, node="ns=2;s=CNC01.Diagnostics.DoubleArray", opcua_type="Double", is_array=False),
+        Item(handle=5, node="ns=2;s=CNC01.Diagnostics.Byte", opcua_type="Byte", mode="poll", sampling_ms=300),
+        Item(handle=6, node="not a node id", opcua_type="Double"),
+    ]
+    events = [EventItem(handle=10, node="ns=2;s=PRS01")]
+    with FactoryThread(port=port, period=0.1, machines=3, alarm_every=2) as fac:
+        endpoint = Endpoint(id="factory", url=fac.endpoint, publishing_interval_ms=100, timeout_s=5)
+        source = OpcUaSource(
+            endpoint, items, events, emit=sink.emit, emit_events=sink.emit_events, interrupted=sink.interrupted,
+            problem=sink.problem, state=sink.state, delays=quick,
+        )  # fmt: skip
+
+        def done() -> bool:
+            return len(sink.of(1)) >= 10 and len(sink.of(5)) >= 5 and bool(sink.of(2)) and bool(sink.events)
+
+        asyncio.run(run_until(source, done, timeout=60, source_sink=sink))
+    polled = sink.of(1)
+    gaps = [(b.server_time - a.server_time).total_seconds() for a, b in itertools.pairwise(polled)]  # type: ignore[operator]
+    assert all(0.1 < g < 0.5 for g in gaps[1:]), gaps
+    assert all(isinstance(s.value, int) and 0 <= s.value <= 255 for s in sink.of(5))
+    assert all(isinstance(s.value, float) for s in sink.of(2))
+    problems = {p.handle: p.problem for p in sink.problems}
+    assert set(problems) == {3, 4, 6}
+    assert "browse path not found" in problems[3]
+    assert "array" in problems[4]
+    assert "not a valid node id" in problems[6]
+    assert source.active == (1, 2, 5)
+    assert sink.states[0].state == "connected"
+    ev = sink.events[0]
+    assert ev.handle == 10 and "PRS01" in str(ev.fields["SourceName"])
