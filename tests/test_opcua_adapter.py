@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, EventItem, Item
@@ -44,15 +44,14 @@ class Sink:
         return [s for s in self.samples if s.handle == handle]
 
 
-async def run_until(source: OpcUaSource, done: object, timeout: float, source_sink: Sink) -> None:
+async def run_until(source: OpcUaSource, done: Callable[[], bool], timeout: float, sink: Sink) -> None:
     task = asyncio.create_task(source.run())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     try:
-        while not done():  # type: ignore[operator]
-            assert loop.time() < deadline, (
-                f"timed out: {[(h, len(source_sink.of(h))) for h in (1, 2, 5)]} events {len(source_sink.events)} problems {source_sink.problems}"
-            )
+        while not done():
+            counts = {h: len(sink.of(h)) for h in (1, 2, 5)}
+            assert loop.time() < deadline, f"timed out: {counts}, {len(sink.events)} events, {sink.problems}"
             assert not task.done(), repr(task.exception())
             await asyncio.sleep(0.05)
     finally:
@@ -82,7 +81,7 @@ def test_polling_browse_paths_events_and_problems() -> None:
         def done() -> bool:
             return len(sink.of(1)) >= 10 and len(sink.of(5)) >= 5 and bool(sink.of(2)) and bool(sink.events)
 
-        asyncio.run(run_until(source, done, timeout=60, source_sink=sink))
+        asyncio.run(run_until(source, done, timeout=60, sink=sink))
     polled = sink.of(1)
     gaps = [(b.server_time - a.server_time).total_seconds() for a, b in itertools.pairwise(polled)]  # type: ignore[operator]
     assert all(0.1 < g < 0.5 for g in gaps[1:]), gaps
