@@ -53,6 +53,7 @@ def factory_config(
     extra_points: str = "",
     only: Callable[[Any], bool] = lambda s: True,
     events: bool = True,
+    password: str | None = None,
 ) -> str:
     """A config that maps every signal of the factory simulator (or those `only` keeps)."""
     lines = [
@@ -67,6 +68,7 @@ def factory_config(
         f"    endpoint: opc.tcp://127.0.0.1:{opc_port}/",
         f"    publishing_interval_ms: {publishing_ms}",
         "    timeout_s: 4",
+        *([f'    username: operator\n    password: "{password}"'] if password else []),
         "    reconnect_initial_s: 0.2",
         "    reconnect_max_s: 2",
         "equipment:",

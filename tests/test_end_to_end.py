@@ -125,6 +125,7 @@ def start_agent(tmp_path: Path, opc_port: int, mqtt_port: int, **kw: Any) -> Age
     return AgentProcess(cfg, tmp_path / "agent.log").start()
 
 
+SECRET = "pl4nt-S3cret!"
 # A node the server does not have, and a node mapped with the wrong type: both are reported
 # and skipped while everything else keeps flowing.
 BAD_POINTS = """\
@@ -140,7 +141,7 @@ def diag(name: str) -> str:
 def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber) -> None:
     opc_port = free_port()
     with FactoryThread(port=opc_port, period=0.1, machines=3, alarm_every=3) as fac:
-        agent = start_agent(tmp_path, opc_port, broker.port, extra_points=BAD_POINTS)
+        agent = start_agent(tmp_path, opc_port, broker.port, extra_points=BAD_POINTS, password=SECRET)
         try:
 
             def specials_seen() -> bool:
@@ -161,6 +162,7 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         log = agent.log()
 
     assert "Traceback" not in log
+    assert SECRET not in log and all(SECRET.encode() not in p for _, p in subscriber.messages())
     problems = {r["path"]: r for r in got.records("status") if r["kind"] == "node-problem"}
     assert "unknown on the server" in problems["Missing"]["message"]
     assert problems["Missing"]["node"] == "ns=2;s=CNC01.NoSuchSignal"
