@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -294,7 +294,6 @@ class Agent:
 
 def run_agent(cfg: Config, stop_after: float | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop_after` seconds)."""
-    import signal
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -307,6 +306,3 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
         await agent.run(stop)
 
     asyncio.run(main())
-
-
-__all__: Sequence[str] = ("Agent", "build_shells", "plan", "run_agent")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 
+from aas_models.build import ShellEnvironment
 from agent import config as config_mod
 from agent import logs
 
@@ -19,7 +21,7 @@ def _load(path: Path) -> config_mod.Config:
         sys.exit(2)
 
 
-def _shells(cfg: config_mod.Config):  # type: ignore[no-untyped-def]
+def _shells(cfg: config_mod.Config) -> ShellEnvironment:
     from agent.shells import build_shells
 
     try:
@@ -73,11 +75,11 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def export(config_path: Path, fmt: str, output: Path) -> None:
     """Write the Asset Administration Shell environment built from the config."""
-    from aas_models.export import write_environment
+    from aas_models.export import Format, write_environment
 
     cfg = _load(config_path)
     env = _shells(cfg)
-    write_environment(env, fmt, output)  # type: ignore[arg-type]
+    write_environment(env, cast(Format, fmt), output)  # click.Choice admits only Format's values
     click.echo(f"wrote {output} ({fmt})")
 
 

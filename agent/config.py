@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from aas_models.types import OPCUA_TYPES
 from adapters.opcua.values import node_id_problem
@@ -25,6 +34,23 @@ PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 class ConfigError(Exception):
     """The configuration cannot be used. The message is for the person who wrote the file."""
+
+
+def _plain_id(v: str) -> str:
+    if not PLAIN_ID.match(v):
+        raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
+    return v
+
+
+def _node_id(v: str) -> str:
+    problem = node_id_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+PlainId = Annotated[str, AfterValidator(_plain_id)]
+NodeId = Annotated[str, AfterValidator(_node_id)]
 
 
 class _Model(BaseModel):
@@ -45,7 +71,7 @@ class Deadband(_Model):
 class Point(_Model):
     """One mapping: an OPC UA node to an element of the equipment's operational-data submodel."""
 
-    node: str | None = None
+    node: NodeId | None = None
     browse_path: str | None = None
     path: str = Field(description="idShort path in the OperationalData submodel, dot-separated")
     type: str = Field(description="OPC UA built-in type of the node's value")
@@ -79,14 +105,6 @@ class Point(_Model):
             raise ValueError(f"unknown OPC UA type {v!r}{hint}; allowed: {', '.join(OPCUA_TYPES)}")
         return v
 
-    @field_validator("node")
-    @classmethod
-    def _node(cls, v: str | None) -> str | None:
-        problem = node_id_problem(v) if v is not None else None
-        if problem:
-            raise ValueError(problem)
-        return v
-
     @model_validator(mode="after")
     def _address(self) -> Point:
         if (self.node is None) == (self.browse_path is None):
@@ -101,17 +119,9 @@ class Point(_Model):
 class EventSource(_Model):
     """An object whose events (alarms) go to the event lane."""
 
-    node: str
+    node: NodeId
     name: str = "alarms"
     fields: tuple[str, ...] = ("Message", "Severity", "SourceName", "Time", "EventType")
-
-    @field_validator("node")
-    @classmethod
-    def _node(cls, v: str) -> str:
-        problem = node_id_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
 
 
 class Address(_Model):
@@ -135,7 +145,7 @@ class Nameplate(_Model):
 
 
 class Equipment(_Model):
-    id: str = Field(description="equipment id, used in topics and as the default idShort")
+    id: PlainId = Field(description="equipment id, used in topics and as the default idShort")
     name: str | None = None
     source: str = Field(description="id of the OPC UA source this equipment is read from")
     aas_id: str | None = None
@@ -144,13 +154,6 @@ class Equipment(_Model):
     nameplate: Nameplate
     points: tuple[Point, ...] = Field(min_length=1)
     events: tuple[EventSource, ...] = ()
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not PLAIN_ID.match(v):
-            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
-        return v
 
     @model_validator(mode="after")
     def _unique_paths(self) -> Equipment:
@@ -226,18 +229,11 @@ SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig, Field(discriminator="typ
 
 
 class Site(_Model):
-    id: str
+    id: PlainId
     name: str | None = None
     aas_prefix: str = Field(
         default="urn:edge-agent", description="prefix for AAS and asset ids not given per equipment"
     )
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, v: str) -> str:
-        if not PLAIN_ID.match(v):
-            raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
-        return v
 
 
 class BufferConfig(_Model):
