@@ -12,13 +12,14 @@ offered load:
          arrive: a paho subscriber in this process on `<prefix>/<site>/+/data`.
 
 For each, over a fixed window after a warm-up: values/s, CPU-seconds of that process alone
-(psutil: user + system, all threads; not the server, not the broker) per 10,000 values, and the
-age of values on arrival (receive time - sourceTime). For the agent also the backlog it still held
-when the window closed (what it delivered while draining on SIGTERM, plus what it logged as left
-buffered), which says whether it kept up. Prints a table and `ratio agent/bare CPU per value`.
+(psutil: user + system, all threads; not the server, not the broker) per 10,000 values, time it
+waited for a CPU, and the age of values on arrival (receive time - sourceTime). For the agent also
+whether it kept up: its own agent-stats records (values taken in, data records pending in its
+buffer), what it still delivered while draining on SIGTERM, and values the server discarded for
+it (overflow bit). Prints a table, a verdict and `ratio agent/bare CPU per value`; see README.md.
 
 Usage: .venv/bin/python bench/bench_pipeline.py [--vars 5000] [--period-ms 100] [--seconds 20]
-       [--profile-agent /tmp/agent.prof]   # run the agent under cProfile and print its top functions
+       [--profile-agent /tmp/agent.prof]   # cProfile the agent over the window, print where its time went
 Needs Node.js with node-opcua (`npm ci --prefix simulators/nodeopcua`) and mosquitto.
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import pstats
 import select
@@ -72,6 +74,7 @@ MAX_NODES_PER_CALL = 1000
 START_TIMEOUT = 120.0  # node-opcua with 5,000 variables, the agent building 5,000 AAS elements
 STOP_TIMEOUT = 30.0
 DRAIN_GRACE = 1.5  # seconds to let the last PUBACKed messages reach our subscriber
+STATUS_INTERVAL_S = 2  # the agent's agent-stats records: values in and buffer backlog, seen from outside
 OVERFLOW_BIT = 0x80  # StatusCode InfoBits "Overflow": the server's queue discarded older values
 
 
@@ -112,6 +115,8 @@ async def run_bare(endpoint: str, node_ids: Sequence[str], publishing_ms: float)
                         if age is not None:
                             counts.ages_ms.append(age)
 
+    # asyncua warns that the server granted another session timeout: noise in the bench's output.
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
     client = Client(endpoint, timeout=10)
     await client.connect()
     try:
@@ -165,12 +170,75 @@ async def run_bare(endpoint: str, node_ids: Sequence[str], publishing_ms: float)
             await asyncio.wait_for(client.disconnect(), 5)
 
 
+def run_profiled_agent(config_path: Path, out: Path) -> None:
+    """`edge-agent run`, with cProfile switched on by SIGUSR1 and off (stats written) by SIGUSR2.
+
+    The same Agent that `agent.cli run` starts; the profiler covers only the measured window, so
+    start-up (YAML, AAS build, type checks) and shutdown do not dilute the picture.
+    """
+    import cProfile
+
+    from agent import config as config_mod
+    from agent import logs
+    from agent.app import Agent, secrets
+
+    cfg = config_mod.load(config_path)
+    logs.setup(cfg.agent.log_level, "json", secrets(cfg))
+    profiler = cProfile.Profile()
+
+    def dump() -> None:
+        profiler.disable()
+        profiler.dump_stats(str(out))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        # Handlers run on the loop's thread, the one cProfile must watch.
+        loop.add_signal_handler(signal.SIGUSR1, profiler.enable)
+        loop.add_signal_handler(signal.SIGUSR2, dump)
+        await Agent(cfg).run(stop)
+
+    asyncio.run(main())
+
+
 # -- measurement helpers (parent) ----------------------------------------------------------------
 
 
-def cpu_seconds(proc: psutil.Process) -> float:
+def cpu_seconds(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
     t = proc.cpu_times()
     return float(t.user + t.system)
+
+
+def run_queue_seconds(proc: psutil.Process) -> float:
+    """Seconds the process's threads were runnable but waited for a CPU (Linux schedstat; 0 elsewhere).
+
+    A client that falls behind at well under 100 % of a core is either waiting for the network
+    or for a CPU: this tells the two apart on a 2-core machine shared with the server and broker.
+    """
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def machine_busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The processes around the measured client, reported for context only."""
+
+    server: psutil.Process
+    broker: psutil.Process | None
+    bench: psutil.Process
 
 
 @dataclass
@@ -180,8 +248,13 @@ class Window:
     name: str
     seconds: float = 0.0
     values: int = 0
+    publishes: int = 0  # data notifications (bare only: the agent's are not visible from outside)
     cpu_s: float = 0.0
+    run_queue_s: float = 0.0
     server_cpu_s: float = 0.0
+    broker_cpu_s: float = 0.0
+    bench_cpu_s: float = 0.0
+    machine_busy_s: float = 0.0
     ages_ms: list[float] = field(default_factory=list)
 
     @property
@@ -193,12 +266,46 @@ class Window:
         return self.cpu_s / self.values * 10_000 if self.values else float("nan")
 
     @property
-    def cpu_percent(self) -> float:
-        return self.cpu_s / self.seconds * 100 if self.seconds else 0.0
+    def others_s(self) -> float:
+        """CPU used by processes that are not part of this bench: another workload skews the figures."""
+        ours = self.cpu_s + self.server_cpu_s + self.broker_cpu_s + self.bench_cpu_s
+        return max(0.0, self.machine_busy_s - ours)
 
-    @property
-    def server_cpu_percent(self) -> float:
-        return self.server_cpu_s / self.seconds * 100 if self.seconds else 0.0
+    def percent(self, cpu_s: float) -> float:
+        """CPU-seconds over the window as % of one core."""
+        return cpu_s / self.seconds * 100 if self.seconds else 0.0
+
+
+class Meter:
+    """Counters of the client and its neighbours at the start of a window; `stop` fills the Window."""
+
+    def __init__(self, client: psutil.Process, around: Neighbours) -> None:
+        self.client = client
+        self.around = around
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, ...]:
+        return (
+            time.monotonic(),
+            cpu_seconds(self.client),
+            run_queue_seconds(self.client),
+            cpu_seconds(self.around.server),
+            cpu_seconds(self.around.broker),
+            cpu_seconds(self.around.bench),
+            machine_busy_seconds(),
+        )
+
+    def stop(self, window: Window) -> None:
+        d = [b - a for a, b in zip(self._start, self._read(), strict=True)]
+        (
+            window.seconds,
+            window.cpu_s,
+            window.run_queue_s,
+            window.server_cpu_s,
+            window.broker_cpu_s,
+            window.bench_cpu_s,
+            window.machine_busy_s,
+        ) = d
 
 
 def percentile(data: Sequence[float], q: float) -> float:
@@ -228,22 +335,34 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -
         proc.wait()
 
 
-class RecordCounter:
-    """A paho subscriber that counts the records in the agent's data messages, on paho's thread.
+@dataclass(frozen=True)
+class AgentStats:
+    """One of the agent's own `agent-stats` status records (sent every STATUS_INTERVAL_S)."""
 
-    Every payload is parsed (orjson, about 5 % of a core at 50,000 records/s) so the count is the
-    number of records that reached mosquitto, not an estimate; the age on arrival is taken from the
-    first and last record of each message only, to keep this process light next to the agent.
+    time: float  # epoch seconds, the agent's clock
+    values_in: int  # values taken from OPC UA since start
+    pending_data: int  # data records in its buffer, not yet confirmed by the broker
+
+
+class RecordCounter:
+    """A paho subscriber on the agent's data topics and its status topic, on paho's thread.
+
+    Every data payload is parsed (orjson, a few % of a core at 50,000 records/s) so the count is
+    the number of records that reached mosquitto, not an estimate; the age on arrival is taken from
+    the first and last record of each message only, to keep this process light next to the agent.
+    From the status topic it keeps the agent's own counters: values in, and the buffer backlog.
     """
 
-    def __init__(self, port: int, topic: str) -> None:
-        self.topic = topic
+    def __init__(self, port: int, data_topic: str, status_topic: str) -> None:
+        self.topics = (data_topic, status_topic)
+        self.status_topic = status_topic
         self._lock = threading.Lock()
         self.records = 0
         self.messages = 0
         self.not_good = 0
         self.overflow = 0
         self.ages_ms: list[float] = []
+        self.stats: list[AgentStats] = []
         self._subscribed = threading.Event()
         self._client = MqttClient(CallbackAPIVersion.VERSION2, client_id="bench-pipeline-counter", clean_session=True)
         self._client.on_connect = self._on_connect
@@ -253,7 +372,7 @@ class RecordCounter:
         self._client.loop_start()
         if not self._subscribed.wait(10):
             self.close()
-            raise TimeoutError(f"could not subscribe to {topic!r} on port {port}")
+            raise TimeoutError(f"could not subscribe to {self.topics} on port {port}")
 
     def close(self) -> None:
         self._client.disconnect()
@@ -266,12 +385,16 @@ class RecordCounter:
                 self.ages_ms = []
             return self.records, ages
 
+    def stats_between(self, start: float, end: float) -> list[AgentStats]:
+        with self._lock:
+            return [s for s in self.stats if start <= s.time <= end]
+
     def _on_connect(
         self, client: MqttClient, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
         if not reason.is_failure:
             # QoS 1, so a slow moment here cannot make mosquitto drop what the agent delivered.
-            client.subscribe(self.topic, qos=1)
+            client.subscribe([(topic, 1) for topic in self.topics])
 
     def _on_subscribe(
         self, client: MqttClient, userdata: Any, mid: int, reasons: list[ReasonCode], props: Properties | None
@@ -281,6 +404,9 @@ class RecordCounter:
     def _on_message(self, client: MqttClient, userdata: Any, msg: MQTTMessage) -> None:
         now = time.time()
         records: list[dict[str, Any]] = orjson.loads(msg.payload)["records"]
+        if msg.topic == self.status_topic:
+            self._on_status(records)
+            return
         not_good = overflow = 0
         for r in records:
             status = r.get("status") or 0
@@ -301,11 +427,21 @@ class RecordCounter:
             self.overflow += overflow
             self.ages_ms.extend(ages)
 
+    def _on_status(self, records: list[dict[str, Any]]) -> None:
+        found = []
+        for r in records:
+            if r.get("kind") != "agent-stats":
+                continue
+            pending = sum(int(b.get("pending", {}).get("data", 0)) for b in r.get("buffers", {}).values())
+            found.append(AgentStats(datetime.fromisoformat(r["time"]).timestamp(), int(r["values_in"]), pending))
+        with self._lock:
+            self.stats.extend(found)
+
 
 # -- the two runs ----------------------------------------------------------------------------------
 
 
-def measure_bare(server: NodeOpcuaServer, args: argparse.Namespace, server_proc: psutil.Process) -> Window:
+def measure_bare(server: NodeOpcuaServer, args: argparse.Namespace, around: Neighbours) -> Window:
     command = [
         sys.executable,
         str(Path(__file__).resolve()),
@@ -318,7 +454,8 @@ def measure_bare(server: NodeOpcuaServer, args: argparse.Namespace, server_proc:
         "--namespace",
         str(server.namespace_index),
     ]
-    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+    # Unbuffered: read_line() selects on the pipe, so no line may sit unseen in a Python buffer.
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT, bufsize=0)
     assert child.stdin is not None and child.stdout is not None
     try:
         line = read_line(child.stdout, START_TIMEOUT)
@@ -341,16 +478,17 @@ def measure_bare(server: NodeOpcuaServer, args: argparse.Namespace, server_proc:
         time.sleep(args.warmup)
 
         window = Window("bare asyncua")
-        cpu0, server0, t0 = cpu_seconds(proc), cpu_seconds(server_proc), time.monotonic()
+        meter = Meter(proc, around)
         start = mark()
         time.sleep(args.seconds)
         end = mark()
-        cpu1, server1, t1 = cpu_seconds(proc), cpu_seconds(server_proc), time.monotonic()
-        window.seconds, window.cpu_s, window.server_cpu_s = t1 - t0, cpu1 - cpu0, server1 - server0
+        meter.stop(window)
         window.values = int(end["values"]) - int(start["values"])
+        window.publishes = int(end["publishes"]) - int(start["publishes"])
         window.ages_ms = list(end["ages_ms"])
-        child.stdin.close()  # EOF: the child disconnects and exits
-        child.wait(STOP_TIMEOUT)
+        child.stdin.close()  # EOF: the child disconnects and exits; if it does not, finally kills it
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(10)
         return window
     finally:
         stop_process(child)
@@ -364,6 +502,7 @@ def agent_config(server: NodeOpcuaServer, broker_port: int, data_dir: Path, args
         "agent:",
         f"  data_dir: {data_dir}",
         "  log_level: info",
+        f"  status_interval_s: {STATUS_INTERVAL_S}",
         "sources:",
         "  - id: loadserver",
         f"    endpoint: {server.endpoint}",
@@ -387,7 +526,7 @@ def agent_config(server: NodeOpcuaServer, broker_port: int, data_dir: Path, args
         "    id: broker",
         "    host: 127.0.0.1",
         f"    port: {broker_port}",
-        "    batch: {max_records: 2000, max_delay_ms: 200, max_message_records: 500}",
+        f"    batch: {{max_records: {args.batch_records}, max_delay_ms: 200, max_message_records: 500}}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -395,13 +534,23 @@ def agent_config(server: NodeOpcuaServer, broker_port: int, data_dir: Path, args
 @dataclass
 class AgentExtras:
     drained: int = 0  # records delivered after the window closed, while the agent drained on SIGTERM
-    left_buffered: str = ""  # the agent's own "records stay buffered" log line, if any
+    left_buffered: str = ""  # the agent's own "records stay buffered for the next start" line, if any
+    warnings: list[str] = field(default_factory=list)  # its warning and error log lines, whole run
     not_good: int = 0
     overflow: int = 0
     messages: int = 0
     age_halves_ms: tuple[float, float] = (float("nan"), float("nan"))
     log_path: Path = Path()
     exit_code: int | None = None
+    stats: list[AgentStats] = field(default_factory=list)  # the agent's own counters during the window
+
+    @property
+    def values_in_rate(self) -> float:
+        """Values/s the agent took from OPC UA (its own counter), over the window."""
+        if len(self.stats) < 2 or self.stats[-1].time <= self.stats[0].time:
+            return float("nan")
+        first, last = self.stats[0], self.stats[-1]
+        return (last.values_in - first.values_in) / (last.time - first.time)
 
 
 def measure_agent(
@@ -409,14 +558,17 @@ def measure_agent(
     broker: MosquittoBroker,
     workdir: Path,
     args: argparse.Namespace,
-    server_proc: psutil.Process,
+    around: Neighbours,
 ) -> tuple[Window, AgentExtras]:
     extras = AgentExtras(log_path=workdir / "agent.log")
     config = workdir / "agent.yaml"
     config.write_text(agent_config(server, broker.port, workdir / "agent-data", args))
-    counter = RecordCounter(broker.port, f"{TOPIC_PREFIX}/{SITE}/+/data")
-    profile = ["-m", "cProfile", "-o", str(args.profile_agent)] if args.profile_agent else []
-    command = [sys.executable, *profile, "-m", "agent.cli", "run", "-c", str(config), "--log-format", "json"]
+    counter = RecordCounter(broker.port, f"{TOPIC_PREFIX}/{SITE}/+/data", f"{TOPIC_PREFIX}/{SITE}/_agent/status")
+    command = [sys.executable, "-m", "agent.cli", "run", "-c", str(config), "--log-format", "json"]
+    if args.profile_agent:
+        args.profile_agent.unlink(missing_ok=True)
+        command = [sys.executable, str(Path(__file__).resolve()), "--agent-child", str(config)]
+        command += ["--profile-out", str(args.profile_agent)]
     agent: subprocess.Popen[bytes] | None = None
     try:
         with extras.log_path.open("wb") as log:
@@ -434,14 +586,23 @@ def measure_agent(
         time.sleep(args.warmup)
 
         window = Window("edge-agent")
-        cpu0, server0, t0 = cpu_seconds(proc), cpu_seconds(server_proc), time.monotonic()
+        if args.profile_agent:
+            agent.send_signal(signal.SIGUSR1)
+        meter = Meter(proc, around)
+        wall0 = time.time()
         start, _ = counter.snapshot(reset_ages=True)
         time.sleep(args.seconds / 2)
         _, first_half = counter.snapshot(reset_ages=True)
         time.sleep(args.seconds / 2)
         end, second_half = counter.snapshot(reset_ages=True)
-        cpu1, server1, t1 = cpu_seconds(proc), cpu_seconds(server_proc), time.monotonic()
-        window.seconds, window.cpu_s, window.server_cpu_s = t1 - t0, cpu1 - cpu0, server1 - server0
+        meter.stop(window)
+        wall1 = time.time()
+        if args.profile_agent:
+            agent.send_signal(signal.SIGUSR2)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while not args.profile_agent.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # dump_stats may still be writing
         window.values = end - start
         window.ages_ms = first_half + second_half
         extras.age_halves_ms = (
@@ -456,11 +617,18 @@ def measure_agent(
         time.sleep(DRAIN_GRACE)
         extras.drained = counter.snapshot()[0] - end
         extras.not_good, extras.overflow, extras.messages = counter.not_good, counter.overflow, counter.messages
+        extras.stats = counter.stats_between(wall0, wall1)
         for line in extras.log_path.read_text(errors="replace").splitlines():
-            if "stay buffered" in line:
-                with contextlib.suppress(orjson.JSONDecodeError):
-                    line = str(orjson.loads(line).get("message", line))
-                extras.left_buffered = line
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # not one of the agent's JSON log lines (e.g. a traceback from a crash)
+            if not isinstance(entry, dict) or entry.get("level") not in ("warning", "error", "critical"):
+                continue
+            msg = str(entry.get("msg", ""))
+            extras.warnings.append(f"{entry.get('time', '')} {entry.get('level')} {entry.get('logger', '')}: {msg}")
+            if "for the next start" in msg:
+                extras.left_buffered = msg
         return window, extras
     finally:
         if agent is not None:
@@ -477,19 +645,27 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentExtras, took: float) -> None:
     offered = args.vars * 1000 / args.period_ms
+    ncpu = psutil.cpu_count() or 1
     print(
         f"node-opcua server: {args.vars:,} Double variables changed every {args.period_ms} ms "
-        f"= {offered:,.0f} values/s offered; publishing interval {args.publishing_ms} ms, queue {QUEUE_SIZE}"
+        f"= {offered:,.0f} values/s offered; publishing interval {args.publishing_ms:g} ms, queue {QUEUE_SIZE}, "
+        f"max {args.publish_cap:,} notifications per publish"
     )
     print(f"each client measured for {args.seconds:.0f} s after a {args.warmup:.0f} s warm-up, one after the other")
     if args.profile_agent:
-        print(f"NOTE: the agent ran under cProfile ({args.profile_agent}): its CPU figures include the profiler's cost")
+        print(
+            f"NOTE: the agent ran under cProfile during the window ({args.profile_agent}): its CPU and throughput "
+            "figures include the profiler's cost; use a run without --profile-agent for the ratio"
+        )
     print()
     print(f"{'':28}{'bare asyncua':>14}{'edge-agent':>14}{'agent/bare':>12}")
+    # The ratio column only where a ratio means something: throughput, the client's own cost, age.
+    compared = {"values/s", "CPU % of one core", "CPU s per 10,000 values", "age on arrival median ms"}
     rows: list[tuple[str, float, float, str]] = [
         ("values/s", bare.rate, agent.rate, ",.0f"),
         ("share of offered values", bare.rate / offered * 100, agent.rate / offered * 100, ".1f"),
-        ("CPU % of one core", bare.cpu_percent, agent.cpu_percent, ".0f"),
+        ("CPU % of one core", bare.percent(bare.cpu_s), agent.percent(agent.cpu_s), ".0f"),
+        ("waiting for a CPU, % of time", bare.percent(bare.run_queue_s), agent.percent(agent.run_queue_s), ".0f"),
         ("CPU s per 10,000 values", bare.cpu_per_10k, agent.cpu_per_10k, ".3f"),
         (
             "age on arrival median ms",
@@ -498,10 +674,19 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
             ",.0f",
         ),
         ("age on arrival p95 ms", percentile(bare.ages_ms, 0.95), percentile(agent.ages_ms, 0.95), ",.0f"),
-        ("server CPU % (node)", bare.server_cpu_percent, agent.server_cpu_percent, ".0f"),
+        ("server CPU % (node)", bare.percent(bare.server_cpu_s), agent.percent(agent.server_cpu_s), ".0f"),
+        ("mosquitto CPU %", bare.percent(bare.broker_cpu_s), agent.percent(agent.broker_cpu_s), ".0f"),
+        ("this bench process CPU %", bare.percent(bare.bench_cpu_s), agent.percent(agent.bench_cpu_s), ".0f"),
+        ("other processes CPU %", bare.percent(bare.others_s), agent.percent(agent.others_s), ".0f"),
+        (
+            f"machine busy, % of {ncpu} cores",
+            bare.percent(bare.machine_busy_s) / ncpu,
+            agent.percent(agent.machine_busy_s) / ncpu,
+            ".0f",
+        ),
     ]
     for name, b, a, fmt in rows:
-        ratio = f"{a / b:11.2f}x" if b and b == b and a == a else f"{'-':>12}"
+        ratio = f"{a / b:11.2f}x" if name in compared and b and b == b and a == a else ""
         print(f"{name:28}{b:>14{fmt}}{a:>14{fmt}}{ratio}")
     print()
     print(
@@ -509,6 +694,13 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
         f"mosquitto (QoS 1, {extras.messages:,} messages in the whole run), counted by a subscriber"
     )
     print("age on arrival = receive time - sourceTime (bare: in the client; agent: at the MQTT subscriber)")
+
+    for w in (bare, agent):
+        if w.percent(w.others_s) > 20:
+            print(
+                f"WARNING: other processes used {w.percent(w.others_s):.0f} % of a core during the {w.name} window "
+                "(another workload on this machine): its figures are skewed; rerun on a quiet machine"
+            )
 
     # Did the agent keep up? A growing age, a backlog at the end, or values the server's queues
     # discarded (overflow bit) each say it did not.
@@ -520,6 +712,31 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
         + (f"; it logged: {extras.left_buffered}" if extras.left_buffered else "; nothing left buffered")
     )
     print(f"agent age median, first half of the window {first:,.0f} ms, second half {second:,.0f} ms")
+    pending_growth = 0
+    if extras.stats:
+        pending = [s.pending_data for s in extras.stats]
+        pending_growth = pending[-1] - pending[0]
+        print(
+            f"agent's own counters ({len(extras.stats)} agent-stats records in the window): took in "
+            f"{extras.values_in_rate:,.0f} values/s from OPC UA; data records pending in its buffer "
+            f"{pending[0]:,} -> {pending[-1]:,} (max {max(pending):,})"
+        )
+        per_in = agent.cpu_s / (extras.values_in_rate * agent.seconds) * 10_000 if extras.values_in_rate else 0.0
+        if per_in and abs(extras.values_in_rate - agent.rate) > 0.05 * agent.rate:
+            # In a backlog the two counts part: CPU per delivered value overstates the steady-state
+            # cost (values collected but not yet sent were paid for), per value taken in understates it.
+            print(
+                f"agent CPU s per 10,000 values taken in: {per_in:.3f} ({per_in / bare.cpu_per_10k:.2f}x bare); "
+                "in and out differ, so the true per-value cost lies between this and the table's; "
+                "use a load it keeps up with (e.g. --period-ms 200) for a clean ratio"
+            )
+    else:
+        print("agent's own counters: no agent-stats record arrived during the window (its loop was too busy?)")
+    if bare.publishes:
+        print(
+            f"bare: {bare.publishes:,} data notifications in the window, "
+            f"{bare.values / bare.publishes:,.0f} values each on average"
+        )
     if extras.not_good:
         print(
             f"agent records with a non-good status: {extras.not_good:,} ({extras.overflow:,} with the overflow bit: "
@@ -532,6 +749,8 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
         behind.append("the age of values grew during the window")
     if backlog_s > 1.0:
         behind.append(f"it held {backlog_s:.1f} s of values at the end")
+    if agent.rate and pending_growth > agent.rate:
+        behind.append(f"its buffer backlog grew by {pending_growth:,} records")
     if extras.overflow:
         behind.append("the server discarded values for it")
     print("verdict: the agent " + ("fell behind: " + "; ".join(behind) if behind else "kept up with the offered load"))
@@ -540,6 +759,10 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
             f"note: the bare subscriber got {bare.rate / agent.rate:.1f}x the agent's values/s, so compare CPU per "
             "value, not throughput; the agent's ratio is measured at a lower rate than the bare one"
         )
+    if extras.warnings:
+        print(f"agent log: {len(extras.warnings)} warnings/errors in the whole run, e.g.:")
+        for line in dict.fromkeys(extras.warnings[:5]):
+            print(f"  {line}")
     if extras.exit_code not in (0, None):
         print(f"note: the agent exited with code {extras.exit_code}; log: {extras.log_path}")
     print(f"took {took:.0f} s")
@@ -547,10 +770,64 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
     print(f"ratio agent/bare CPU per value: {cpu_ratio:.2f}x (goal <= 2x, project goal 1.5x)")
 
 
+# Where a function's own time goes, by the file it lives in. C functions and generated code
+# (struct.unpack, dataclass __init__, ...) have no file of their own: they count for the area of
+# the caller that spent the most time in them.
+_AREAS: tuple[tuple[str, str], ...] = (
+    ("/asyncua/ua/", "asyncua: decoding (ua_binary, uatypes)"),
+    ("/asyncua/common/utils.py", "asyncua: decoding (ua_binary, uatypes)"),
+    ("/enum.py", "asyncua: decoding, Enum lookups (VariantType(...) per value)"),
+    ("/asyncua/", "asyncua: session, transport"),
+    ("/adapters/", "adapters/opcua: publish result -> samples"),
+    ("/agent/pipeline.py", "agent/pipeline.py: samples -> records"),
+    ("/aas_models/", "aas_models: live values"),
+    ("sqlite3", "sqlite3 (C): buffer transactions"),
+    ("/uploader/buffer.py", "uploader/buffer.py: buffer (Python side)"),
+    ("/uploader/runner.py", "uploader/runner.py: forwarder, messages"),
+    ("/uploader/wire.py", "uploader/wire.py: encoding, payloads"),
+    ("/uploader/mqtt.py", "uploader/mqtt.py + paho-mqtt: MQTT"),
+    ("/paho/", "uploader/mqtt.py + paho-mqtt: MQTT"),
+    ("'poll' of 'select", "event loop: waiting in epoll (idle)"),
+    ("/asyncio/", "asyncio: event loop, tasks"),
+    ("/selectors.py", "asyncio: event loop, tasks"),
+    ("/agent/", "agent: other"),
+)
+
+_Key = tuple[str, int, str]
+
+
+def profile_areas(stats: pstats.Stats) -> list[tuple[str, float]]:
+    raw: dict[_Key, tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+
+    def area_of(key: _Key, depth: int = 0) -> str:
+        file, _line, name = key
+        where = f"{file}:{name}"
+        found = next((label for pattern, label in _AREAS if pattern in where), None)
+        if found is not None:
+            return found
+        callers: dict[_Key, tuple[Any, ...]] = raw[key][4] if key in raw else {}
+        if depth >= 4 or not callers:
+            return "other"
+        return area_of(max(callers.items(), key=lambda kv: kv[1][3])[0], depth + 1)
+
+    totals: dict[str, float] = {}
+    for key, (_cc, _nc, tottime, _ct, _callers) in raw.items():
+        area = area_of(key)
+        totals[area] = totals.get(area, 0.0) + tottime
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
 def print_profile(path: Path, top: int = 25) -> None:
+    if not path.exists():
+        print(f"no profile written to {path}")
+        return
     stats = pstats.Stats(str(path))
+    total: float = stats.total_tt  # type: ignore[attr-defined]
+    print(f"\n--- agent profile over the window: own time by area ({path}, {total:.1f} s profiled) ---")
+    for area, seconds in profile_areas(stats):
+        print(f"{seconds:8.2f} s {seconds / total * 100:5.1f} %  {area}")
     for key in ("cumulative", "tottime"):
-        print(f"\n--- agent profile, top {top} by {key} ({path}) ---")
+        print(f"\n--- agent profile over the window, top {top} by {key} ---")
         stats.sort_stats(key).print_stats(top)
 
 
@@ -564,10 +841,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per client")
     p.add_argument("--warmup", type=float, default=5.0, help="seconds after values first flow before measuring")
     p.add_argument("--publishing-ms", type=float, default=100.0, help="subscription publishing interval, both clients")
-    p.add_argument("--profile-agent", type=Path, default=None, help="run the agent under cProfile, write stats here")
+    p.add_argument(
+        "--publish-cap",
+        type=int,
+        default=None,
+        help="server's max notifications per publish (default: vars x queue size, so it never binds)",
+    )
+    p.add_argument("--batch-records", type=int, default=2000, help="the agent's mqtt sink batch.max_records")
+    p.add_argument(
+        "--profile-agent",
+        type=Path,
+        default=None,
+        help="cProfile the agent over the window only, write the stats here and print a summary",
+    )
     # Internal: this file re-run as the bare subscriber child process.
     p.add_argument("--bare-child", metavar="ENDPOINT", default=None, help=argparse.SUPPRESS)
     p.add_argument("--namespace", type=int, default=1, help=argparse.SUPPRESS)
+    # Internal: this file re-run as the agent under a window-switched profiler.
+    p.add_argument("--agent-child", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--profile-out", type=Path, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -576,6 +868,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bare_child is not None:
         ids = [f"ns={args.namespace};s=Var{i:05d}" for i in range(args.vars)]
         asyncio.run(run_bare(args.bare_child, ids, args.publishing_ms))
+        return 0
+    if args.agent_child is not None:
+        run_profiled_agent(args.agent_child, args.profile_out)
         return 0
 
     missing = node_opcua_available()
@@ -587,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.monotonic()
     # Every value the server can queue for a client fits one publish: the cap must not be what limits.
-    cap = max(10_000, args.vars * QUEUE_SIZE)
+    cap = args.publish_cap or max(10_000, args.vars * QUEUE_SIZE)
+    args.publish_cap = cap
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-pipeline-")))
         broker = stack.enter_context(MosquittoBroker(workdir / "broker", persistence=False))
@@ -602,9 +898,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
         assert server.process is not None
-        server_proc = psutil.Process(server.process.pid)
-        bare = measure_bare(server, args, server_proc)
-        agent, extras = measure_agent(server, broker, workdir, args, server_proc)
+        me = psutil.Process()
+        # MosquittoBroker keeps its process private; it is our only child called mosquitto.
+        mosquitto = next((c for c in me.children() if c.name().startswith("mosquitto")), None)
+        around = Neighbours(server=psutil.Process(server.process.pid), broker=mosquitto, bench=me)
+        bare = measure_bare(server, args, around)
+        agent, extras = measure_agent(server, broker, workdir, args, around)
     report(args, bare, agent, extras, time.monotonic() - started)
     if args.profile_agent:
         print_profile(args.profile_agent)
