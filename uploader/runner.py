@@ -103,7 +103,14 @@ class Forwarder:
             was_connected = self.sink.connected
 
     async def _ready(self) -> bool:
-        """Wait until a batch is worth sending: enough records, or the oldest waited max_delay."""
+        """Wait until a batch is worth sending: enough records, or the oldest waited max_delay.
+
+        While the sink is not connected there is nothing to try: wait for it quietly (the sink
+        logs its own outage), so a start-up or an outage is not counted as failed sends.
+        """
+        if not self.sink.connected:
+            await asyncio.sleep(0.1)
+            return False
         pending = self.buffer.pending()
         total = sum(pending.values())
         if total == 0:

@@ -287,7 +287,9 @@ class OpcUaSource:
             RequestedPublishingInterval=self.endpoint.publishing_interval_ms,
             RequestedLifetimeCount=_KEEPALIVE_COUNT * 3,
             RequestedMaxKeepAliveCount=_KEEPALIVE_COUNT,
-            MaxNotificationsPerPublish=0,
+            # Bounded publishes keep each callback short, so the forwarder and the keep-alive
+            # check get the event loop between them even while a backlog is being caught up.
+            MaxNotificationsPerPublish=self.endpoint.max_notifications_per_publish,
             PublishingEnabled=True,
             Priority=0,
         )
