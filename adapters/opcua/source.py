@@ -20,6 +20,7 @@ from typing import Any
 from asyncua import Client, ua
 from asyncua.common.node import Node
 
+from adapters.opcua import speedups  # noqa: F401  (installs the faster VariantType lookup)
 from adapters.opcua.spec import Endpoint, EventItem, Item
 from adapters.opcua.values import PLAIN_TYPES, declared_type, expected, plain
 from adapters.sample import (
