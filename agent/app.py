@@ -26,7 +26,7 @@ from agent.config import Config, FileSinkConfig, MqttSinkConfig, Point, Source
 from agent.pipeline import Binding, EventBinding, Pipeline, make_binding
 from agent.runstate import RunState
 from agent.shells import build_shells
-from uploader.buffer import Buffer
+from uploader.buffer import Buffer, BufferError
 from uploader.file import FileSink
 from uploader.runner import Batching, Forwarder, default_topic
 from uploader.sink import Sink
@@ -300,8 +300,12 @@ class Agent:
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
 
 
+class StartError(Exception):
+    """The agent cannot start: a buffer file that is locked, foreign or unwritable, an unreadable TLS file."""
+
+
 def run_agent(cfg: Config, stop_after: float | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop_after` seconds)."""
+    """Run until SIGTERM/SIGINT (or `stop_after` seconds). Raises StartError with a message for the operator."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -310,7 +314,10 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         if stop_after is not None:
             loop.call_later(stop_after, stop.set)
-        agent = Agent(cfg)
+        try:
+            agent = Agent(cfg)
+        except (BufferError, ValueError, OSError) as e:
+            raise StartError(str(e)) from None
         await agent.run(stop)
 
     asyncio.run(main())

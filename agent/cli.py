@@ -62,11 +62,15 @@ def check(config_path: Path) -> None:
 def run(config_path: Path, seconds: float | None, log_format: str) -> None:
     """Collect, buffer and forward until SIGTERM/Ctrl-C."""
     cfg = _load(config_path)
-    from agent.app import run_agent, secrets
+    from agent.app import StartError, run_agent, secrets
 
     logs.setup(cfg.agent.log_level, log_format, secrets(cfg))
     _shells(cfg)
-    run_agent(cfg, stop_after=seconds)
+    try:
+        run_agent(cfg, stop_after=seconds)
+    except StartError as e:
+        click.echo(f"cannot start: {e}", err=True)
+        sys.exit(2)
 
 
 @main.command()

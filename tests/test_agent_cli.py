@@ -1,0 +1,40 @@
+"""The agent process with no server to talk to: it starts, waits, stops cleanly; a second agent on
+the same buffer is refused with a clear message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import ROOT, AgentProcess, factory_config, free_port, wait_until
+
+
+def test_second_agent_on_the_same_buffer_is_refused_and_the_first_stops_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        factory_config(
+            opc_port=free_port(),  # nothing listens there: the agent keeps retrying, quietly
+            data_dir=tmp_path / "data",
+            sinks=f"- type: file\n  path: {out}\n  batch: {{max_delay_ms: 50}}",
+            machines=1,
+        )
+    )
+    with AgentProcess(cfg, tmp_path / "agent.log") as agent:
+        wait_until("the agent-started status record", lambda: out.exists() and b"agent-started" in out.read_bytes(), 30)
+        second = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert second.returncode == 2
+        assert "cannot start" in second.stderr and "Traceback" not in second.stderr
+        assert "buffer-file.db" in second.stderr
+        assert agent.stop() == 0
+    log = agent.log()
+    assert "cannot connect to opc.tcp://127.0.0.1" in log and "stopped cleanly" in log
+    assert "Traceback" not in log
+    assert b"source-disconnected" in out.read_bytes()
