@@ -27,6 +27,7 @@ from pydantic import (
 
 from aas_models.types import OPCUA_TYPES
 from adapters.opcua.values import node_id_problem
+from agent.config_errors import format_errors, key_lines, nearest_line
 
 ID_SHORT = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
 PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -289,119 +290,6 @@ class Config(_Model):
         return self.buffer.path or self.agent.data_dir / "buffer.db"
 
 
-def _lines(text: str) -> dict[tuple[str | int, ...], int]:
-    """Key path -> 1-based line, so errors can point into the file."""
-    out: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        out[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                key = (*path, str(k.value))
-                out[key] = k.start_mark.line + 1
-                walk(v, key)
-                out[key] = k.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                walk(v, (*path, i))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return out
-    if root is not None:
-        walk(root, ())
-    return out
-
-
-def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
-    return list(model.model_fields) if model is not None else []
-
-
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class that owns the mapping at `loc` (for 'did you mean' on unknown keys)."""
-    model: Any = Config
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = _inner_model(field.annotation, loc)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _inner_model(annotation: Any, loc: tuple[str | int, ...]) -> Any:
-    args = getattr(annotation, "__args__", None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if args:
-        for a in args:
-            found = _inner_model(a, loc)
-            if found is not None:
-                return found
-        if getattr(annotation, "__metadata__", None):
-            return None
-    return None
-
-
-def _format_errors(file: str, err: ValidationError, lines: dict[tuple[str | int, ...], int], data: Any) -> str:
-    msgs = []
-    errors = err.errors()
-    for e in errors:
-        if e["type"] == "too_short" and any(
-            o is not e and tuple(o["loc"][: len(e["loc"])]) == tuple(e["loc"]) for o in errors
-        ):
-            continue  # a list whose items failed looks empty to pydantic; the item errors say why
-        loc = _strip_tags(tuple(e["loc"]), data)
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        line = _nearest_line(loc, lines)
-        prefix = f"{file}:{line}" if line else file
-        if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(_model_at(loc[:-1]))
-            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (typo? did you mean {near[0]!r})" if near else ""
-            msgs.append(f"{prefix}: {where}: unknown key{hint}; allowed here: {', '.join(allowed)}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            got = e.get("input")
-            shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
-            msgs.append(f"{prefix}: {where or '(top level)'}: {msg}{shown}")
-    return "\n".join(msgs)
-
-
-def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:
-    """Remove union tags pydantic inserts (e.g. 'mqtt' in sinks.0.mqtt.host) by walking the data."""
-    out: list[str | int] = []
-    node = data
-    for part in loc:
-        if (isinstance(node, dict) and part in node) or (
-            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
-        ):
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, dict):
-            # a tag or a missing key: keep a missing key (it is the subject of the error)
-            if isinstance(part, str) and part in _UNION_TAGS:
-                continue
-            out.append(part)
-            node = None
-        else:
-            out.append(part)
-            node = None
-    return tuple(out)
-
-
-def _nearest_line(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-_UNION_TAGS = frozenset({"mqtt", "file"})
 _ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 
@@ -417,7 +305,7 @@ def _expand_env(data: Any, file: str, lines: dict[tuple[str | int, ...], int], a
     def sub(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in os.environ:
-            line = _nearest_line(at, lines)
+            line = nearest_line(at, lines)
             where = ".".join(str(p) for p in at)
             raise ConfigError(f"{file}:{line}: {where}: environment variable {name} is used but not set")
         return os.environ[name]
@@ -436,7 +324,7 @@ def load(path: str | Path) -> Config:
 
 
 def parse(text: str, file: str = "<config>") -> Config:
-    lines = _lines(text)
+    lines = key_lines(text)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -449,4 +337,4 @@ def parse(text: str, file: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_errors(file, e, lines, data)) from None
+        raise ConfigError(format_errors(Config, file, e, lines, data)) from None
