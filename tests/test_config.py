@@ -137,3 +137,33 @@ def test_example_configs_validate_and_export_valid_aas(example: Path, tmp_path: 
     write_environment(build_shells(load(example)), "json", out)
     env = jsonization.environment_from_jsonable(orjson.loads(out.read_bytes()))
     assert [str(e) for e in verification.verify(env)] == []
+
+
+@pytest.mark.parametrize("fmt", ["json", "xml", "aasx"])
+def test_export_command_writes_a_readable_environment(fmt: str, tmp_path: Path) -> None:
+    from basyx.aas import model
+    from basyx.aas.adapter import aasx, json, xml
+
+    out = tmp_path / f"plant.{fmt}"
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    r = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "export", "-c", str(config), "--format", fmt, "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    store: model.DictIdentifiableStore[model.Identifiable]
+    if fmt == "aasx":
+        store = model.DictIdentifiableStore()
+        with aasx.AASXReader(out) as reader:
+            reader.read_into(store, aasx.DictSupplementaryFileContainer())
+    elif fmt == "xml":
+        with out.open("rb") as f:
+            store = xml.read_aas_xml_file(f, failsafe=False)
+    else:
+        with out.open(encoding="utf-8") as f:
+            store = json.read_aas_json_file(f, failsafe=False)
+    shells = [o for o in store if isinstance(o, model.AssetAdministrationShell)]
+    assert sorted(s.id_short for s in shells) == ["cnc01", "imm01", "prs01"]
+    assert len([o for o in store if isinstance(o, model.Submodel)]) == 6
