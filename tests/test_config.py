@@ -157,7 +157,7 @@ def test_export_command_writes_a_readable_environment(fmt: str, tmp_path: Path) 
     if fmt == "aasx":
         store = model.DictIdentifiableStore()
         with aasx.AASXReader(out) as reader:
-            reader.read_into(store, aasx.DictSupplementaryFileContainer())
+            reader.read_into(store, aasx.DictSupplementaryFileContainer())  # type: ignore[no-untyped-call]
     elif fmt == "xml":
         with out.open("rb") as f:
             store = xml.read_aas_xml_file(f, failsafe=False)
