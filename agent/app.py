@@ -166,10 +166,14 @@ class Agent:
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
         for s in cfg.sinks:
-            buf = Buffer(
-                cfg.agent.data_dir / f"buffer-{s.id}.db", quota_bytes=quota, synchronous=cfg.buffer.synchronous
-            )
             sink, batching, prefix = make_sink(cfg, s)
+            # A chunk per message: whole chunks leave the buffer together, in one delete.
+            buf = Buffer(
+                cfg.agent.data_dir / f"buffer-{s.id}.db",
+                quota_bytes=quota,
+                synchronous=cfg.buffer.synchronous,
+                chunk_records=batching.max_message_records,
+            )
             self.buffers.append(buf)
             self.sinks.append(sink)
             self.forwarders.append(

@@ -1,20 +1,22 @@
-"""The durable buffer, on real files and a real SQLite: delivery, ordering, crashes, quota, broken disks."""
+"""The durable buffer, on real files and a real SQLite: delivery, ordering, chunks, crashes, quota, broken disks."""
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from uploader.buffer import (
+    SCHEMA_VERSION,
     Batch,
     Buffer,
     BufferCorruptError,
@@ -41,6 +43,23 @@ def rows(lane: str, start: int, count: int, keys: tuple[str, ...] = ("press-01",
     return [(lane, keys[n % len(keys)], float(n), body(n)) for n in range(start, start + count)]
 
 
+def grouped(added: list[Row]) -> list[Row]:
+    """The rows of one add() in the order it gives them seqs: by (lane, key) as each first appears."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in added:
+        groups.setdefault((row[0], row[1]), []).append(row)
+    return [row for group in groups.values() for row in group]
+
+
+def chunks(buf: Buffer, lane: str) -> list[tuple[int, str, int]]:
+    """(first seq, key, records) of every chunk row stored for `lane` (the buffer holds the file's lock)."""
+    return buf._conn.execute(f"SELECT seq, key, n FROM lane_{lane} ORDER BY seq").fetchall()
+
+
+def done_rows(buf: Buffer) -> list[tuple[str, int, bytes]]:
+    return buf._conn.execute("SELECT lane, chunk, mask FROM done ORDER BY lane, chunk").fetchall()
+
+
 def drain(buf: Buffer, lane: str) -> list[Item]:
     """Everything stored in `lane` and not in an open batch, oldest first, left pending."""
     batch = buf.begin(lane, 1 << 20)
@@ -59,14 +78,18 @@ def merge(total: dict[str, tuple[int, float, float]], dropped: Dropped) -> None:
             total[key] = (count, first, last)
 
 
-def expected_by_key(added: list[Row], dropped_seqs: set[int]) -> dict[str, tuple[int, float, float]]:
-    """What Dropped must report, from the rows as added (seq n is added[n - 1] in a fresh file)."""
+def by_key_of(dropped: Iterable[Row]) -> dict[str, tuple[int, float, float]]:
+    """What Dropped.by_key must say for these rows."""
     result: dict[str, tuple[int, float, float]] = {}
-    for seq in dropped_seqs:
-        _, key, ts, _ = added[seq - 1]
+    for _, key, ts, _ in dropped:
         n, first, last = result.get(key, (0, ts, ts))
         result[key] = (n + 1, min(first, ts), max(last, ts))
     return result
+
+
+def expected_by_key(added: list[Row], dropped_seqs: set[int]) -> dict[str, tuple[int, float, float]]:
+    """What Dropped must report, from the rows in seq order (seq n is added[n - 1] in a fresh file)."""
+    return by_key_of(added[seq - 1] for seq in dropped_seqs)
 
 
 @pytest.fixture
@@ -91,8 +114,15 @@ def test_added_records_come_back_in_order_and_are_deleted_when_accepted(path: Pa
         batch = buf.begin("data", 10)
         assert batch is not None
         assert batch.lane == "data"
-        assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == added
-        assert [i.seq for i in batch.items] == [1, 2, 3, 4, 5]
+        # Seqs go to all of key a's rows, then key b's; each key's rows keep their order.
+        assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == grouped(added)
+        assert [(i.seq, i.key, i.ts) for i in batch.items] == [
+            (1, "a", 0.0),
+            (2, "a", 2.0),
+            (3, "a", 4.0),
+            (4, "b", 1.0),
+            (5, "b", 3.0),
+        ]
         assert buf.begin("data", 10) is None
         assert buf.pending()["data"] == 5
 
@@ -209,6 +239,140 @@ def test_wrongly_typed_row_is_refused_and_nothing_is_written(buf: Buffer) -> Non
     assert [i.seq for i in drain(buf, "data")] == [1, 2, 3]
 
 
+def test_a_body_containing_a_newline_is_refused_and_nothing_is_written(buf: Buffer) -> None:
+    bad: list[Row] = [*rows("data", 0, 3), ("event", "line-1", 3.0, b'{"message":"two\nlines"}')]
+    with pytest.raises(ValueError, match="lane 'event', key 'line-1' contains a newline"):
+        buf.add(bad)
+    assert buf.pending() == dict.fromkeys(Buffer.LANES, 0)
+    assert buf.last_seq == 0
+    buf.add(rows("data", 0, 3))
+    assert [i.seq for i in drain(buf, "data")] == [1, 2, 3]
+
+
+# --- chunks -------------------------------------------------------------------------------------
+
+
+def test_one_add_is_stored_as_one_row_per_chunk_of_a_lane_and_key(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=4) as buf:
+        added = rows("data", 0, 10, keys=("a", "b")) + rows("event", 10, 3, keys=("a",))
+        buf.add(added)
+
+        assert chunks(buf, "data") == [(1, "a", 4), (5, "a", 1), (6, "b", 4), (10, "b", 1)]
+        assert chunks(buf, "event") == [(11, "a", 3)]
+        in_order = grouped(added)
+        for lane in ("data", "event"):
+            items = drain(buf, lane)
+            assert [(i.lane, i.key, i.ts, i.body) for i in items] == [row for row in in_order if row[0] == lane]
+            assert [i.seq for i in items] == [seq for seq, row in enumerate(in_order, 1) if row[0] == lane]
+
+
+def test_a_chunk_handed_out_across_two_batches_is_deleted_when_its_last_record_is_accepted(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=10) as buf:
+        buf.add(rows("data", 0, 10))
+        buf.add(rows("data", 10, 10))
+        one = buf.begin("data", 6)
+        two = buf.begin("data", 6)
+        assert one is not None and two is not None
+        assert [i.seq for i in one.items] == [1, 2, 3, 4, 5, 6]
+        assert [i.seq for i in two.items] == [7, 8, 9, 10, 11, 12]
+        assert [i.ts for i in two.items] == [6.0, 7.0, 8.0, 9.0, 10.0, 11.0]
+
+        buf.end(one, accepted=[i.seq for i in one.items])
+        assert chunks(buf, "data") == [(1, "press-01", 10), (11, "press-01", 10)]
+        assert buf.pending()["data"] == 14
+
+        buf.end(two, accepted=[i.seq for i in two.items])
+        assert chunks(buf, "data") == [(11, "press-01", 10)]
+        assert done_rows(buf) == [("data", 11, b"\x01\x01" + bytes(8))]
+        rest = buf.begin("data", 100)
+        assert rest is not None
+        assert [i.seq for i in rest.items] == list(range(13, 21))
+        buf.end(rest, accepted=[i.seq for i in rest.items])
+        assert chunks(buf, "data") == [] and done_rows(buf) == []
+        assert buf.pending()["data"] == 0
+
+
+def stored(buf: Buffer) -> set[int]:
+    """Seqs of every record stored and not done, read from the chunk rows and their done masks."""
+    masks = {(lane, chunk): mask for lane, chunk, mask in done_rows(buf)}
+    found: set[int] = set()
+    for lane in Buffer.LANES:
+        for seq, _, n in chunks(buf, lane):
+            mask = masks.get((lane, seq), bytes(n))
+            found.update(seq + i for i in range(n) if not mask[i])
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_adds_batches_quota_and_restarts_match_a_simple_model(path: Path, seed: int) -> None:
+    """Against a dict of what must be pending: order, no overlap, exact drops, nothing lost or back."""
+    rnd = random.Random(seed)
+    quota = 150_000 if seed % 2 else BIG
+    model: dict[int, Row] = {}
+    opened: list[Batch] = []
+    n = 0
+
+    def reopen() -> Buffer:
+        return Buffer(path, quota_bytes=quota, chunk_records=rnd.randint(1, 60))
+
+    buf = reopen()
+    for _ in range(200):
+        op = rnd.random()
+        if op < 0.35:
+            added: list[Row] = []
+            for _ in range(rnd.randint(1, 200)):
+                lane = rnd.choices(("data", "event", "status", "gap"), (6, 3, 1, 1))[0]
+                added.append((lane, rnd.choice("abc"), float(n), b'{"n":%d,"v":"%s"}' % (n, b"x" * 250)))
+                n += 1
+            first = buf.last_seq
+            dropped = buf.add(added)
+            new = dict(enumerate(grouped(added), first + 1))
+            model |= new
+            in_flight = {i.seq for batch in opened for i in batch.items}
+            gone = set(model) - stored(buf)
+            assert not gone & (in_flight | set(new))
+            assert {model[seq][0] for seq in gone} <= {"data", "event"}
+            assert dropped.count == len(gone)
+            assert dropped.by_key == by_key_of(model[seq] for seq in gone)
+            for lane in ("data", "event"):
+                lost = [seq for seq in gone if model[seq][0] == lane]
+                kept = [s for s, r in model.items() if r[0] == lane and s not in gone | in_flight | set(new)]
+                assert not lost or not kept or max(lost) < min(kept), "dropped a newer chunk before an older one"
+            for seq in gone:
+                del model[seq]
+        elif op < 0.6:
+            lane = rnd.choice(Buffer.LANES)
+            max_records = rnd.randint(1, 300)
+            batch = buf.begin(lane, max_records)
+            in_flight = {i.seq for open_batch in opened for i in open_batch.items}
+            waiting = sorted(seq for seq, row in model.items() if row[0] == lane and seq not in in_flight)
+            if batch is None:
+                assert not waiting
+                continue
+            assert [i.seq for i in batch.items] == waiting[:max_records]
+            assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == [model[i.seq] for i in batch.items]
+            opened.append(batch)
+        elif op < 0.9 and opened:
+            batch = opened.pop(rnd.randrange(len(opened)))
+            seqs = [i.seq for i in batch.items]
+            accepted = seqs if rnd.random() < 0.5 else [seq for seq in seqs if rnd.random() < 0.5]
+            rejected = [seq for seq in seqs if seq not in accepted and rnd.random() < 0.3]
+            buf.end(batch, accepted, rejected)
+            for seq in accepted + rejected:
+                del model[seq]
+        elif op < 0.95:
+            buf.close()
+            opened = []
+            buf = reopen()
+        assert buf.pending() == {lane: sum(row[0] == lane for row in model.values()) for lane in Buffer.LANES}
+        assert stored(buf) == set(model)
+    buf.close()
+
+    with Buffer(path, quota_bytes=quota) as buf:
+        for lane in Buffer.LANES:
+            assert [i.seq for i in drain(buf, lane)] == sorted(seq for seq, row in model.items() if row[0] == lane)
+
+
 # --- restarts and crashes -----------------------------------------------------------------------
 
 
@@ -289,6 +453,55 @@ def test_every_add_that_returned_survives_sigkill_without_duplicates(path: Path)
             assert buf.pending()["data"] == len(seqs) == buf.last_seq
 
 
+CHILD_ACCEPTS_PART_OF_A_CHUNK_THEN_HANGS = textwrap.dedent(
+    """
+    import sys, time
+    from uploader.buffer import Buffer
+
+    buf = Buffer(sys.argv[1], quota_bytes=1 << 30, chunk_records=100)
+    buf.add([("data", "k", float(n), b'{"n":%d}' % n) for n in range(100)])
+    first = buf.begin("data", 60)
+    seqs = [i.seq for i in first.items]
+    # 1..60: multiples of 3 are not confirmed, except multiples of 6, which are rejected.
+    buf.end(first, accepted=[s for s in seqs if s % 3], rejected=[s for s in seqs if s % 6 == 0])
+    in_flight = buf.begin("data", 15)
+    print(",".join(str(i.seq) for i in in_flight.items), flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_records_accepted_inside_a_chunk_stay_deleted_after_sigkill_and_the_rest_comes_back(path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD_ACCEPTS_PART_OF_A_CHUNK_THEN_HANGS, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    try:
+        in_flight = [int(seq) for seq in child.stdout.readline().split(",")]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        child.stdout.close()
+    left = [seq for seq in range(1, 61) if seq % 3 == 0 and seq % 6] + list(range(61, 101))
+    assert in_flight == left[:15]
+
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.pending()["data"] == len(left) == 50
+        items = drain(buf, "data")
+        assert [i.seq for i in items] == left
+        assert [i.body for i in items] == [b'{"n":%d}' % (seq - 1) for seq in left]
+        assert [i.ts for i in items] == [float(seq - 1) for seq in left]
+        assert buf.last_seq == 100
+        batch = buf.begin("data", 100)
+        assert batch is not None
+        buf.end(batch, accepted=[i.seq for i in batch.items])
+        assert chunks(buf, "data") == [] and done_rows(buf) == []
+
+
 # --- quota --------------------------------------------------------------------------------------
 
 
@@ -300,11 +513,11 @@ def test_quota_drops_the_oldest_data_first_and_reports_it_per_key(path: Path) ->
     with Buffer(path, quota_bytes=quota) as buf:
         protected = rows("gap", 0, 20) + rows("usage", 20, 20) + rows("status", 40, 20) + rows("event", 60, 50)
         buf.add(protected)
-        added += protected
+        added += grouped(protected)
         for start in range(110, 3110, 100):
             batch = rows("data", start, 100, keys)
             dropped = buf.add(batch)
-            added += batch
+            added += grouped(batch)
             merge(reported, dropped)
             assert buf.stats().used_bytes <= quota + 100 * 340
 
@@ -331,7 +544,9 @@ def test_quota_drops_events_after_data_and_never_protected_records(
 ) -> None:
     added: list[Row] = []
     with Buffer(path, quota_bytes=300_000) as buf:
-        for batch in (rows("event", 0, 200, ("line-1",)), rows("data", 200, 300, ("press-01",))):
+        # The quota drops whole chunks: events added 20 at a time can be dropped in part.
+        event_adds = [rows("event", start, 20, ("line-1",)) for start in range(0, 200, 20)]
+        for batch in [*event_adds, rows("data", 200, 300, ("press-01",))]:
             assert buf.add(batch).count == 0
             added += batch
 
@@ -387,15 +602,39 @@ def test_quota_never_drops_records_in_an_open_batch_and_drops_given_back_ones_fi
         buf.end(two, accepted=[i.seq for i in two.items])
         assert buf.stats().delivered["data"] == 50
         assert buf.pending()["data"] == len(remaining) - 50
+        assert chunks(buf, "data") == [(301, "press-01", 300)]
+
+    with Buffer(path, quota_bytes=200_000) as buf:
+        assert [i.seq for i in drain(buf, "data")] == sorted(remaining - {i.seq for i in two.items})
+
+
+def test_quota_counts_only_the_records_not_done_of_a_chunk_partly_sent_before_a_restart(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        buf.add(rows("data", 0, 100, ("press-01",)))
+        batch = buf.begin("data", 30)
+        assert batch is not None
+        buf.end(batch, accepted=[i.seq for i in batch.items])
+        size = buf.stats().used_bytes
+
+    with Buffer(path, quota_bytes=size + 10_000) as buf:
+        dropped = buf.add(rows("usage", 100, 100, ("agent",)))
+        assert dropped == Dropped(70, {"press-01": (70, 30.0, 99.0)})
+        assert buf.stats().dropped["data"] == 70
+        assert buf.pending()["data"] == 0
+        assert chunks(buf, "data") == [] and done_rows(buf) == []
 
 
 def test_space_freed_by_delivery_is_given_back_to_the_file_system(buf: Buffer) -> None:
-    for start in range(0, 8000, 500):
+    for start in range(0, 60_000, 500):
         buf.add(rows("data", start, 500))
     full = buf.stats().db_bytes
+    assert full > 16 * 2**20
     while (batch := buf.begin("data", 1000)) is not None:
         buf.end(batch, [i.seq for i in batch.items])
-    assert buf.stats().db_bytes < full / 2
+    stats = buf.stats()
+    assert stats.db_bytes < full / 2
+    # What stays free is about the 8 MiB kept for the next adds to reuse.
+    assert stats.db_bytes - stats.used_bytes <= 9 * 2**20
 
 
 # --- broken disks and files ---------------------------------------------------------------------
@@ -491,9 +730,18 @@ def test_another_applications_database_is_refused(path: Path) -> None:
 def test_a_newer_schema_is_refused(path: Path) -> None:
     Buffer(path, quota_bytes=BIG).close()
     newer = sqlite3.connect(path)
-    newer.execute("PRAGMA user_version = 2")
+    newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     newer.close()
     with pytest.raises(BufferFormatError, match="newer agent"):
+        Buffer(path, quota_bytes=BIG)
+
+
+def test_a_buffer_of_the_first_schema_one_row_per_record_is_refused(path: Path) -> None:
+    Buffer(path, quota_bytes=BIG).close()
+    older = sqlite3.connect(path)
+    older.execute("PRAGMA user_version = 1")
+    older.close()
+    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 2\); move the file aside"):
         Buffer(path, quota_bytes=BIG)
 
 
