@@ -186,7 +186,7 @@ class Source(_Model):
     reconnect_initial_s: float = Field(default=1, gt=0)
     reconnect_max_s: float = Field(default=30, gt=0)
     max_items_per_call: int | None = Field(default=None, ge=1, description="default: the server's operation limits")
-    max_notifications_per_publish: int = Field(default=2000, ge=0, description="0: as many as the server sends")
+    max_notifications_per_publish: int = Field(default=10000, ge=0, description="0: as many as the server sends")
 
 
 class Batching(_Model):

@@ -42,4 +42,4 @@ class Endpoint:
     poll_interval_ms: float = 1000.0
     timeout_s: float = 10.0
     max_items_per_call: int | None = None  # None: the server's operation limits decide
-    max_notifications_per_publish: int = 2000
+    max_notifications_per_publish: int = 10000
