@@ -21,7 +21,7 @@ import orjson
 import pytest
 from asyncua import ua
 
-from simulators.factory import FactoryThread
+from simulators.factory import FactoryThread, SignalInfo, catalogue
 from tests.helpers import AgentProcess, factory_config, free_port, wait_until
 from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader import wire
@@ -200,6 +200,14 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         assert e["fields"]["SourceName"].lower() == e["shell"].rsplit(":", 1)[-1]
 
 
+def only(s: SignalInfo) -> bool:
+    """The machine signals of CNC01 (not its type diagnostics): enough to prove delivery, quick to check."""
+    return s.machine == "CNC01" and not s.name.startswith("Diagnostics")
+
+
+ONLY = [s for s in catalogue(1) if only(s)]
+
+
 def covered(t: datetime, gaps: list[tuple[datetime, datetime]]) -> bool:
     return any(start <= t <= end for start, end in gaps)
 
@@ -208,7 +216,6 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
     tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber
 ) -> None:
     opc_port = free_port()
-    only = lambda s: s.machine == "CNC01" and not s.name.startswith("Diagnostics")  # noqa: E731
     with FactoryThread(port=opc_port, period=0.05, machines=1) as fac:
         agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
         wait_until("data to flow", lambda: len(received(subscriber).records("data")) > 600, timeout=60)
@@ -229,7 +236,7 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         gaps = got.unique("gap")
         assert gaps and all("unexpectedly" in g["reason"] for g in gaps)
         gap_paths = {p for g in gaps for p in g["paths"]}
-        assert len(gap_paths) == len([s for s in fac_catalogue(1) if only(s)])
+        assert len(gap_paths) == len(ONLY)
         intervals = [(ts(g["start"]), ts(g["end"])) for g in gaps]
         assert all(start <= killed_at for start, _ in intervals)
         data = got.records("data")
@@ -244,9 +251,7 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         for node, t in arrived:
             first[node] = min(t, first.get(node, t))
         missing = []
-        for s in fac_catalogue(1):
-            if not only(s):
-                continue
+        for s in ONLY:
             # A subscription starts with the value current at that moment; what was written
             # before the agent's first subscription was never the agent's to deliver.
             for t, _ in fac.written(s.node_id):
@@ -258,15 +263,8 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         )
 
 
-def fac_catalogue(machines: int) -> list[Any]:
-    from simulators.factory.catalogue import catalogue
-
-    return catalogue(machines)
-
-
 def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber) -> None:
     opc_port = free_port()
-    only = lambda s: s.machine == "CNC01" and not s.name.startswith("Diagnostics")  # noqa: E731
     with FactoryThread(port=opc_port, period=0.1, machines=1) as fac:
         agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
         try:
@@ -285,13 +283,7 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBro
             assert agent.stop() == 0
         got = received(subscriber)
     arrived = {(r["node"], ts(r["sourceTime"])) for r in got.records("data")}
-    during = [
-        (s.node_id, t)
-        for s in fac_catalogue(1)
-        if only(s)
-        for t, _ in fac.written(s.node_id)
-        if outage_start <= t <= outage_end
-    ]
+    during = [(s.node_id, t) for s in ONLY for t, _ in fac.written(s.node_id) if outage_start <= t <= outage_end]
     assert len(during) > 100
     missing = [d for d in during if d not in arrived]
     assert not missing, f"{len(missing)} of {len(during)} values produced during the outage never arrived"
@@ -302,7 +294,6 @@ def test_server_restart_resubscribes_with_a_gap(
     tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber
 ) -> None:
     opc_port = free_port()
-    only = lambda s: s.machine == "CNC01" and not s.name.startswith("Diagnostics")  # noqa: E731
     with FactoryThread(port=opc_port, period=0.1, machines=1) as fac:
         agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
         try:
@@ -321,7 +312,7 @@ def test_server_restart_resubscribes_with_a_gap(
             assert agent.stop() == 0
         got = received(subscriber)
     gaps = got.unique("gap")
-    assert len({p for g in gaps for p in g["paths"]}) == len([s for s in fac_catalogue(1) if only(s)])
+    assert len({p for g in gaps for p in g["paths"]}) == len(ONLY)
     assert all(ts(g["start"]) <= stopped_at <= ts(g["end"]) for g in gaps)
     states = [r["kind"] for r in got.records("status")]
     assert "source-disconnected" in states and states.count("source-connected") >= 2
