@@ -61,7 +61,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available  # noqa: E402
-from tests.mqtt_broker import MosquittoBroker, free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+from tests.mqtt_broker import MosquittoBroker  # noqa: E402
 
 SITE = "bench-site"
 EQUIPMENT = "load01"

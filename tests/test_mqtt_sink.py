@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.mqtt_broker import MosquittoBroker, Subscriber, free_port
+from tests.helpers import free_port
+from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader.mqtt import MqttConfigError, MqttSettings, MqttSink, TlsSettings
 from uploader.sink import Message
 
