@@ -139,7 +139,6 @@ class Pipeline:
         self.repeats = 0
         self.values_in = 0
         self.bad_values = 0
-        self.last_value_at: datetime | None = None
 
     # -- adapter callbacks ----------------------------------------------------------------------
 
@@ -181,8 +180,6 @@ class Pipeline:
             rows.extend(bad)
         self.values_in += len(samples)
         self.repeats += repeats
-        if samples:
-            self.last_value_at = _utcnow()
         await self.store(rows, {k: f"{t!r}|{status}" for k, (t, status) in marks.items()})
 
     async def on_events(self, events: Sequence[Event]) -> None:

@@ -142,14 +142,6 @@ class MqttSink:
         """
         return await self._publish_and_wait(messages, retain=False, timeout=timeout)
 
-    async def publish_status(self, payload: bytes, *, timeout: float = 5.0) -> bool:
-        """Publish `payload` retained at QoS 1 to the status topic; True once PUBACKed."""
-        topic = self._settings.status_topic
-        if topic is None:
-            raise ValueError(f"{self._where} has no status_topic configured")
-        [ok] = await self._publish_and_wait([Message(topic, payload)], retain=True, timeout=timeout)
-        return ok
-
     async def stop(self) -> None:
         """Publish the offline status, give in-flight messages a moment, disconnect cleanly
         (so the broker does not send the last will)."""

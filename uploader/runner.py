@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from uploader import wire
@@ -39,7 +39,6 @@ class ForwarderStats:
     failed_sends: int = 0
     last_success: datetime | None = None
     last_error: str = ""
-    lane_sent: dict[str, int] = field(default_factory=dict)
 
 
 def default_topic(prefix: str, site: str) -> Callable[[str, str], str]:
@@ -185,7 +184,6 @@ class Forwarder:
         n_ok = sum(results)
         self.stats.sent_messages += n_ok
         self.stats.sent_records += len(accepted)
-        self.stats.lane_sent[batch.lane] = self.stats.lane_sent.get(batch.lane, 0) + len(accepted)
         if n_ok == len(messages):
             self.stats.last_success = datetime.now(UTC)
             return True

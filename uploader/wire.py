@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -180,9 +180,3 @@ def decode_value(xs_type: str, v: Any, *, is_array: bool = False) -> Any:
     if xs_type == "langString":
         return {"language": v[0]["language"], "text": v[0]["text"]}
     return v
-
-
-def iter_records(message: bytes) -> Iterable[dict[str, Any]]:
-    doc: dict[str, Any] = orjson.loads(message)
-    records: list[dict[str, Any]] = doc["records"]
-    return records

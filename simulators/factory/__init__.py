@@ -24,7 +24,7 @@ from simulators.factory.machines import MachineState
 from simulators.factory.plant import Plant
 from simulators.factory.record import ValueRecorder, json_value
 from simulators.factory.server import FactorySimulator
-from simulators.factory.thread import FactoryThread, run_in_thread
+from simulators.factory.thread import FactoryThread
 
 __all__ = [
     "EVENT_TYPE_NODE_ID",
@@ -40,5 +40,4 @@ __all__ = [
     "json_value",
     "machine_names",
     "node_id",
-    "run_in_thread",
 ]

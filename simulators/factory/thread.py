@@ -120,16 +120,3 @@ class FactoryThread:
             await simulator.serve(stop)
         finally:
             await simulator.stop()
-
-
-def run_in_thread(
-    host: str = "127.0.0.1",
-    port: int = 4840,
-    machines: int = 3,
-    period: float = 0.5,
-    seed: int = 1,
-    alarm_every: int = 0,
-    record: str | Path | None = None,
-) -> FactoryThread:
-    """Start a FactoryThread and return it; call .stop() (or use it as a context manager) to end it."""
-    return FactoryThread(host, port, machines, period, seed, alarm_every, record).start()
