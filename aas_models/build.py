@@ -26,20 +26,6 @@ IEC61360_TEMPLATE = "https://admin-shell.io/DataSpecificationTemplates/DataSpeci
 _ID_SHORT = re.compile(r"[A-Za-z][A-Za-z0-9_]{1,127}")
 ID_SHORT_RULE = "2-128 characters, a letter first, then only letters, digits and '_' (no '-', no '.')"
 
-_INTEGER_TYPES = frozenset(
-    (
-        "xs:byte",
-        "xs:unsignedByte",
-        "xs:short",
-        "xs:unsignedShort",
-        "xs:int",
-        "xs:unsignedInt",
-        "xs:long",
-        "xs:unsignedLong",
-    )
-)
-_REAL_TYPES = frozenset(("xs:float", "xs:double"))
-
 
 class ModelBuildError(ValueError):
     """The shell specs cannot become a valid AAS environment; the message names shell and path."""
@@ -51,7 +37,7 @@ class UnknownElementError(KeyError):
 
 
 @dataclass(frozen=True, slots=True)
-class Binding:
+class ElementSlot:
     """One spec Element and the SDK element that holds its value."""
 
     shell_id: str
@@ -68,12 +54,12 @@ class ShellEnvironment:
         self,
         store: model.DictIdentifiableStore[model.Identifiable],
         shells: tuple[Shell, ...],
-        bindings: dict[tuple[str, str], Binding],
+        slots: dict[tuple[str, str], ElementSlot],
     ) -> None:
         self.store = store
         self.shells = shells
         self._shells = {shell.id: shell for shell in shells}
-        self._bindings = bindings
+        self._slots = slots
 
     def shell(self, shell_id: str) -> Shell:
         try:
@@ -81,18 +67,18 @@ class ShellEnvironment:
         except KeyError:
             raise UnknownElementError(f"no shell {shell_id!r} in this environment") from None
 
-    def binding(self, shell_id: str, path: str) -> Binding:
+    def slot(self, shell_id: str, path: str) -> ElementSlot:
         try:
-            return self._bindings[(shell_id, path)]
+            return self._slots[(shell_id, path)]
         except KeyError:
             self.shell(shell_id)
             raise UnknownElementError(f"shell {shell_id!r} has no element {path!r}") from None
 
-    def bindings(self) -> Iterator[Binding]:
-        return iter(self._bindings.values())
+    def slots(self) -> Iterator[ElementSlot]:
+        return iter(self._slots.values())
 
     def element(self, shell_id: str, path: str) -> model.SubmodelElement:
-        return self.binding(shell_id, path).element
+        return self.slot(shell_id, path).element
 
     def submodel_id(self, shell_id: str) -> str:
         """Id of the operational-data submodel."""
@@ -102,16 +88,16 @@ class ShellEnvironment:
         return self.shell(shell_id).nameplate_id()
 
     def semantic_id(self, shell_id: str, path: str) -> str | None:
-        return self.binding(shell_id, path).spec.semantic_id
+        return self.slot(shell_id, path).spec.semantic_id
 
     def unit(self, shell_id: str, path: str) -> str | None:
-        return self.binding(shell_id, path).spec.unit
+        return self.slot(shell_id, path).spec.unit
 
 
 def build_environment(shells: Sequence[Shell], *, language: str = "en") -> ShellEnvironment:
     """Build all shells; `language` tags the nameplate texts and element descriptions (BCP 47)."""
     store: model.DictIdentifiableStore[model.Identifiable] = model.DictIdentifiableStore()
-    bindings: dict[tuple[str, str], Binding] = {}
+    slots: dict[tuple[str, str], ElementSlot] = {}
     used_ids: set[str] = set()
     for shell in shells:
         _check_shell(shell, used_ids)
@@ -120,7 +106,7 @@ def build_environment(shells: Sequence[Shell], *, language: str = "en") -> Shell
             nameplate = build_nameplate(shell, language)
         except ValueError as e:
             raise ModelBuildError(f"shell {shell.id!r}: nameplate: {e}") from e
-        operational = _build_operational(shell, language, bindings)
+        operational = _build_operational(shell, language, slots)
         aas = model.AssetAdministrationShell(
             model.AssetInformation(model.AssetKind.INSTANCE, global_asset_id=shell.asset_id),
             shell.id,
@@ -132,7 +118,7 @@ def build_environment(shells: Sequence[Shell], *, language: str = "en") -> Shell
         )
         for identifiable in (aas, nameplate, operational):
             store.add(identifiable)
-    return ShellEnvironment(store, tuple(shells), bindings)
+    return ShellEnvironment(store, tuple(shells), slots)
 
 
 def _check_shell(shell: Shell, used_ids: set[str]) -> None:
@@ -162,7 +148,7 @@ def _check_shell(shell: Shell, used_ids: set[str]) -> None:
             raise ModelBuildError(f"{where}: nameplate address {f.name} must be non-empty XML-safe text")
 
 
-def _build_operational(shell: Shell, language: str, bindings: dict[tuple[str, str], Binding]) -> model.Submodel:
+def _build_operational(shell: Shell, language: str, slots: dict[tuple[str, str], ElementSlot]) -> model.Submodel:
     _check_paths(shell)
     submodel = model.Submodel(shell.operational_id(), id_short=OPERATIONAL_ID_SHORT, kind=model.ModellingKind.INSTANCE)
     collections: dict[str, model.SubmodelElementCollection] = {}
@@ -186,7 +172,7 @@ def _build_operational(shell: Shell, language: str, bindings: dict[tuple[str, st
         except ValueError as e:
             raise ModelBuildError(f"{where}: {e}") from e
         _children(container).add(element)
-        bindings[(shell.id, spec.path)] = Binding(shell.id, spec.path, spec, vt, element)
+        slots[(shell.id, spec.path)] = ElementSlot(shell.id, spec.path, spec, vt, element)
     return submodel
 
 
@@ -274,19 +260,12 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
 
 def _unit_spec(id_short: str, unit: str, vt: ValueType) -> model.EmbeddedDataSpecification:
     """The unit as IEC 61360 content embedded in the element (readable without concept descriptions)."""
-    data_type = (
-        model.DataTypeIEC61360.INTEGER_MEASURE
-        if vt.xs in _INTEGER_TYPES
-        else model.DataTypeIEC61360.REAL_MEASURE
-        if vt.xs in _REAL_TYPES
-        else None
-    )
     return model.EmbeddedDataSpecification(
         external_reference(IEC61360_TEMPLATE),
         model.DataSpecificationIEC61360(
             # AASc-3a-002 wants an English preferred name; the idShort is the only name we have.
             model.PreferredNameTypeIEC61360({"en": id_short}),
-            data_type=data_type,
+            data_type=vt.measure,
             unit=unit,
         ),
     )

@@ -1,6 +1,7 @@
-"""Wiring and supervision: config in, collectors, pipeline, buffers and forwarders running.
+"""The running agent: collectors, pipeline, buffers, forwarders and sinks under one supervisor.
 
-The only module that knows adapters, aas_models and uploader together.
+The only module that knows adapters, aas_models and uploader together (with wiring.py, which
+turns the config into their parts).
 """
 
 from __future__ import annotations
@@ -10,146 +11,26 @@ import contextlib
 import gc
 import logging
 import signal
-import socket
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues
-from aas_models.types import xs_type
 from adapters.opcua.source import OpcUaSource
-from adapters.opcua.spec import Endpoint, EventItem, Item
 from adapters.sample import Interruption, SourceState
 from agent.backoff import Backoff
-from agent.config import Config, FileSinkConfig, MqttSinkConfig, Point, Source
-from agent.pipeline import Binding, EventBinding, Pipeline, make_binding
+from agent.config import Config
+from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
+from agent.supervisor import ComponentFailed, Supervisor
+from agent.wiring import endpoint, make_sink, plan
 from uploader.buffer import Buffer, BufferError
-from uploader.file import FileSink
-from uploader.runner import Batching, Forwarder, default_topic
+from uploader.forwarder import Forwarder
 from uploader.sink import Sink
 
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-
-
-@dataclass
-class Plan:
-    """What the config asks for, resolved into handles."""
-
-    bindings: list[Binding] = field(default_factory=list)
-    events: list[EventBinding] = field(default_factory=list)
-    items: dict[str, list[Item]] = field(default_factory=dict)
-    event_items: dict[str, list[EventItem]] = field(default_factory=dict)
-
-
-def plan(cfg: Config, env: ShellEnvironment) -> Plan:
-    out = Plan()
-    handle = 0
-    for e in cfg.equipment:
-        shell_id = cfg.aas_id(e)
-        submodel_id = env.submodel_id(shell_id)
-        for p in e.points:
-            handle += 1
-            out.bindings.append(
-                make_binding(
-                    handle=handle,
-                    equipment=e.id,
-                    shell_id=shell_id,
-                    submodel_id=submodel_id,
-                    path=p.path,
-                    value_type=xs_type(p.type),
-                    is_array=p.array,
-                    node=p.address,
-                    semantic_id=p.semantic_id,
-                    unit=p.unit,
-                )
-            )
-            out.items.setdefault(e.source, []).append(_item(handle, p))
-        for ev in e.events:
-            handle += 1
-            out.events.append(EventBinding(handle, e.id, shell_id, ev.name, ev.node))
-            out.event_items.setdefault(e.source, []).append(EventItem(handle, ev.node, ev.fields))
-    return out
-
-
-def _item(handle: int, p: Point) -> Item:
-    return Item(
-        handle=handle,
-        node=p.node if p.node is not None else str(p.browse_path),
-        opcua_type=p.type,
-        is_array=p.array,
-        by_path=p.node is None,
-        mode=p.mode,
-        sampling_ms=p.sampling_ms,
-        queue_size=p.queue_size,
-        deadband=(p.deadband.type, p.deadband.value) if p.deadband else None,
-        trigger=p.trigger,
-    )
-
-
-def endpoint(s: Source) -> Endpoint:
-    sec = s.security
-    return Endpoint(
-        id=s.id,
-        url=s.endpoint,
-        username=s.username,
-        password=s.password.get_secret_value() if s.password else None,
-        security_policy=sec.policy,
-        security_mode=sec.mode,
-        certificate=str(sec.certificate) if sec.certificate else None,
-        private_key=str(sec.private_key) if sec.private_key else None,
-        server_certificate=str(sec.server_certificate) if sec.server_certificate else None,
-        publishing_interval_ms=s.publishing_interval_ms,
-        poll_interval_ms=s.poll_interval_ms,
-        timeout_s=s.timeout_s,
-        max_items_per_call=s.max_items_per_call,
-        max_notifications_per_publish=s.max_notifications_per_publish,
-    )
-
-
-def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Batching, str]:
-    b = s.batch
-    batching = Batching(
-        max_records=b.max_records,
-        max_delay=b.max_delay_ms / 1000,
-        max_message_records=b.max_message_records,
-        max_message_bytes=b.max_message_bytes,
-    )
-    if isinstance(s, FileSinkConfig):
-        return FileSink(s.path, name=s.id), batching, "edge"
-    from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
-
-    tls = None
-    if s.tls is not None:
-        tls = TlsSettings(
-            ca_file=str(s.tls.ca_file) if s.tls.ca_file else None,
-            cert_file=str(s.tls.cert_file) if s.tls.cert_file else None,
-            key_file=str(s.tls.key_file) if s.tls.key_file else None,
-            insecure=s.tls.insecure,
-        )
-    status_topic = f"{s.topic_prefix}/{cfg.site.id}/_agent/online"
-    settings = MqttSettings(
-        host=s.host,
-        port=s.port,
-        client_id=s.client_id or f"edge-agent-{cfg.site.id}-{socket.gethostname()}"[:64],
-        protocol=s.protocol,
-        username=s.username,
-        password=s.password.get_secret_value() if s.password else None,
-        tls=tls,
-        keepalive=s.keepalive_s,
-        status_topic=status_topic,
-    )
-    return MqttSink(settings, name=s.id), batching, s.topic_prefix
-
-
-def secrets(cfg: Config) -> list[str]:
-    out = [s.password.get_secret_value() for s in cfg.sources if s.password]
-    out += [s.password.get_secret_value() for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.password]
-    return out
 
 
 class Agent:
@@ -166,7 +47,7 @@ class Agent:
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
         for s in cfg.sinks:
-            sink, batching, prefix = make_sink(cfg, s)
+            sink, batching = make_sink(cfg, s)
             # A chunk per message: whole chunks leave the buffer together, in one delete.
             buf = Buffer(
                 cfg.agent.data_dir / f"buffer-{s.id}.db",
@@ -181,7 +62,6 @@ class Agent:
                     buf,
                     sink,
                     site=cfg.site.id,
-                    topic=default_topic(prefix, cfg.site.id),
                     batching=batching,
                     delays=Backoff(initial=0.5, maximum=30.0).delays,
                 )
@@ -217,6 +97,12 @@ class Agent:
                     delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
                 )
             )
+        self.supervisor = Supervisor(
+            delays=Backoff(initial=1.0, maximum=60.0).delays,
+            max_failures=cfg.agent.failure_limit,
+            window_s=cfg.agent.failure_window_s,
+            report=self._component_report,
+        )
 
     def _wake(self) -> None:
         for f in self.forwarders:
@@ -232,12 +118,16 @@ class Agent:
                 reason = "agent was stopped" if prev.clean else "agent stopped unexpectedly (crash or kill)"
                 await self.pipeline.on_interruption(Interruption(s.source, src.active, prev.last_alive, s.time, reason))
 
+    async def _component_report(self, name: str, kind: str, message: str) -> None:
+        await self.pipeline.status(kind, f"{name}: {message}", component=name, degraded=sorted(self.supervisor.down))
+
     def status_snapshot(self) -> dict[str, Any]:
         return {
             "started": self.started,
             "values_in": self.pipeline.values_in,
             "repeats_skipped": self.pipeline.repeats,
             "bad_values": self.pipeline.bad_values,
+            "degraded": sorted(self.supervisor.down),
             "sources": {s.endpoint.id: {"connected": s.connected, "active": len(s.active)} for s in self.sources},
             "buffers": {
                 sink.name: {"pending": buf.pending(), "origin": buf.origin}
@@ -249,8 +139,10 @@ class Agent:
         }
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
+        """Collect until `stop` is set; raises ComponentFailed when a component keeps failing."""
+        sup = self.supervisor
         for sink in self.sinks:
-            await sink.start()
+            sup.start(f"sink-{sink.name}", sink.run)
         self.runstate.beat()
         await self.pipeline.status(
             "agent-started",
@@ -263,34 +155,35 @@ class Agent:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
-        source_tasks = [asyncio.create_task(s.run(), name=f"source-{s.endpoint.id}") for s in self.sources]
-        forward_tasks = [asyncio.create_task(f.run(), name=f"forward-{f.sink.name}") for f in self.forwarders]
-        beat = asyncio.create_task(self._heartbeat(), name="heartbeat")
+        for src in self.sources:
+            sup.start(f"source-{src.endpoint.id}", src.run)
+        for f in self.forwarders:
+            sup.start(f"forwarder-{f.sink.name}", f.run)
+        sup.start("heartbeat", self._heartbeat)
         try:
-            await stop.wait()
+            await sup.wait(stop)
         finally:
-            log.info("stopping: collection first, then flushing buffers")
-            for t in source_tasks:
-                t.cancel()
-            await asyncio.gather(*source_tasks, return_exceptions=True)
-            beat.cancel()
-            await asyncio.gather(beat, return_exceptions=True)
-            self.runstate.beat()
+            await self._shutdown(drain_timeout)
+
+    async def _shutdown(self, drain_timeout: float) -> None:
+        sup = self.supervisor
+        log.info("stopping: collection first, then flushing buffers")
+        await sup.stop(*sup.names("source-"), "heartbeat")
+        self.runstate.beat()
+        with contextlib.suppress(Exception):
+            await self.pipeline.status("agent-stopping", "stopped by request")
+        await sup.stop(*sup.names("forwarder-"))
+        for f in self.forwarders:
+            if not await f.drain(drain_timeout):
+                log.warning("%s: %s records stay buffered for the next start", f.sink.name, f.buffer.pending())
+        await sup.stop()
+        for sink in self.sinks:
             with contextlib.suppress(Exception):
-                await self.pipeline.status("agent-stopping", "stopped by request")
-            for t in forward_tasks:
-                t.cancel()
-            await asyncio.gather(*forward_tasks, return_exceptions=True)
-            for f in self.forwarders:
-                if not await f.drain(drain_timeout):
-                    log.warning("%s: %s records stay buffered for the next start", f.sink.name, f.buffer.pending())
-            for sink in self.sinks:
-                with contextlib.suppress(Exception):
-                    await sink.stop()
-            for buf in self.buffers:
-                buf.close()
-            self.runstate.beat(clean=True)
-            log.info("stopped cleanly")
+                await sink.stop()
+        for buf in self.buffers:
+            buf.close()
+        self.runstate.beat(clean=True)
+        log.info("stopped cleanly")
 
     async def _heartbeat(self) -> None:
         """Beat once a second; every `status_interval_s` also write the counters to the status lane."""
@@ -309,7 +202,11 @@ class StartError(Exception):
 
 
 def run_agent(cfg: Config, stop_after: float | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or `stop_after` seconds). Raises StartError with a message for the operator."""
+    """Run until SIGTERM/SIGINT (or `stop_after` seconds).
+
+    Raises StartError with a message for the operator, ComponentFailed when a part of the agent
+    kept failing (the caller exits non-zero so a service manager starts it afresh).
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -325,3 +222,6 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
         await agent.run(stop)
 
     asyncio.run(main())
+
+
+__all__ = ["Agent", "ComponentFailed", "StartError", "run_agent"]

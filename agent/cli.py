@@ -62,7 +62,8 @@ def check(config_path: Path) -> None:
 def run(config_path: Path, seconds: float | None, log_format: str) -> None:
     """Collect, buffer and forward until SIGTERM/Ctrl-C."""
     cfg = _load(config_path)
-    from agent.app import StartError, run_agent, secrets
+    from agent.app import ComponentFailed, StartError, run_agent
+    from agent.wiring import secrets
 
     logs.setup(cfg.agent.log_level, log_format, secrets(cfg))
     _shells(cfg)
@@ -71,6 +72,10 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
     except StartError as e:
         click.echo(f"cannot start: {e}", err=True)
         sys.exit(2)
+    except ComponentFailed as e:
+        # Restarting in-process did not help: a fresh process (systemd Restart=on-failure) may.
+        click.echo(f"stopped: {e}", err=True)
+        sys.exit(1)
 
 
 @main.command()

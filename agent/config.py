@@ -125,14 +125,14 @@ class EventSource(_Model):
     fields: tuple[str, ...] = ("Message", "Severity", "SourceName", "Time", "EventType")
 
 
-class Address(_Model):
+class AddressConfig(_Model):
     street: str | None = None
     zipcode: str | None = None
     city: str | None = None
     country_code: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
 
-class Nameplate(_Model):
+class NameplateConfig(_Model):
     manufacturer_name: str
     product_designation: str
     uri_of_product: str
@@ -142,7 +142,7 @@ class Nameplate(_Model):
     product_family: str | None = None
     software_version: str | None = None
     hardware_version: str | None = None
-    address: Address = Address()
+    address: AddressConfig = AddressConfig()
 
 
 class Equipment(_Model):
@@ -152,7 +152,7 @@ class Equipment(_Model):
     aas_id: str | None = None
     asset_id: str | None = None
     id_short: str | None = None
-    nameplate: Nameplate
+    nameplate: NameplateConfig
     points: tuple[Point, ...] = Field(min_length=1)
     events: tuple[EventSource, ...] = ()
 
@@ -189,7 +189,7 @@ class Source(_Model):
     max_notifications_per_publish: int = Field(default=10000, ge=0, description="0: as many as the server sends")
 
 
-class Batching(_Model):
+class BatchConfig(_Model):
     max_records: int = Field(default=1000, ge=1, le=100000)
     max_delay_ms: int = Field(default=1000, ge=0)
     max_message_records: int = Field(default=500, ge=1)
@@ -215,7 +215,9 @@ class MqttSinkConfig(_Model):
     tls: Tls | None = None
     topic_prefix: str = "kamp/v1"
     keepalive_s: int = Field(default=30, ge=5)
-    batch: Batching = Batching()
+    reconnect_initial_s: float = Field(default=1, gt=0)
+    reconnect_max_s: float = Field(default=30, gt=0)
+    batch: BatchConfig = BatchConfig()
 
 
 class FileSinkConfig(_Model):
@@ -224,7 +226,7 @@ class FileSinkConfig(_Model):
     type: Literal["file"]
     id: str = "file"
     path: Path
-    batch: Batching = Batching(max_delay_ms=200)
+    batch: BatchConfig = BatchConfig(max_delay_ms=200)
 
 
 SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig, Field(discriminator="type")]
@@ -239,7 +241,6 @@ class Site(_Model):
 
 
 class BufferConfig(_Model):
-    path: Path | None = None
     quota_mb: float = Field(default=1024, gt=0)
     synchronous: Literal["normal", "full"] = "normal"
 
@@ -248,6 +249,10 @@ class AgentSettings(_Model):
     data_dir: Path = Path("./data")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_interval_s: float = Field(default=60, gt=0)
+    failure_limit: int = Field(
+        default=5, ge=1, description="a component that fails this often within failure_window_s ends the process"
+    )
+    failure_window_s: float = Field(default=600, gt=0)
 
 
 class Config(_Model):
@@ -285,9 +290,6 @@ class Config(_Model):
 
     def asset_id(self, e: Equipment) -> str:
         return e.asset_id or f"{self.site.aas_prefix}:asset:{self.site.id}:{e.id}"
-
-    def buffer_path(self) -> Path:
-        return self.buffer.path or self.agent.data_dir / "buffer.db"
 
 
 _ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ValidationError
 
 # Tags pydantic inserts into error locations for the sink union (sinks.0.mqtt.host).
 _UNION_TAGS = frozenset({"mqtt", "file"})
+# Keys that were accepted once and now live elsewhere (or nowhere): where to look instead.
+_MOVED: dict[tuple[str, ...], str] = {
+    ("buffer", "path"): "did you mean 'agent.data_dir'? every sink has its own buffer file in the data directory",
+}
 
 
 def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
@@ -92,7 +96,8 @@ def format_errors(
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(_model_at(root, loc[:-1]))
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f" (typo? did you mean {near[0]!r})" if near else ""
+            moved = _MOVED.get(tuple(str(p) for p in loc if not isinstance(p, int)))
+            hint = f" ({moved})" if moved else f" (typo? did you mean {near[0]!r})" if near else ""
             msgs.append(f"{prefix}: {where}: unknown key{hint}; allowed here: {', '.join(allowed)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")

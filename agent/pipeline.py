@@ -35,9 +35,8 @@ class Binding:
     submodel_id: str
     path: str
     value_type: str
-    is_array: bool
     node: str
-    prefix: bytes
+    prefix: bytes  # the constant part of every data record of this element
     encode: wire.ValueEncoder
     mark: str  # key of this element's last-source-time mark in the buffer
 
@@ -52,39 +51,21 @@ class EventBinding:
 
 
 def make_binding(
-    *,
     handle: int,
     equipment: str,
-    shell_id: str,
-    submodel_id: str,
-    path: str,
-    value_type: str,
-    is_array: bool,
-    node: str,
-    semantic_id: str | None,
-    unit: str | None,
+    element: wire.Element,
 ) -> Binding:
-    fixed: dict[str, Any] = {"shell": shell_id, "submodel": submodel_id, "path": path}
-    if semantic_id:
-        fixed["semanticId"] = semantic_id
-    fixed["valueType"] = value_type
-    if is_array:
-        fixed["array"] = True
-    if unit:
-        fixed["unit"] = unit
-    fixed["node"] = node
     return Binding(
-        handle=handle,
-        equipment=equipment,
-        shell_id=shell_id,
-        submodel_id=submodel_id,
-        path=path,
-        value_type=value_type,
-        is_array=is_array,
-        node=node,
-        prefix=wire.record_prefix(fixed),
-        encode=wire.value_encoder(value_type, is_array=is_array),
-        mark=f"last:{equipment}/{path}",
+        handle,
+        equipment,
+        element.shell,
+        element.submodel,
+        element.path,
+        element.value_type,
+        element.node,
+        prefix=wire.data_prefix(element),
+        encode=wire.value_encoder(element.value_type, is_array=element.is_array),
+        mark=f"last:{equipment}/{element.path}",
     )
 
 
@@ -94,21 +75,6 @@ def _utcnow() -> datetime:
 
 def _epoch(t: datetime | None) -> float:
     return t.timestamp() if t is not None else _utcnow().timestamp()
-
-
-def jsonable(v: Any) -> Any:
-    """Event fields and status details: any plain value into something orjson writes faithfully."""
-    if isinstance(v, float):
-        return wire.encode_float(v)
-    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > wire.MAX_SAFE_INT:
-        return str(v)
-    if isinstance(v, bytes):
-        return wire.value_encoder("xs:base64Binary")(v)
-    if isinstance(v, list | tuple):
-        return [jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    return v
 
 
 class Pipeline:
@@ -147,7 +113,7 @@ class Pipeline:
         append = rows.append
         bindings = self.bindings
         update = self.live.update
-        dumps = wire.dumps
+        data_body = wire.data_body
         bad: list[Row] = []
         last = self.last
         marks: dict[str, tuple[float, int]] = {}
@@ -172,8 +138,7 @@ class Pipeline:
             except (wire.WireValueError, TypeError, ValueError) as exc:
                 bad.append(self._bad_value_row(b, s, exc))
                 continue
-            varying = {"value": value, "sourceTime": st, "serverTime": s.server_time, "status": s.status}
-            append(("data", b.equipment, t, b.prefix + dumps(varying)[1:]))
+            append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, s.status)))
             update(b.shell_id, b.path, s.value)
         if bad:
             self.bad_values += len(bad)
@@ -188,23 +153,8 @@ class Pipeline:
             b = self.events.get(ev.handle)
             if b is None:
                 continue
-            f = ev.fields
-            rec: dict[str, Any] = {
-                "shell": b.shell_id,
-                "source": b.name,
-                "node": b.node,
-                "time": ev.time,
-                "eventType": str(f.get("EventType", "")),
-                "fields": jsonable(f),
-            }
-            if isinstance(f.get("Severity"), int):
-                rec["severity"] = f["Severity"]
-            msg = f.get("Message")
-            if isinstance(msg, dict):
-                rec["message"] = msg.get("text", "")
-            elif msg is not None:
-                rec["message"] = str(msg)
-            rows.append(("event", b.equipment, ev.time.timestamp(), wire.dumps(rec)))
+            body = wire.event_body(shell=b.shell_id, source=b.name, node=b.node, time=ev.time, fields=ev.fields)
+            rows.append(("event", b.equipment, ev.time.timestamp(), body))
         await self.store(rows)
 
     async def on_interruption(self, i: Interruption) -> None:
@@ -212,19 +162,16 @@ class Pipeline:
 
     async def on_problem(self, p: NodeProblem) -> None:
         b = self.bindings.get(p.handle)
-        rec: dict[str, Any] = {"time": _utcnow(), "kind": "node-problem", "node": p.node, "message": p.problem}
-        key = AGENT_KEY
-        if b is not None:
-            rec.update(shell=b.shell_id, path=b.path)
-            key = b.equipment
-        await self.store([("status", key, _utcnow().timestamp(), wire.dumps(rec))])
+        where = {"shell": b.shell_id, "path": b.path} if b is not None else {}
+        body = wire.status_body(_utcnow(), "node-problem", p.problem, node=p.node, **where)
+        await self.store([("status", b.equipment if b is not None else AGENT_KEY, _utcnow().timestamp(), body)])
 
     async def on_state(self, s: SourceState) -> None:
         await self.status(f"source-{s.state}", f"{s.source}: {s.detail}")
 
     async def status(self, kind: str, message: str, **extra: Any) -> None:
-        rec = {"time": _utcnow(), "kind": kind, "message": message, **jsonable(extra)}
-        await self.store([("status", AGENT_KEY, _utcnow().timestamp(), wire.dumps(rec))])
+        body = wire.status_body(_utcnow(), kind, message, **extra)
+        await self.store([("status", AGENT_KEY, _utcnow().timestamp(), body)])
 
     def restore_marks(self) -> None:
         """Load each element's last stored (source time, status) from the buffer, after a restart."""
@@ -243,38 +190,39 @@ class Pipeline:
 
     # -- records --------------------------------------------------------------------------------
 
-    def gap_rows(self, handles: Sequence[int], start: datetime, end: datetime, reason: str) -> list[Row]:
+    def gap_rows(
+        self, handles: Sequence[int], start: datetime, end: datetime, reason: str, *, dropped: int | None = None
+    ) -> list[Row]:
         by_element: dict[tuple[str, str, str], list[str]] = {}
         for h in handles:
             b = self.bindings.get(h)
             if b is not None:
                 by_element.setdefault((b.equipment, b.shell_id, b.submodel_id), []).append(b.path)
-        rows: list[Row] = []
-        for (equipment, shell, submodel), paths in by_element.items():
-            rec = {
-                "shell": shell,
-                "submodel": submodel,
-                "paths": sorted(paths),
-                "start": start,
-                "end": end,
-                "reason": reason,
-            }
-            rows.append(("gap", equipment, start.timestamp(), wire.dumps(rec)))
-        return rows
+        return [
+            (
+                "gap",
+                equipment,
+                start.timestamp(),
+                wire.gap_body(
+                    shell=shell, submodel=submodel, paths=paths, start=start, end=end, reason=reason, dropped=dropped
+                ),
+            )
+            for (equipment, shell, submodel), paths in by_element.items()
+        ]
 
     def _bad_value_row(self, b: Binding, s: Sample, exc: Exception) -> Row:
         # The value is kept (as text) on the status lane: a wrong type is reported, not lost.
         log.warning("%s %s: value %r does not fit %s: %s", b.equipment, b.path, s.value, b.value_type, exc)
-        rec = {
-            "time": _utcnow(),
-            "kind": "bad-value",
-            "shell": b.shell_id,
-            "path": b.path,
-            "node": b.node,
-            "message": f"value {s.value!r} does not fit {b.value_type}: {exc}",
-            "sourceTime": s.source_time,
-        }
-        return ("status", b.equipment, _epoch(s.source_time), wire.dumps(rec))
+        body = wire.status_body(
+            _utcnow(),
+            "bad-value",
+            f"value {s.value!r} does not fit {b.value_type}: {exc}",
+            shell=b.shell_id,
+            path=b.path,
+            node=b.node,
+            sourceTime=s.source_time,
+        )
+        return ("status", b.equipment, _epoch(s.source_time), body)
 
     def _dropped_rows(self, dropped: Dropped) -> list[Row]:
         rows: list[Row] = []
@@ -282,9 +230,8 @@ class Pipeline:
             handles = [b.handle for b in self.bindings.values() if b.equipment == key]
             start = datetime.fromtimestamp(first, UTC)
             end = datetime.fromtimestamp(last, UTC)
-            for row in self.gap_rows(handles, start, end, f"disk quota reached: {count} oldest records dropped"):
-                lane, k, ts, body = row
-                rows.append((lane, k, ts, body[:-1] + b',"dropped":' + str(count).encode() + b"}"))
+            reason = f"disk quota reached: {count} oldest records dropped"
+            rows += self.gap_rows(handles, start, end, reason, dropped=count)
             log.warning("buffer quota: dropped %d oldest records of %s (%s .. %s)", count, key, start, end)
         return rows
 

@@ -31,13 +31,8 @@ class RunState:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def beat(self, *, clean: bool = False, last_times: dict[str, str] | None = None) -> None:
-        doc = {
-            "last_alive": datetime.now(UTC).isoformat(),
-            "clean": clean,
-            "pid": os.getpid(),
-            "last": last_times or {},
-        }
+    def beat(self, *, clean: bool = False) -> None:
+        doc = {"last_alive": datetime.now(UTC).isoformat(), "clean": clean, "pid": os.getpid()}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps(doc))
         os.replace(tmp, self.path)

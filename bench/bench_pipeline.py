@@ -55,14 +55,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-ROOT = Path(__file__).resolve().parents[1]
-# The broker helper lives in tests/, which is not an installed package: run from a checkout.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from simulators.mosquitto import MosquittoBroker
+from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
+from simulators.ports import free_port
 
-from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
-from tests.mqtt_broker import MosquittoBroker  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SITE = "bench-site"
 EQUIPMENT = "load01"
@@ -181,7 +178,8 @@ def run_profiled_agent(config_path: Path, out: Path) -> None:
 
     from agent import config as config_mod
     from agent import logs
-    from agent.app import Agent, secrets
+    from agent.app import Agent
+    from agent.wiring import secrets
 
     cfg = config_mod.load(config_path)
     logs.setup(cfg.agent.log_level, "json", secrets(cfg))
@@ -783,11 +781,11 @@ _AREAS: tuple[tuple[str, str], ...] = (
     ("/agent/pipeline.py", "agent/pipeline.py: samples -> records"),
     ("/aas_models/", "aas_models: live values"),
     ("sqlite3", "sqlite3 (C): buffer transactions"),
-    ("/uploader/buffer.py", "uploader/buffer.py: buffer (Python side)"),
-    ("/uploader/runner.py", "uploader/runner.py: forwarder, messages"),
+    ("/uploader/buffer/", "uploader/buffer: buffer (Python side)"),
+    ("/uploader/forwarder.py", "uploader/forwarder.py: forwarder, messages"),
     ("/uploader/wire.py", "uploader/wire.py: encoding, payloads"),
-    ("/uploader/mqtt.py", "uploader/mqtt.py + paho-mqtt: MQTT"),
-    ("/paho/", "uploader/mqtt.py + paho-mqtt: MQTT"),
+    ("/uploader/mqtt/", "uploader/mqtt + paho-mqtt: MQTT"),
+    ("/paho/", "uploader/mqtt + paho-mqtt: MQTT"),
     ("'poll' of 'select", "event loop: waiting in epoll (idle)"),
     ("/asyncio/", "asyncio: event loop, tasks"),
     ("/selectors.py", "asyncio: event loop, tasks"),

@@ -27,6 +27,7 @@ from aas_models.live import LiveValues, ValueProblem
 from aas_models.nameplate import SUBMODEL_SEMANTIC_ID
 from aas_models.spec import Address, Element, Nameplate, Shell
 from aas_models.types import LANG_STRING, OPCUA_TYPES, UnknownTypeError, value_type, xs_type
+from tests.helpers import EXPECTED_XS, unavailable
 
 SCHEMAS = Path(__file__).resolve().parents[1].parent / "shared/reference/schemas"
 
@@ -183,7 +184,7 @@ def _value(doc: dict[str, Any], path: str, shell_id: str = PRESS) -> Any:
 def _schema(name: str) -> dict[str, Any]:
     file = SCHEMAS / name
     if not file.is_file():
-        pytest.skip(f"{file} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
+        unavailable(f"{file} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
     loaded: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
     return loaded
 
@@ -192,28 +193,8 @@ def _schema(name: str) -> dict[str, Any]:
 
 
 def test_type_table_matches_aas_notes() -> None:
-    expected = {
-        "Boolean": "xs:boolean",
-        "SByte": "xs:byte",
-        "Byte": "xs:unsignedByte",
-        "Int16": "xs:short",
-        "UInt16": "xs:unsignedShort",
-        "Int32": "xs:int",
-        "UInt32": "xs:unsignedInt",
-        "Int64": "xs:long",
-        "UInt64": "xs:unsignedLong",
-        "Float": "xs:float",
-        "Double": "xs:double",
-        "String": "xs:string",
-        "DateTime": "xs:dateTime",
-        "UtcTime": "xs:dateTime",
-        "ByteString": "xs:base64Binary",
-        "LocalizedText": LANG_STRING,
-        "StatusCode": "xs:unsignedInt",
-        "Guid": "xs:string",
-        "NodeId": "xs:string",
-    }
-    assert {name: xs_type(name) for name in OPCUA_TYPES} == expected
+    assert {name: xs_type(name) for name in OPCUA_TYPES} == EXPECTED_XS
+    assert EXPECTED_XS["LocalizedText"] == LANG_STRING
     assert value_type("LocalizedText").multilanguage
     assert not value_type("Byte").multilanguage
     assert value_type("Byte").datatype is model.datatypes.UnsignedByte
@@ -244,7 +225,7 @@ def test_environment_index(env: ShellEnvironment) -> None:
     assert isinstance(speed, model.Property) and speed.id_short == "Speed"
     assert isinstance(speed.parent, model.SubmodelElementCollection) and speed.parent.id_short == "Spindle"
     assert isinstance(env.element(PRESS, "Messages"), model.SubmodelElementList)
-    assert len(list(env.bindings())) == len(PRESS_ELEMENTS) + len(OVEN_ELEMENTS)
+    assert len(list(env.slots())) == len(PRESS_ELEMENTS) + len(OVEN_ELEMENTS)
     with pytest.raises(KeyError, match="has no element 'Nope'"):
         env.element(PRESS, "Nope")
     with pytest.raises(KeyError, match="no shell"):
@@ -384,7 +365,7 @@ def test_json_matches_official_schema(doc: dict[str, Any], schema_file: str) -> 
 def test_xml_matches_xsd(exported: dict[str, Path]) -> None:
     xsd = SCHEMAS / "AAS-3.1.xsd"
     if not xsd.is_file():
-        pytest.skip(f"{xsd} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
+        unavailable(f"{xsd} not found: the official AAS schemas live in shared/reference/schemas beside the repo")
     schema = etree.XMLSchema(etree.parse(str(xsd)))
     document = etree.parse(str(exported["xml"]))
     assert schema.validate(document), str(schema.error_log)

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import ROOT, AgentProcess, factory_config, free_port, wait_until
+from simulators.ports import free_port
+from tests.helpers import ROOT, AgentProcess, factory_config, wait_until
 
 
 def test_second_agent_on_the_same_buffer_is_refused_and_the_first_stops_cleanly(tmp_path: Path) -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-import random
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from uploader.buffer import (
     SCHEMA_VERSION,
@@ -25,8 +29,8 @@ from uploader.buffer import (
     BufferIOError,
     BufferLockedError,
     Dropped,
-    Item,
     Row,
+    StoredRecord,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +57,14 @@ def grouped(added: list[Row]) -> list[Row]:
 
 def chunks(buf: Buffer, lane: str) -> list[tuple[int, str, int]]:
     """(first seq, key, records) of every chunk row stored for `lane` (the buffer holds the file's lock)."""
-    return buf._conn.execute(f"SELECT seq, key, n FROM lane_{lane} ORDER BY seq").fetchall()
+    return buf._store.conn.execute(f"SELECT seq, key, n FROM lane_{lane} ORDER BY seq").fetchall()
 
 
 def done_rows(buf: Buffer) -> list[tuple[str, int, bytes]]:
-    return buf._conn.execute("SELECT lane, chunk, mask FROM done ORDER BY lane, chunk").fetchall()
+    return buf._store.conn.execute("SELECT lane, chunk, mask FROM done ORDER BY lane, chunk").fetchall()
 
 
-def drain(buf: Buffer, lane: str) -> list[Item]:
+def drain(buf: Buffer, lane: str) -> list[StoredRecord]:
     """Everything stored in `lane` and not in an open batch, oldest first, left pending."""
     batch = buf.begin(lane, 1 << 20)
     if batch is None:
@@ -303,74 +307,114 @@ def stored(buf: Buffer) -> set[int]:
     return found
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_adds_batches_quota_and_restarts_match_a_simple_model(path: Path, seed: int) -> None:
-    """Against a dict of what must be pending: order, no overlap, exact drops, nothing lost or back."""
-    rnd = random.Random(seed)
-    quota = 150_000 if seed % 2 else BIG
-    model: dict[int, Row] = {}
-    opened: list[Batch] = []
-    n = 0
+class BufferModel(RuleBasedStateMachine):
+    """Random adds, batches, partial ends, quota drops and restarts against a dict of what must be pending.
 
-    def reopen() -> Buffer:
-        return Buffer(path, quota_bytes=quota, chunk_records=rnd.randint(1, 60))
+    Hypothesis shrinks a failure to the shortest sequence of operations that shows it.
+    """
 
-    buf = reopen()
-    for _ in range(200):
-        op = rnd.random()
-        if op < 0.35:
-            added: list[Row] = []
-            for _ in range(rnd.randint(1, 200)):
-                lane = rnd.choices(("data", "event", "status", "gap"), (6, 3, 1, 1))[0]
-                added.append((lane, rnd.choice("abc"), float(n), b'{"n":%d,"v":"%s"}' % (n, b"x" * 250)))
-                n += 1
-            first = buf.last_seq
-            dropped = buf.add(added)
-            new = dict(enumerate(grouped(added), first + 1))
-            model |= new
-            in_flight = {i.seq for batch in opened for i in batch.items}
-            gone = set(model) - stored(buf)
-            assert not gone & (in_flight | set(new))
-            assert {model[seq][0] for seq in gone} <= {"data", "event"}
-            assert dropped.count == len(gone)
-            assert dropped.by_key == by_key_of(model[seq] for seq in gone)
-            for lane in ("data", "event"):
-                lost = [seq for seq in gone if model[seq][0] == lane]
-                kept = [s for s, r in model.items() if r[0] == lane and s not in gone | in_flight | set(new)]
-                assert not lost or not kept or max(lost) < min(kept), "dropped a newer chunk before an older one"
-            for seq in gone:
-                del model[seq]
-        elif op < 0.6:
-            lane = rnd.choice(Buffer.LANES)
-            max_records = rnd.randint(1, 300)
-            batch = buf.begin(lane, max_records)
-            in_flight = {i.seq for open_batch in opened for i in open_batch.items}
-            waiting = sorted(seq for seq, row in model.items() if row[0] == lane and seq not in in_flight)
-            if batch is None:
-                assert not waiting
-                continue
-            assert [i.seq for i in batch.items] == waiting[:max_records]
-            assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == [model[i.seq] for i in batch.items]
-            opened.append(batch)
-        elif op < 0.9 and opened:
-            batch = opened.pop(rnd.randrange(len(opened)))
-            seqs = [i.seq for i in batch.items]
-            accepted = seqs if rnd.random() < 0.5 else [seq for seq in seqs if rnd.random() < 0.5]
-            rejected = [seq for seq in seqs if seq not in accepted and rnd.random() < 0.3]
-            buf.end(batch, accepted, rejected)
-            for seq in accepted + rejected:
-                del model[seq]
-        elif op < 0.95:
-            buf.close()
-            opened = []
-            buf = reopen()
-        assert buf.pending() == {lane: sum(row[0] == lane for row in model.values()) for lane in Buffer.LANES}
-        assert stored(buf) == set(model)
-    buf.close()
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="buffer-model-"))
+        self.path = self.dir / "buffer.db"
+        self.model: dict[int, Row] = {}
+        self.opened: list[Batch] = []
+        self.n = 0
+        self.quota = BIG
+        self.buf: Buffer | None = None
 
-    with Buffer(path, quota_bytes=quota) as buf:
-        for lane in Buffer.LANES:
-            assert [i.seq for i in drain(buf, lane)] == sorted(seq for seq, row in model.items() if row[0] == lane)
+    @initialize(quota=st.sampled_from([150_000, BIG]), chunk_records=st.integers(1, 60))
+    def open(self, quota: int, chunk_records: int) -> None:
+        self.quota = quota
+        self.buf = Buffer(self.path, quota_bytes=quota, chunk_records=chunk_records)
+
+    @property
+    def b(self) -> Buffer:
+        assert self.buf is not None
+        return self.buf
+
+    @rule(
+        lanes=st.lists(
+            st.tuples(st.sampled_from(("data", "data", "event", "status", "gap")), st.sampled_from("abc")),
+            min_size=1,
+            max_size=200,
+        )
+    )
+    def add(self, lanes: list[tuple[str, str]]) -> None:
+        added: list[Row] = []
+        for lane, key in lanes:
+            added.append((lane, key, float(self.n), b'{"n":%d,"v":"%s"}' % (self.n, b"x" * 250)))
+            self.n += 1
+        first = self.b.last_seq
+        dropped = self.b.add(added)
+        new = dict(enumerate(grouped(added), first + 1))
+        model = self.model
+        model |= new
+        in_flight = {i.seq for batch in self.opened for i in batch.items}
+        gone = set(model) - stored(self.b)
+        assert not gone & (in_flight | set(new)), "dropped a record in flight or one just added"
+        assert {model[seq][0] for seq in gone} <= {"data", "event"}, "dropped a protected record"
+        assert dropped.count == len(gone)
+        assert dropped.by_key == by_key_of(model[seq] for seq in gone)
+        for lane in ("data", "event"):
+            lost = [seq for seq in gone if model[seq][0] == lane]
+            kept = [s for s, r in model.items() if r[0] == lane and s not in gone | in_flight | set(new)]
+            assert not lost or not kept or max(lost) < min(kept), "dropped a newer chunk before an older one"
+        for seq in gone:
+            del model[seq]
+
+    @rule(lane=st.sampled_from(Buffer.LANES), max_records=st.integers(1, 300))
+    def begin(self, lane: str, max_records: int) -> None:
+        batch = self.b.begin(lane, max_records)
+        in_flight = {i.seq for open_batch in self.opened for i in open_batch.items}
+        waiting = sorted(seq for seq, row in self.model.items() if row[0] == lane and seq not in in_flight)
+        if batch is None:
+            assert not waiting
+            return
+        assert [i.seq for i in batch.items] == waiting[:max_records]
+        assert [(i.lane, i.key, i.ts, i.body) for i in batch.items] == [self.model[i.seq] for i in batch.items]
+        self.opened.append(batch)
+
+    @precondition(lambda self: bool(self.opened))
+    @rule(data=st.data())
+    def end(self, data: st.DataObject) -> None:
+        batch = self.opened.pop(data.draw(st.integers(0, len(self.opened) - 1)))
+        seqs = [i.seq for i in batch.items]
+        accepted = data.draw(st.lists(st.sampled_from(seqs), unique=True)) if seqs else []
+        rest = [seq for seq in seqs if seq not in accepted]
+        rejected = data.draw(st.lists(st.sampled_from(rest), unique=True)) if rest else []
+        self.b.end(batch, accepted, rejected)
+        for seq in accepted + rejected:
+            del self.model[seq]
+
+    @rule(chunk_records=st.integers(1, 60))
+    def reopen(self, chunk_records: int) -> None:
+        self.b.close()
+        self.opened = []
+        self.buf = Buffer(self.path, quota_bytes=self.quota, chunk_records=chunk_records)
+
+    @invariant()
+    def pending_and_stored_match_the_model(self) -> None:
+        if self.buf is None:
+            return
+        model = self.model
+        assert self.b.pending() == {lane: sum(row[0] == lane for row in model.values()) for lane in Buffer.LANES}
+        assert stored(self.b) == set(model)
+
+    def teardown(self) -> None:
+        if self.buf is not None:
+            self.buf.close()
+            with Buffer(self.path, quota_bytes=self.quota) as buf:
+                for lane in Buffer.LANES:
+                    expected = sorted(seq for seq, row in self.model.items() if row[0] == lane)
+                    assert [i.seq for i in drain(buf, lane)] == expected
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+BufferModel.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+test_random_adds_batches_quota_and_restarts_match_a_simple_model = BufferModel.TestCase
 
 
 # --- restarts and crashes -----------------------------------------------------------------------
@@ -645,7 +689,7 @@ def test_full_disk_raises_a_clear_error_and_writes_nothing(path: Path) -> None:
         buf.add(rows("data", 0, 100))
         pages = buf.stats().db_bytes // 4096
         # The honest stand-in for a full disk without root: SQLite refuses to grow past this size.
-        buf._conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+        buf._store.conn.execute(f"PRAGMA max_page_count = {pages + 1}")
 
         with pytest.raises(BufferFullError) as failed:
             buf.add(rows("gap", 100, 10) + rows("data", 110, 1000))
@@ -654,7 +698,7 @@ def test_full_disk_raises_a_clear_error_and_writes_nothing(path: Path) -> None:
         assert str(path) in message and "full" in message and "Nothing was written" in message
         assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 0, "data": 100}
         assert buf.last_seq == 100
-        buf._conn.execute("PRAGMA max_page_count = 1073741823")
+        buf._store.conn.execute("PRAGMA max_page_count = 1073741823")
         buf.add(rows("gap", 100, 10))
         assert [i.seq for i in drain(buf, "gap")] == list(range(101, 111))
 

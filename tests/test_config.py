@@ -167,3 +167,30 @@ def test_export_command_writes_a_readable_environment(fmt: str, tmp_path: Path) 
     shells = [o for o in store if isinstance(o, model.AssetAdministrationShell)]
     assert sorted(s.id_short for s in shells) == ["cnc01", "imm01", "prs01"]
     assert len([o for o in store if isinstance(o, model.Submodel)]) == 6
+
+
+def test_buffer_path_is_refused_and_points_to_the_data_dir(tmp_path: Path) -> None:
+    """There is one buffer file per sink in agent.data_dir; a buffer.path that nothing reads must not pass."""
+    p = write(tmp_path, GOOD + "buffer:\n  path: /var/lib/edge/buffer.db\n  quota_mb: 10\n")
+    with pytest.raises(ConfigError) as err:
+        load(p)
+    line = GOOD.count("\n") + 2
+    assert str(err.value).startswith(f"{p}:{line}: buffer.path: unknown key (did you mean 'agent.data_dir'?")
+
+
+def test_mqtt_reconnect_backoff_reaches_the_sink(tmp_path: Path) -> None:
+    """The two keys act: the sink waits between attempts within [initial/2, max], nothing longer."""
+    from itertools import islice
+
+    from agent.wiring import make_sink
+    from uploader.mqtt import MqttSink
+
+    text = GOOD.replace(
+        "    host: 127.0.0.1\n", "    host: 127.0.0.1\n    reconnect_initial_s: 0.2\n    reconnect_max_s: 1.5\n"
+    )
+    cfg = load(write(tmp_path, text))
+    sink, _ = make_sink(cfg, cfg.sinks[0])
+    assert isinstance(sink, MqttSink)
+    delays = list(islice(sink._delays(), 20))
+    assert 0.1 <= delays[0] <= 0.2
+    assert max(delays) <= 1.5 and delays[-1] >= 0.75

@@ -22,17 +22,12 @@ import pytest
 from asyncua import ua
 
 from simulators.factory import FactoryThread, SignalInfo, catalogue
-from tests.helpers import AgentProcess, factory_config, free_port, wait_until
+from simulators.factory.catalogue import DIAGNOSTIC_TYPES
+from simulators.ports import free_port
+from tests.helpers import EXPECTED_XS, AgentProcess, factory_config, wait_until
 from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader import wire
 
-XS = {
-    "Boolean": "xs:boolean", "SByte": "xs:byte", "Byte": "xs:unsignedByte", "Int16": "xs:short",
-    "UInt16": "xs:unsignedShort", "Int32": "xs:int", "UInt32": "xs:unsignedInt", "Int64": "xs:long",
-    "UInt64": "xs:unsignedLong", "Float": "xs:float", "Double": "xs:double", "String": "xs:string",
-    "DateTime": "xs:dateTime", "ByteString": "xs:base64Binary", "LocalizedText": "langString",
-    "StatusCode": "xs:unsignedInt", "Guid": "xs:string", "NodeId": "xs:string",
-}  # fmt: skip
 VALIDATOR = jsonschema.Draft202012Validator(wire.schema())
 
 
@@ -173,7 +168,7 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
 
     data = got.unique("data")
     nodes = {r["node"] for r in data}
-    for t in XS:
+    for t in DIAGNOSTIC_TYPES:
         assert diag(t) in nodes, f"no value of {t} arrived"
     assert diag("DoubleArray") in nodes and diag("Int32Array") in nodes
     checked = 0
@@ -182,7 +177,7 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         name = r["node"].rsplit(".", 1)[-1]
         if r["node"].startswith("ns=2;s=CNC01.Diagnostics."):
             base = name.removesuffix("Array")
-            assert r["valueType"] == XS[base], r
+            assert r["valueType"] == EXPECTED_XS[base], r
             assert r.get("array", False) == name.endswith("Array")
         written = dict(fac.written(r["node"]))
         source_time = ts(r["sourceTime"])

@@ -14,16 +14,19 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.helpers import free_port
+from agent.backoff import Backoff
+from simulators.ports import free_port
+from tests.helpers import unavailable
 from tests.mqtt_broker import MosquittoBroker, Subscriber
-from uploader.mqtt import MqttConfigError, MqttSettings, MqttSink, TlsSettings
+from uploader.mqtt import MqttConfigError, MqttSettings, MqttSink, TlsSettings, status_topic
 from uploader.sink import Message
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(60)]
 
 T = TypeVar("T")
 LOGGER = "uploader.mqtt"
-STATUS = "edge/gw1/status"
+SITE = "gw1"
+STATUS = status_topic(MqttSettings(host="-", client_id="-", topic_prefix="edge", site=SITE))
 ONLINE = b'{"state":"online"}'
 OFFLINE = b'{"state":"offline"}'
 
@@ -37,10 +40,14 @@ def settings(port: int, **kw: Any) -> MqttSettings:
         "host": "127.0.0.1",
         "port": port,
         "client_id": "sink-under-test",
-        "reconnect_min_delay": 0.1,
-        "reconnect_max_delay": 0.5,
+        "topic_prefix": "edge",
+        "site": SITE,
     }
     return MqttSettings(**(base | kw))
+
+
+def sink_for(s: MqttSettings) -> MqttSink:
+    return MqttSink(s, delays=Backoff(initial=0.1, maximum=0.5).delays)
 
 
 def batch(n: int, size: int = 1024, topic: str = "data/t") -> list[Message]:
@@ -75,7 +82,7 @@ def test_send_confirms_every_message_at_qos1_and_payloads_arrive_exactly(
     messages = [*batch(200), Message("data/big", bytes(range(256)) * 256), Message("data/empty", b"")]
 
     async def scenario() -> list[bool]:
-        sink = MqttSink(settings(broker.port, protocol=protocol))
+        sink = sink_for(settings(broker.port, protocol=protocol))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -97,7 +104,7 @@ def test_a_window_above_the_brokers_receive_maximum_is_shrunk_on_a_clean_reconne
 
     async def scenario() -> None:
         # mosquitto announces Receive Maximum 20 but does not enforce it; HiveMQ (10) does.
-        sink = MqttSink(settings(broker.port, protocol="5", max_inflight=100, status_topic=STATUS))
+        sink = sink_for(settings(broker.port, protocol="5", max_inflight=100, announce_status=True))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -117,7 +124,7 @@ def test_broker_down_at_start_send_fails_fast_then_sink_connects_by_itself(tmp_p
     broker = MosquittoBroker(tmp_path / "broker", port=free_port())
 
     async def scenario() -> None:
-        sink = MqttSink(settings(broker.port))
+        sink = sink_for(settings(broker.port))
         await sink.start()
         try:
             started = time.monotonic()
@@ -140,7 +147,7 @@ def test_broker_crash_completes_pending_sends_false_before_the_timeout_then_send
     broker: MosquittoBroker,
 ) -> None:
     async def scenario() -> None:
-        sink = MqttSink(settings(broker.port))
+        sink = sink_for(settings(broker.port))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -166,7 +173,7 @@ def test_broker_restart_mid_stream_loses_nothing_once_failures_are_resent(broker
     expected = {(m.topic, m.payload) for m in messages}
 
     async def scenario(sub: Subscriber) -> None:
-        sink = MqttSink(settings(broker.port))
+        sink = sink_for(settings(broker.port))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -198,7 +205,7 @@ def test_without_puback_send_returns_false_at_its_timeout_and_late_pubacks_are_i
     broker: MosquittoBroker,
 ) -> None:
     async def scenario() -> None:
-        sink = MqttSink(settings(broker.port))
+        sink = sink_for(settings(broker.port))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -218,7 +225,7 @@ def test_without_puback_send_returns_false_at_its_timeout_and_late_pubacks_are_i
 
 def test_cancelled_send_raises_cancelled_error_and_leaves_nothing_pending(broker: MosquittoBroker) -> None:
     async def scenario() -> None:
-        sink = MqttSink(settings(broker.port))
+        sink = sink_for(settings(broker.port))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -240,7 +247,7 @@ def test_online_status_is_retained_and_a_clean_stop_publishes_offline_without_th
     broker: MosquittoBroker,
 ) -> None:
     async def scenario(sub: Subscriber) -> None:
-        sink = MqttSink(settings(broker.port, status_topic=STATUS))
+        sink = sink_for(settings(broker.port, announce_status=True))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -265,13 +272,15 @@ def test_last_will_offline_is_delivered_and_retained_when_the_process_dies(broke
         "import asyncio, sys\n"
         "from uploader.mqtt import MqttSettings, MqttSink\n"
         "async def main() -> None:\n"
-        "    s = MqttSettings(host='127.0.0.1', port=int(sys.argv[1]), client_id='doomed', status_topic=sys.argv[2])\n"
-        "    await MqttSink(s).start()\n"
+        "    from agent.backoff import Backoff\n"
+        "    s = MqttSettings(host='127.0.0.1', port=int(sys.argv[1]), client_id='doomed', topic_prefix='edge',\n"
+        "                     site=sys.argv[2], announce_status=True)\n"
+        "    await MqttSink(s, delays=Backoff().delays).start()\n"
         "    await asyncio.Event().wait()\n"
         "asyncio.run(main())\n"
     )
     with Subscriber(port=broker.port, topic=STATUS) as sub:
-        proc = subprocess.Popen([sys.executable, "-c", script, str(broker.port), STATUS], stderr=subprocess.PIPE)
+        proc = subprocess.Popen([sys.executable, "-c", script, str(broker.port), SITE], stderr=subprocess.PIPE)
         try:
             assert sub.wait_for(lambda got: (STATUS, ONLINE) in got, timeout=15), "the sink never came online"
         finally:
@@ -287,7 +296,7 @@ def test_last_will_offline_is_delivered_and_retained_when_the_process_dies(broke
 def auth_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     passwd = shutil.which("mosquitto_passwd")
     if passwd is None:
-        pytest.skip("mosquitto_passwd not found: install it with apt-get install -y mosquitto")
+        unavailable("mosquitto_passwd not found: install it with apt-get install -y mosquitto")
     password_file = tmp_path / "passwd"
     subprocess.run([passwd, "-b", "-c", str(password_file), "gateway", "s3cret-Pa55"], check=True)
     broker = MosquittoBroker(tmp_path / "broker", allow_anonymous=False, extra_conf=[f"password_file {password_file}"])
@@ -310,7 +319,7 @@ def test_wrong_password_is_logged_once_clearly_without_the_password_and_retried(
         return sum("still failing" in r.getMessage() for r in caplog.records)
 
     async def scenario() -> None:
-        sink = MqttSink(wrong)
+        sink = sink_for(wrong)
         await sink.start()
         try:
             assert await until(lambda: bool(errors()) and retries() >= 2, timeout=15)
@@ -318,7 +327,7 @@ def test_wrong_password_is_logged_once_clearly_without_the_password_and_retried(
             assert await sink.send(batch(3), timeout=1) == [False] * 3
         finally:
             await sink.stop()
-        sink = MqttSink(right)
+        sink = sink_for(right)
         await sink.start()
         try:
             assert await sink.wait_connected(10)
@@ -333,14 +342,14 @@ def test_wrong_password_is_logged_once_clearly_without_the_password_and_retried(
     assert "refused" in message and "reason code" in message
     for secret in ("wrong-Pa55word", "s3cret-Pa55"):
         assert secret not in caplog.text
-        assert secret not in repr(wrong) + repr(right) + repr(MqttSink(wrong))
+        assert secret not in repr(wrong) + repr(right) + repr(sink_for(wrong))
 
 
 def make_ca_and_server_cert(directory: Path, name: str) -> tuple[Path, Path, Path]:
     """A self-signed CA and a server certificate it signed, for 127.0.0.1."""
     binary = shutil.which("openssl")
     if binary is None:
-        pytest.skip("openssl not found")
+        unavailable("openssl not found")
     ca_key, ca_crt = directory / f"{name}-ca.key", directory / f"{name}-ca.crt"
     key, csr, crt = directory / f"{name}.key", directory / f"{name}.csr", directory / f"{name}.crt"
     ext = directory / f"{name}.ext"
@@ -368,14 +377,14 @@ def test_tls_connects_with_the_right_ca_and_reports_verification_failure_with_an
     tls_conf = [f"cafile {ca}", f"certfile {crt}", f"keyfile {key}"]
 
     async def scenario(port: int) -> None:
-        sink = MqttSink(settings(port, tls=TlsSettings(ca_file=str(ca))))
+        sink = sink_for(settings(port, tls=TlsSettings(ca_file=str(ca))))
         await sink.start()
         try:
             assert await sink.wait_connected(10)
             assert await sink.send(batch(20, size=64 * 1024), timeout=10) == [True] * 20
         finally:
             await sink.stop()
-        sink = MqttSink(settings(port, tls=TlsSettings(ca_file=str(other_ca))))
+        sink = sink_for(settings(port, tls=TlsSettings(ca_file=str(other_ca))))
         await sink.start()
         try:
             assert await until(lambda: "certificate verify failed" in caplog.text, timeout=10)
@@ -390,4 +399,4 @@ def test_tls_connects_with_the_right_ca_and_reports_verification_failure_with_an
 def test_unreadable_tls_file_is_a_config_error_naming_the_broker_and_the_file() -> None:
     bad = settings(8883, tls=TlsSettings(ca_file="/nonexistent/ca.crt"))
     with pytest.raises(MqttConfigError, match=r"127\.0\.0\.1:8883.*/nonexistent/ca\.crt"):
-        MqttSink(bad)
+        sink_for(bad)

@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 import pytest
 
 from adapters.opcua.source import OpcUaSource
-from adapters.opcua.spec import Endpoint, Item
+from adapters.opcua.spec import Endpoint, NodeItem
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
-from tests.helpers import free_port
+from simulators.ports import free_port
+from tests.helpers import unavailable
 
-pytestmark = pytest.mark.skipif(node_opcua_available() is not None, reason=str(node_opcua_available()))
+pytestmark = pytest.mark.nodeopcua
+
+
+@pytest.fixture(autouse=True)
+def _needs_node_opcua() -> None:
+    reason = node_opcua_available()
+    if reason is not None:
+        unavailable(reason)
 
 
 def quick() -> Iterator[float]:
@@ -35,7 +43,7 @@ class Collected:
 
 
 async def collect(
-    url: str, items: Sequence[Item], until: Callable[[Collected], bool], timeout: float, **endpoint: object
+    url: str, items: Sequence[NodeItem], until: Callable[[Collected], bool], timeout: float, **endpoint: object
 ) -> tuple[Collected, OpcUaSource]:
     out = Collected()
 
@@ -76,8 +84,8 @@ async def collect(
 def test_per_item_sampling_interval_is_honoured() -> None:
     with NodeOpcuaServer(port=free_port(), vars=10) as server:
         items = [
-            Item(handle=1, node=server.fast_id, opcua_type="Double", sampling_ms=100, queue_size=50),
-            Item(handle=2, node=server.fast_id, opcua_type="Double", sampling_ms=500, queue_size=50),
+            NodeItem(handle=1, node=server.fast_id, opcua_type="Double", sampling_ms=100, queue_size=50),
+            NodeItem(handle=2, node=server.fast_id, opcua_type="Double", sampling_ms=500, queue_size=50),
         ]
 
         def enough(c: Collected) -> bool:
@@ -96,10 +104,10 @@ def test_per_item_sampling_interval_is_honoured() -> None:
 def test_absolute_and_percent_deadband() -> None:
     with NodeOpcuaServer(port=free_port(), vars=10) as server:
         items = [
-            Item(handle=1, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500),
-            Item(handle=2, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
+            NodeItem(handle=1, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500),
+            NodeItem(handle=2, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
                  deadband=("absolute", 10.0)),
-            Item(handle=3, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
+            NodeItem(handle=3, node=server.ramp_id, opcua_type="Double", sampling_ms=0, queue_size=500,
                  deadband=("percent", 25.0)),
         ]  # fmt: skip
 
@@ -116,8 +124,8 @@ def test_absolute_and_percent_deadband() -> None:
 def test_5000_nodes_are_split_by_the_operation_limits() -> None:
     with NodeOpcuaServer(port=free_port(), vars=5000, period_ms=500, max_nodes_per_call=700) as server:
         ids = server.variable_ids()
-        items = [Item(handle=i + 1, node=n, opcua_type="Double") for i, n in enumerate(ids)]
-        items.append(Item(handle=9999, node=server.node_id("NoSuchNode"), opcua_type="Double"))
+        items = [NodeItem(handle=i + 1, node=n, opcua_type="Double") for i, n in enumerate(ids)]
+        items.append(NodeItem(handle=9999, node=server.node_id("NoSuchNode"), opcua_type="Double"))
 
         def all_seen(c: Collected) -> bool:
             return len({s.handle for s in c.samples}) >= 5000

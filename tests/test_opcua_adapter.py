@@ -7,10 +7,10 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 
 from adapters.opcua.source import OpcUaSource
-from adapters.opcua.spec import Endpoint, EventItem, Item
+from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from simulators.factory import FactoryThread
-from tests.helpers import free_port
+from simulators.ports import free_port
 
 
 def quick() -> Iterator[float]:
@@ -63,12 +63,12 @@ def test_polling_browse_paths_events_and_problems() -> None:
     port = free_port()
     sink = Sink()
     items = [
-        Item(handle=1, node="ns=2;s=CNC01.SpindleSpeed", opcua_type="Double", mode="poll", sampling_ms=200),
-        Item(handle=2, node="0:Objects/2:PRS01/2:Tonnage", opcua_type="Double", by_path=True),
-        Item(handle=3, node="0:Objects/2:PRS01/2:NoSuchThing", opcua_type="Double", by_path=True),
-        Item(handle=4, node="ns=2;s=CNC01.Diagnostics.DoubleArray", opcua_type="Double", is_array=False),
-        Item(handle=5, node="ns=2;s=CNC01.Diagnostics.Byte", opcua_type="Byte", mode="poll", sampling_ms=300),
-        Item(handle=6, node="not a node id", opcua_type="Double"),
+        NodeItem(handle=1, node="ns=2;s=CNC01.SpindleSpeed", opcua_type="Double", mode="poll", sampling_ms=200),
+        NodeItem(handle=2, node="0:Objects/2:PRS01/2:Tonnage", opcua_type="Double", by_path=True),
+        NodeItem(handle=3, node="0:Objects/2:PRS01/2:NoSuchThing", opcua_type="Double", by_path=True),
+        NodeItem(handle=4, node="ns=2;s=CNC01.Diagnostics.DoubleArray", opcua_type="Double", is_array=False),
+        NodeItem(handle=5, node="ns=2;s=CNC01.Diagnostics.Byte", opcua_type="Byte", mode="poll", sampling_ms=300),
+        NodeItem(handle=6, node="not a node id", opcua_type="Double"),
     ]
     events = [EventItem(handle=10, node="ns=2;s=PRS01")]
     with FactoryThread(port=port, period=0.1, machines=3, alarm_every=2) as fac:

@@ -14,6 +14,7 @@ import orjson
 from aas_models.live import LiveValues
 from adapters.sample import Interruption, NodeProblem, Sample
 from agent.pipeline import Pipeline, make_binding
+from uploader import wire
 from uploader.buffer import Buffer
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -24,17 +25,15 @@ def quick() -> Iterator[float]:
 
 
 def pipeline(buffer: Buffer) -> Pipeline:
+    shell, submodel = "urn:aas:cnc01", "urn:aas:cnc01/sm/op"
     bindings = [
-        make_binding(
-            handle=1, equipment="cnc01", shell_id="urn:aas:cnc01", submodel_id="urn:aas:cnc01/sm/op",
-            path="Spindle.Speed", value_type="xs:double", is_array=False, node="ns=2;s=S",
+        make_binding(1, "cnc01", wire.Element(
+            shell=shell, submodel=submodel, path="Spindle.Speed", value_type="xs:double", node="ns=2;s=S",
             semantic_id="urn:concept:speed", unit="rpm",
-        ),
-        make_binding(
-            handle=2, equipment="cnc01", shell_id="urn:aas:cnc01", submodel_id="urn:aas:cnc01/sm/op",
-            path="Counter", value_type="xs:unsignedByte", is_array=False, node="ns=2;s=C",
-            semantic_id=None, unit=None,
-        ),
+        )),
+        make_binding(2, "cnc01", wire.Element(
+            shell=shell, submodel=submodel, path="Counter", value_type="xs:unsignedByte", node="ns=2;s=C",
+        )),
     ]  # fmt: skip
     return Pipeline(bindings, [], [buffer], LiveValues(), delays=quick)
 

@@ -8,7 +8,6 @@ import itertools
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,15 +34,11 @@ from simulators.factory.catalogue import DIAGNOSTIC_TYPES
 from simulators.factory.record import iso_z
 from simulators.nodeopcua import NAMESPACE_URI as NODEOPCUA_NAMESPACE_URI
 from simulators.nodeopcua import NodeOpcuaServer, node_opcua_available
+from simulators.ports import free_port
+from tests.helpers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def eventually(what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -314,7 +309,7 @@ def test_factory_cli_exits_by_itself_after_seconds(tmp_path: Path) -> None:
 def load_server() -> Iterator[NodeOpcuaServer]:
     reason = node_opcua_available()
     if reason is not None:
-        pytest.skip(reason)
+        unavailable(reason)
     with NodeOpcuaServer(port=free_port(), vars=5000, period_ms=100, max_nodes_per_call=1000) as server:
         yield server
 

@@ -73,20 +73,11 @@ def test_unknown_value_type_lists_the_allowed_ones() -> None:
 
 
 def test_payload_splices_stable_ids_and_validates_against_the_shipped_schema() -> None:
-    prefix = wire.record_prefix(
-        {
-            "shell": "urn:s",
-            "submodel": "urn:s/sm",
-            "path": "Spindle.Speed",
-            "valueType": "xs:double",
-            "node": "ns=2;s=X",
-        }
+    prefix = wire.data_prefix(
+        wire.Element(shell="urn:s", submodel="urn:s/sm", path="Spindle.Speed", value_type="xs:double", node="ns=2;s=X")
     )
     now = datetime.now(UTC)
-    bodies = [
-        wire.body(prefix, {"value": wire.encode_float(v), "sourceTime": now, "serverTime": now, "status": 0})
-        for v in (1.0, math.nan)
-    ]
+    bodies = [wire.data_body(prefix, wire.encode_float(v), now, now, 0) for v in (1.0, math.nan)]
     ids = [wire.record_id("0123456789ab", 7), wire.record_id("0123456789ab", 8)]
     msg = wire.payload({"origin": "0123456789ab", "site": "s1", "asset": "cnc01", "lane": "data"}, ids, bodies)
     doc = orjson.loads(msg)
@@ -106,3 +97,29 @@ def test_schema_rejects_a_record_without_its_value_type() -> None:
     }
     with pytest.raises(jsonschema.ValidationError, match="valueType"):
         jsonschema.Draft202012Validator(wire.schema()).validate(doc)
+
+
+def _validate(lane: str, body: bytes) -> dict[str, object]:
+    doc = orjson.loads(wire.payload({"origin": "0123456789ab", "site": "s", "lane": lane}, ["0123456789ab-1"], [body]))
+    jsonschema.Draft202012Validator(wire.schema()).validate(doc)
+    record: dict[str, object] = doc["records"][0]
+    return record
+
+
+def test_every_record_builder_writes_what_the_schema_describes() -> None:
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    gap = _validate(
+        "gap",
+        wire.gap_body(shell="urn:s", submodel="urn:s/sm", paths=["b", "a"], start=now, end=now, reason="r", dropped=7),
+    )
+    assert gap["paths"] == ["a", "b"] and gap["dropped"] == 7 and gap["start"] == "2026-11-30T12:00:00Z"
+    assert "dropped" not in _validate(
+        "gap", wire.gap_body(shell="urn:s", submodel="urn:s/sm", paths=["a"], start=now, end=now, reason="r")
+    )
+    status = _validate("status", wire.status_body(now, "bad-value", "300 does not fit", big=2**64 - 1, f=math.nan))
+    assert status["kind"] == "bad-value" and status["big"] == str(2**64 - 1) and status["f"] == "NaN"
+    fields = {"Message": {"language": "ko-KR", "text": "주축 과부하"}, "Severity": 700, "EventType": "i=2041"}
+    event = _validate(
+        "event", wire.event_body(shell="urn:s", source="alarms", node="ns=2;s=M", time=now, fields=fields)
+    )
+    assert event["message"] == "주축 과부하" and event["severity"] == 700 and event["eventType"] == "i=2041"

@@ -21,9 +21,14 @@ class FileSink:
         self.fsync = fsync
         self._fd: int | None = None
 
-    async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    async def run(self) -> None:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        await asyncio.Future()  # nothing to keep up: a local file stays open until stop()
+
+    def topic(self, lane: str, key: str) -> str:
+        return f"{key}/{lane}"  # one file holds every lane; the payload header says which
 
     @property
     def connected(self) -> bool:

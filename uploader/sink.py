@@ -1,7 +1,8 @@
-"""The contract between the forwarding runner and a northbound sink.
+"""The contract between the forwarder and a northbound sink.
 
-A sink only writes and reports what the far end confirmed. It owns no retry, no backoff and
-no batching: the runner does (uploader/runner.py).
+A sink only writes and reports what the far end confirmed. It owns no retry and no batching:
+the forwarder does (uploader/forwarder.py). It owns its addressing (`topic`), because the layout
+of topics or paths is part of its protocol.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ class Message:
 class Sink(Protocol):
     name: str
 
-    async def start(self) -> None:
-        """Begin connecting in the background. Must not raise because the far end is down."""
+    async def run(self) -> None:
+        """Connect and stay connected, reconnecting by itself, until cancelled.
+
+        Must not raise because the far end is down (the agent supervises it: a raise is a bug,
+        logged and restarted). Cancelling it leaves an open connection open for `stop()`.
+        """
+
+    def topic(self, lane: str, key: str) -> str:
+        """Where a message of records of `lane` for routing key `key` goes (MQTT topic, URL path, ...)."""
 
     @property
     def connected(self) -> bool:
@@ -36,4 +44,4 @@ class Sink(Protocol):
         """
 
     async def stop(self) -> None:
-        """Flush what is in flight (bounded by a short timeout) and disconnect cleanly."""
+        """After `run()` ended: flush what is in flight (bounded by a short timeout) and disconnect cleanly."""

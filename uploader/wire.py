@@ -1,20 +1,25 @@
-"""The versioned wire format: how record values are written and how batches become payloads.
+"""The versioned wire format: every record body and every payload is written here, and only here.
 
 A record body is one JSON object, encoded once when the record enters the buffer; the buffer
 stores it without its id, and `payload()` splices the stable id in when the batch is sent, so
 a resend after a crash carries the same id. The JSON Schema that describes payloads ships in
-`uploader/schema/` and is the one file both the agent and any receiver load.
+`uploader/schema/` and is the one file both the agent and any receiver load; the record
+builders below are the only code that must satisfy it.
 
 Values are JSON numbers only where JSON holds them exactly: integers beyond ±2**53 and the
 float specials travel as their xs: lexical strings ("NaN", "INF", "-INF"), because orjson
 would silently turn NaN into null and many JSON readers round big integers.
+
+Value codecs are keyed by the xs: type name, a string the caller passes in (the AAS side owns
+that vocabulary, aas_models/types.py): adding a type is one row in `_CODECS`.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
@@ -26,21 +31,17 @@ SCHEMA_FILE = "records-v1.schema.json"
 MAX_SAFE_INT = 2**53
 
 ValueEncoder = Callable[[Any], Any]
+ValueDecoder = Callable[[Any], Any]
 
-_INT_RANGES: dict[str, tuple[int, int]] = {
-    "xs:byte": (-(2**7), 2**7 - 1),
-    "xs:unsignedByte": (0, 2**8 - 1),
-    "xs:short": (-(2**15), 2**15 - 1),
-    "xs:unsignedShort": (0, 2**16 - 1),
-    "xs:int": (-(2**31), 2**31 - 1),
-    "xs:unsignedInt": (0, 2**32 - 1),
-    "xs:long": (-(2**63), 2**63 - 1),
-    "xs:unsignedLong": (0, 2**64 - 1),
-}
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+_dumps = orjson.dumps
 
 
 class WireValueError(ValueError):
     """A value does not fit the element's declared xs: type."""
+
+
+# -- value codecs ---------------------------------------------------------------------------------
 
 
 def encode_float(v: Any) -> Any:
@@ -55,9 +56,13 @@ def encode_float(v: Any) -> Any:
     return "INF" if v > 0 else "-INF"
 
 
-def _int_encoder(xs: str) -> ValueEncoder:
-    lo, hi = _INT_RANGES[xs]
+def _decode_float(v: Any) -> float:
+    if isinstance(v, str):
+        return {"NaN": math.nan, "INF": math.inf, "-INF": -math.inf}[v]
+    return float(v)
 
+
+def _int_encoder(xs: str, lo: int, hi: int) -> ValueEncoder:
     def encode(v: Any) -> Any:
         if type(v) is not int:
             raise WireValueError(f"expected an integer for {xs}, got {type(v).__name__} {v!r}")
@@ -93,32 +98,68 @@ def encode_datetime(v: Any) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _decode_datetime(v: Any) -> datetime:
+    return datetime.fromisoformat(v.replace("Z", "+00:00"))
+
+
 def _encode_langstring(v: Any) -> Any:
     if isinstance(v, dict) and "text" in v:
         return [{"language": v.get("language") or "en", "text": v["text"] if v["text"] is not None else ""}]
     raise WireValueError(f"expected localized text {{'language', 'text'}}, got {type(v).__name__} {v!r}")
 
 
-_SCALAR_ENCODERS: dict[str, ValueEncoder] = {
-    "xs:boolean": _encode_bool,
-    "xs:float": encode_float,
-    "xs:double": encode_float,
-    "xs:string": _encode_str,
-    "xs:dateTime": encode_datetime,
-    "xs:base64Binary": _encode_bytes,
-    "langString": _encode_langstring,
-    **{xs: _int_encoder(xs) for xs in _INT_RANGES},
-}
+def _decode_langstring(v: Any) -> dict[str, str]:
+    return {"language": v[0]["language"], "text": v[0]["text"]}
 
-XS_TYPES: tuple[str, ...] = tuple(_SCALAR_ENCODERS)
+
+def _same(v: Any) -> Any:
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    encode: ValueEncoder
+    decode: ValueDecoder
+
+
+def _int(xs: str, bits: int, *, signed: bool) -> tuple[str, _Codec]:
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    return xs, _Codec(_int_encoder(xs, lo, hi), int)
+
+
+_CODECS: dict[str, _Codec] = dict(
+    (
+        ("xs:boolean", _Codec(_encode_bool, _same)),
+        _int("xs:byte", 8, signed=True),
+        _int("xs:unsignedByte", 8, signed=False),
+        _int("xs:short", 16, signed=True),
+        _int("xs:unsignedShort", 16, signed=False),
+        _int("xs:int", 32, signed=True),
+        _int("xs:unsignedInt", 32, signed=False),
+        _int("xs:long", 64, signed=True),
+        _int("xs:unsignedLong", 64, signed=False),
+        ("xs:float", _Codec(encode_float, _decode_float)),
+        ("xs:double", _Codec(encode_float, _decode_float)),
+        ("xs:string", _Codec(_encode_str, _same)),
+        ("xs:dateTime", _Codec(encode_datetime, _decode_datetime)),
+        ("xs:base64Binary", _Codec(_encode_bytes, base64.b64decode)),
+        ("langString", _Codec(_encode_langstring, _decode_langstring)),
+    )
+)
+
+XS_TYPES: tuple[str, ...] = tuple(_CODECS)
+
+
+def _codec(xs_type: str) -> _Codec:
+    try:
+        return _CODECS[xs_type]
+    except KeyError:
+        raise WireValueError(f"unknown value type {xs_type!r}; allowed: {', '.join(XS_TYPES)}") from None
 
 
 def value_encoder(xs_type: str, *, is_array: bool = False) -> ValueEncoder:
     """The function that turns a plain Python value of `xs_type` into its JSON form."""
-    try:
-        scalar = _SCALAR_ENCODERS[xs_type]
-    except KeyError:
-        raise WireValueError(f"unknown value type {xs_type!r}; allowed: {', '.join(XS_TYPES)}") from None
+    scalar = _codec(xs_type).encode
     if not is_array:
         return scalar
 
@@ -130,19 +171,123 @@ def value_encoder(xs_type: str, *, is_array: bool = False) -> ValueEncoder:
     return encode_array
 
 
+def decode_value(xs_type: str, v: Any, *, is_array: bool = False) -> Any:
+    """Inverse of the encoder for receivers and tests: the JSON form back to a Python value."""
+    decode = _codec(xs_type).decode
+    if is_array:
+        return [decode(x) for x in v]
+    return decode(v)
+
+
+def jsonable(v: Any) -> Any:
+    """Event fields and status details: any plain value into something JSON holds faithfully."""
+    if isinstance(v, float):
+        return encode_float(v)
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_SAFE_INT:
+        return str(v)
+    if isinstance(v, bytes):
+        return _encode_bytes(v)
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    return v
+
+
 def dumps(obj: Any) -> bytes:
-    """orjson with the options every record uses (UTC 'Z' datetimes, no NaN-to-null surprises upstream)."""
-    return orjson.dumps(obj, option=orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC)
+    """orjson with the options every record uses (UTC 'Z' datetimes)."""
+    return _dumps(obj, option=_OPTIONS)
 
 
-def record_prefix(fixed: dict[str, Any]) -> bytes:
-    """The constant part of every body for one element, encoded once: `{"k":v,...,`."""
+# -- record bodies (one JSON object each, without "id"; see the schema's $defs) -------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Element:
+    """What every data record of one AAS element says about it."""
+
+    shell: str  # AAS identifier
+    submodel: str  # submodel identifier
+    path: str  # idShort path, dot-separated
+    value_type: str  # xs: type name, or "langString"
+    node: str  # OPC UA node id (or "browse:" path) the values come from
+    semantic_id: str | None = None
+    is_array: bool = False
+    unit: str | None = None
+
+
+def data_prefix(e: Element) -> bytes:
+    """The constant part of every data record of one element, encoded once: `{"shell":…,…,`."""
+    fixed: dict[str, Any] = {"shell": e.shell, "submodel": e.submodel, "path": e.path}
+    if e.semantic_id:
+        fixed["semanticId"] = e.semantic_id
+    fixed["valueType"] = e.value_type
+    if e.is_array:
+        fixed["array"] = True
+    if e.unit:
+        fixed["unit"] = e.unit
+    fixed["node"] = e.node
     return dumps(fixed)[:-1] + b","
 
 
-def body(prefix: bytes, varying: dict[str, Any]) -> bytes:
-    """A record body: the element's constant prefix plus the fields that change per value."""
-    return prefix + dumps(varying)[1:]
+def data_body(
+    prefix: bytes, value: Any, source_time: datetime | None, server_time: datetime | None, status: int
+) -> bytes:
+    """A data record: the element's prefix plus the encoded value, its two timestamps and status."""
+    varying = {"value": value, "sourceTime": source_time, "serverTime": server_time, "status": status}
+    return prefix + _dumps(varying, option=_OPTIONS)[1:]
+
+
+def event_body(*, shell: str, source: str, node: str, time: datetime, fields: dict[str, Any]) -> bytes:
+    """An event record; severity and message are lifted out of the fields when the server sent them."""
+    rec: dict[str, Any] = {
+        "shell": shell,
+        "source": source,
+        "node": node,
+        "time": time,
+        "eventType": str(fields.get("EventType", "")),
+        "fields": jsonable(fields),
+    }
+    if isinstance(fields.get("Severity"), int):
+        rec["severity"] = fields["Severity"]
+    msg = fields.get("Message")
+    if isinstance(msg, dict):
+        rec["message"] = msg.get("text", "")
+    elif msg is not None:
+        rec["message"] = str(msg)
+    return dumps(rec)
+
+
+def gap_body(
+    *,
+    shell: str,
+    submodel: str,
+    paths: Iterable[str],
+    start: datetime,
+    end: datetime,
+    reason: str,
+    dropped: int | None = None,
+) -> bytes:
+    """Collection of these elements was interrupted from `start` to `end`; `dropped` records the quota took."""
+    rec: dict[str, Any] = {
+        "shell": shell,
+        "submodel": submodel,
+        "paths": sorted(paths),
+        "start": start,
+        "end": end,
+        "reason": reason,
+    }
+    if dropped is not None:
+        rec["dropped"] = dropped
+    return dumps(rec)
+
+
+def status_body(time: datetime, kind: str, message: str, **extra: Any) -> bytes:
+    """A status record: what happened (`kind`), for whom to read (`message`), and any details."""
+    return dumps({"time": time, "kind": kind, "message": message, **jsonable(extra)})
+
+
+# -- payloads ---------------------------------------------------------------------------------------
 
 
 def payload(header: dict[str, Any], ids: Sequence[str], bodies: Sequence[bytes]) -> bytes:
@@ -161,22 +306,3 @@ def schema() -> dict[str, Any]:
     text = resources.files("uploader").joinpath("schema", SCHEMA_FILE).read_bytes()
     result: dict[str, Any] = orjson.loads(text)
     return result
-
-
-def decode_value(xs_type: str, v: Any, *, is_array: bool = False) -> Any:
-    """Inverse of the encoder for receivers and tests: the JSON form back to a Python value."""
-    if is_array:
-        return [decode_value(xs_type, x) for x in v]
-    if xs_type in ("xs:float", "xs:double"):
-        if isinstance(v, str):
-            return {"NaN": math.nan, "INF": math.inf, "-INF": -math.inf}[v]
-        return float(v)
-    if xs_type in _INT_RANGES:
-        return int(v)
-    if xs_type == "xs:dateTime":
-        return datetime.fromisoformat(v.replace("Z", "+00:00"))
-    if xs_type == "xs:base64Binary":
-        return base64.b64decode(v)
-    if xs_type == "langString":
-        return {"language": v[0]["language"], "text": v[0]["text"]}
-    return v

@@ -15,14 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
 from asyncua import Client, ua
-from asyncua.common.node import Node
 
-from adapters.opcua import speedups  # noqa: F401  (installs the faster VariantType lookup)
-from adapters.opcua.spec import Endpoint, EventItem, Item
-from adapters.opcua.values import PLAIN_TYPES, declared_type, expected, plain
+from adapters.opcua import conformance, lowlevel, requests
+from adapters.opcua.requests import chunks
+from adapters.opcua.spec import Endpoint, EventItem, NodeItem
+from adapters.opcua.values import PLAIN_TYPES, plain
 from adapters.sample import (
     EmitEvents,
     EmitSamples,
@@ -38,22 +37,6 @@ from adapters.sample import (
 
 log = logging.getLogger(__name__)
 
-# Operation limits (Part 5, ServerCapabilities.OperationLimits); 0 means "no limit".
-_LIMIT_NODES = {
-    "read": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead,
-    "monitored": ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall,
-}
-# Even a server that states no limit gets requests of bounded size: huge requests are what
-# break collectors above ~1,000 nodes (message size and encoding limits).
-DEFAULT_CHUNK = 1000
-_TRIGGERS = {
-    "status": ua.DataChangeTrigger.Status,
-    "status_value": ua.DataChangeTrigger.StatusValue,
-    "status_value_timestamp": ua.DataChangeTrigger.StatusValueTimestamp,
-}
-_DEADBANDS = {"absolute": ua.DeadbandType.Absolute, "percent": ua.DeadbandType.Percent}
-_KEEPALIVE_COUNT = 10
-
 
 class ConnectionLost(Exception):
     pass
@@ -63,18 +46,13 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
-
-
 class OpcUaSource:
     """Collects `items` and `events` from one endpoint until cancelled. Never raises for a server fault."""
 
     def __init__(
         self,
         endpoint: Endpoint,
-        items: Sequence[Item],
+        items: Sequence[NodeItem],
         events: Sequence[EventItem] = (),
         *,
         emit: EmitSamples,
@@ -187,7 +165,7 @@ class OpcUaSource:
 
     async def _watch(self, pollers: list[asyncio.Task[None]]) -> None:
         """Return (by raising) when the session is gone: supervisor signal, silent subscription or poller failure."""
-        silence = (self.endpoint.publishing_interval_ms / 1000) * _KEEPALIVE_COUNT * 2 + self.endpoint.timeout_s
+        silence = (self.endpoint.publishing_interval_ms / 1000) * requests.KEEPALIVE_COUNT * 2 + self.endpoint.timeout_s
         subscribed = any(i.mode == "subscribe" for i in self.items) or bool(self.events)
         while True:
             with contextlib.suppress(TimeoutError):
@@ -205,17 +183,19 @@ class OpcUaSource:
     async def _limit(self, client: Client, kind: str) -> int:
         configured = self.endpoint.max_items_per_call
         try:
-            value = await client.get_node(ua.NodeId(_LIMIT_NODES[kind])).read_value()
+            value = await client.get_node(requests.LIMIT_NODES[kind]).read_value()
             server = int(value) if value else 0
         except (ua.UaError, TimeoutError, ValueError, TypeError):
             server = 0
         sizes = [s for s in (configured, server) if s]
-        return min(sizes) if sizes else DEFAULT_CHUNK
+        return min(sizes) if sizes else requests.DEFAULT_CHUNK
 
     async def _setup(self, client: Client) -> list[asyncio.Task[None]]:
-        nodes = await self._resolve(client)
+        nodes = await conformance.resolve(client, self.items, self._report)
         read_chunk = await self._limit(client, "read")
-        ok = await self._check_types(client, nodes, read_chunk)
+        ok = await conformance.check_types(client, self._by_handle, nodes, read_chunk, self._report)
+        for h in ok:
+            self._reported.pop(h, None)  # fixed on the server: report it again if it breaks again
         self.active = tuple(sorted(ok))
         subscribe = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "subscribe"]
         poll = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "poll"]
@@ -240,114 +220,21 @@ class OpcUaSource:
         log.error("%s: node %s: %s; skipped, the rest keeps collecting", self.endpoint.id, node, problem)
         await self._problem(NodeProblem(self.endpoint.id, item_handle, node, problem))
 
-    async def _resolve(self, client: Client) -> dict[int, ua.NodeId]:
-        out: dict[int, ua.NodeId] = {}
-        for item in self.items:
-            try:
-                if item.by_path:
-                    node: Node = await client.nodes.root.get_child(item.node.split("/"))
-                    out[item.handle] = node.nodeid
-                else:
-                    out[item.handle] = ua.NodeId.from_string(item.node)
-            except ua.UaStatusCodeError as e:
-                await self._report(item.handle, item.node, f"browse path not found on the server ({e})")
-            except (ValueError, ua.UaStringParsingError) as e:
-                await self._report(item.handle, item.node, f"not a valid node id ({e})")
-        return out
-
-    async def _check_types(self, client: Client, nodes: dict[int, ua.NodeId], chunk: int) -> list[int]:
-        """The plant-conformance check: every mapped node exists and carries the configured type."""
-        handles = list(nodes)
-        ok: list[int] = []
-        for part in _chunks(handles, chunk):
-            ids = [nodes[h] for h in part]
-            types = await client.uaclient.read_attributes(ids, ua.AttributeIds.DataType)
-            ranks = await client.uaclient.read_attributes(ids, ua.AttributeIds.ValueRank)
-            for h, dt, rank in zip(part, types, ranks, strict=True):
-                item = self._by_handle[h]
-                if not dt.StatusCode.is_good():
-                    await self._report(h, item.node, f"unknown on the server ({dt.StatusCode.name})")
-                    continue
-                have = declared_type(dt.Value.Value)
-                want = expected(item.opcua_type)
-                if have is None or have != want:
-                    shown = have or dt.Value.Value.to_string()
-                    await self._report(h, item.node, f"server type is {shown}, the mapping says {item.opcua_type}")
-                    continue
-                is_array = rank.StatusCode.is_good() and isinstance(rank.Value.Value, int) and rank.Value.Value > 0
-                if is_array != item.is_array:
-                    what = "an array" if is_array else "a scalar"
-                    await self._report(h, item.node, f"server value is {what}, the mapping says array: {item.is_array}")
-                    continue
-                self._reported.pop(h, None)
-                ok.append(h)
-        return ok
-
-    async def _subscribe(self, client: Client, items: list[Item], nodes: dict[int, ua.NodeId], chunk: int) -> None:
-        params = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=self.endpoint.publishing_interval_ms,
-            RequestedLifetimeCount=_KEEPALIVE_COUNT * 3,
-            RequestedMaxKeepAliveCount=_KEEPALIVE_COUNT,
-            # Bounded publishes keep each callback short (10,000 values take ~0.15 s), so the forwarder and keep-alive
-            # check get the event loop between them even while a backlog is being caught up.
-            MaxNotificationsPerPublish=self.endpoint.max_notifications_per_publish,
-            PublishingEnabled=True,
-            Priority=0,
-        )
-        result = await client.uaclient.create_subscription(params, self._on_publish)
-        sub_id = result.SubscriptionId
-        requests = [self._item_request(i, nodes[i.handle]) for i in items]
-        requests += [self._event_request(e) for e in self.events]
-        for part in _chunks(requests, chunk):
+    async def _subscribe(self, client: Client, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int) -> None:
+        sub_id = await lowlevel.create_subscription(client, requests.subscription(self.endpoint), self._on_publish)
+        wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
+        wanted += [requests.event_request(e) for e in self.events]
+        for part in chunks(wanted, chunk):
             create = ua.CreateMonitoredItemsParameters(
                 SubscriptionId=sub_id, TimestampsToReturn=ua.TimestampsToReturn.Both, ItemsToCreate=list(part)
             )
-            results = await client.uaclient.create_monitored_items(create)
+            results = await lowlevel.create_monitored_items(client, create)
             for req, res in zip(part, results, strict=True):
                 if not res.StatusCode.is_good():
                     h = req.RequestedParameters.ClientHandle
                     what = self._by_handle[h].node if h in self._by_handle else self._event_handles[h].node
                     await self._report(h, what, f"cannot be monitored ({res.StatusCode.name})")
                     self.active = tuple(x for x in self.active if x != h)
-
-    def _item_request(self, item: Item, node: ua.NodeId) -> ua.MonitoredItemCreateRequest:
-        filt: ua.DataChangeFilter | None = None
-        if item.deadband is not None or item.trigger != "status_value":
-            filt = ua.DataChangeFilter(Trigger=_TRIGGERS[item.trigger])
-            if item.deadband is not None:
-                filt.DeadbandType = _DEADBANDS[item.deadband[0]]
-                filt.DeadbandValue = float(item.deadband[1])
-        params = ua.MonitoringParameters(
-            ClientHandle=item.handle,
-            SamplingInterval=item.sampling_ms if item.sampling_ms is not None else -1.0,
-            Filter=filt,
-            QueueSize=item.queue_size,
-            DiscardOldest=True,
-        )
-        return ua.MonitoredItemCreateRequest(
-            ItemToMonitor=ua.ReadValueId(NodeId=node, AttributeId=ua.AttributeIds.Value),
-            MonitoringMode=ua.MonitoringMode.Reporting,
-            RequestedParameters=params,
-        )
-
-    def _event_request(self, ev: EventItem) -> ua.MonitoredItemCreateRequest:
-        filt = ua.EventFilter()
-        for name in ev.fields:
-            ns, _, local = name.rpartition(":")
-            op = ua.SimpleAttributeOperand(
-                TypeDefinitionId=ua.NodeId(ua.ObjectIds.BaseEventType),
-                BrowsePath=[ua.QualifiedName(local, int(ns) if ns else 0)],
-                AttributeId=ua.AttributeIds.Value,
-            )
-            filt.SelectClauses.append(op)
-        params = ua.MonitoringParameters(ClientHandle=ev.handle, SamplingInterval=0.0, Filter=filt, QueueSize=1000)
-        return ua.MonitoredItemCreateRequest(
-            ItemToMonitor=ua.ReadValueId(
-                NodeId=ua.NodeId.from_string(ev.node), AttributeId=ua.AttributeIds.EventNotifier
-            ),
-            MonitoringMode=ua.MonitoringMode.Reporting,
-            RequestedParameters=params,
-        )
 
     # -- the hot path -----------------------------------------------------------------------------
 
@@ -416,9 +303,9 @@ class OpcUaSource:
     # -- polling ----------------------------------------------------------------------------------
 
     def _start_pollers(
-        self, client: Client, items: list[Item], nodes: dict[int, ua.NodeId], chunk: int
+        self, client: Client, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int
     ) -> list[asyncio.Task[None]]:
-        groups: dict[float, list[Item]] = {}
+        groups: dict[float, list[NodeItem]] = {}
         for item in items:
             groups.setdefault(item.sampling_ms or self.endpoint.poll_interval_ms, []).append(item)
         return [
@@ -427,19 +314,13 @@ class OpcUaSource:
         ]
 
     async def _poll(
-        self, client: Client, period: float, items: list[Item], nodes: dict[int, ua.NodeId], chunk: int
+        self, client: Client, period: float, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int
     ) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            for part in _chunks(items, chunk):
-                params = ua.ReadParameters(
-                    TimestampsToReturn=ua.TimestampsToReturn.Both,
-                    NodesToRead=[
-                        ua.ReadValueId(NodeId=nodes[i.handle], AttributeId=ua.AttributeIds.Value) for i in part
-                    ],
-                )
-                values = await client.uaclient.read(params)
+            for part in chunks(items, chunk):
+                values = await lowlevel.read(client, requests.read_values([nodes[i.handle] for i in part]))
                 samples = []
                 for item, dv in zip(part, values, strict=True):
                     v = dv.Value.Value if dv.Value is not None else None

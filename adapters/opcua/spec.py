@@ -7,7 +7,7 @@ from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
-class Item:
+class NodeItem:
     handle: int
     node: str  # "ns=2;s=CNC01.Speed", or a browse path "0:Objects/2:CNC01/2:Speed" when by_path
     opcua_type: str  # expected built-in type name; checked against the server at every (re)connect

@@ -11,33 +11,25 @@ from asyncua import ua
 
 PLAIN_TYPES: frozenset[type] = frozenset({bool, int, float, str, bytes, type(None)})
 
-# Built-in DataType node ids (namespace 0) and the subtypes a server may declare instead.
-BUILTIN_TYPE_IDS: dict[int, str] = {
-    1: "Boolean",
-    2: "SByte",
-    3: "Byte",
-    4: "Int16",
-    5: "UInt16",
-    6: "Int32",
-    7: "UInt32",
-    8: "Int64",
-    9: "UInt64",
-    10: "Float",
-    11: "Double",
-    12: "String",
-    13: "DateTime",
-    14: "Guid",
-    15: "ByteString",
-    17: "NodeId",
-    19: "StatusCode",
-    21: "LocalizedText",
-    290: "Double",  # Duration
-    294: "DateTime",  # UtcTime
-    29: "Int32",  # Enumeration
-    295: "String",  # LocaleId
-    12878: "String",  # NormalizedString
-    12880: "String",  # DecimalString
+# A built-in type's DataType node is ns=0;i=<its VariantType value>. Servers may declare one of
+# these standard subtypes instead; their values travel as the built-in type they derive from.
+_SUBTYPES: dict[int, str] = {
+    ua.ObjectIds.Duration: "Double",
+    ua.ObjectIds.UtcTime: "DateTime",
+    ua.ObjectIds.Enumeration: "Int32",
+    **dict.fromkeys(
+        (
+            ua.ObjectIds.LocaleId,
+            ua.ObjectIds.NormalizedString,
+            ua.ObjectIds.DecimalString,
+            ua.ObjectIds.DurationString,
+            ua.ObjectIds.TimeString,
+            ua.ObjectIds.DateString,
+        ),
+        "String",
+    ),
 }
+BUILTIN_TYPE_IDS: dict[int, str] = {t.value: t.name for t in ua.VariantType if t.value} | _SUBTYPES
 TYPE_ALIASES: dict[str, str] = {"UtcTime": "DateTime"}
 
 

@@ -1,21 +1,13 @@
 """MQTT sink: publishes at QoS 1 and reports True only for messages the broker PUBACKed.
 
-How paho-mqtt is driven (the aiomqtt pattern): paho's socket is registered with the asyncio
-event loop (add_reader/add_writer), so all network I/O and every paho callback run on the
-loop's own thread, except the blocking TCP/TLS connect, which runs in a worker thread.
-Measured against paho's loop_start() thread (2-core gateway class, mosquitto 2.0.11 on
-loopback, send() of 20-200 messages awaiting every PUBACK): 1 KB payloads 16-18k msg/s at
-51-61 us CPU per message instead of 8.3-9.2k at 111-129 us; 64 KB payloads 6.2-7.5k msg/s at
-115-159 us instead of 4.1-4.5k at 217-244 us. Two threads on two cores mostly fight over the GIL.
-Owning the read callback also lets us ask for an immediate TCP ACK after each read: against
-mosquitto's default (Nagle on) a client that delays its ACKs stalls 40 ms on every run of
-PUBACKs; loop_start() fell to about 500 msg/s for 20-message sends where this keeps 17k.
+Network I/O runs on the event loop's thread (bridge.py); connecting and reconnecting is this
+module's own loop, with delays from the backoff the agent injects.
 
 Invariants:
 - Callbacks only complete futures. Pending futures are keyed by message id and removed by the
   send that created them, in `finally`.
 - Each connection attempt gets a fresh paho client: whatever paho still queued for a dead
-  connection is dropped with it, so an outage cannot grow paho's queue. The runner resends.
+  connection is dropped with it, so an outage cannot grow paho's queue. The forwarder resends.
 - While disconnected `send` returns all False at once; on disconnect every pending future
   completes False.
 """
@@ -24,27 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
-import ssl
-import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVarTuple, cast
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from uploader.mqtt.bridge import SocketBridge
+from uploader.mqtt.settings import MqttSettings, data_topic, status_topic, tls_context
 from uploader.sink import Message
 
-if TYPE_CHECKING:
-    from paho.mqtt.client import SocketLike
-
-_log = logging.getLogger(__name__)
-_Ts = TypeVarTuple("_Ts")
+_log = logging.getLogger("uploader.mqtt")
 
 # Bounds the TCP connect and TLS handshake (paho's connect_timeout) and, separately, the CONNACK.
 _CONNECT_TIMEOUT = 10.0
@@ -55,53 +40,21 @@ _MQTT5_RECEIVE_MAXIMUM = 65535  # what a CONNACK without the property means
 # Refusals a broker gives when overloaded; every other refusal means our settings are wrong.
 _TRANSIENT_REFUSALS = frozenset({0x88, 0x89, 0x97, 0x9F})
 _KEEPALIVE_TIMEOUT = 0x8D  # the reason paho gives when its own keepalive check fails
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
-
-
-class MqttConfigError(ValueError):
-    """The sink's settings cannot work (for example a TLS file that cannot be read)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class TlsSettings:
-    """TLS towards the broker. `insecure` skips only the host-name check, as paho's does;
-    the broker's certificate chain is still verified against `ca_file` (or the system CAs)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure: bool = False
-
-
-@dataclass(frozen=True, kw_only=True)
-class MqttSettings:
-    host: str
-    port: int = 1883
-    client_id: str
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: TlsSettings | None = None
-    keepalive: int = 30
-    # Retained: online_payload after every connect, offline_payload as last will and on stop().
-    status_topic: str | None = None
-    online_payload: bytes = b'{"state":"online"}'
-    offline_payload: bytes = b'{"state":"offline"}'
-    max_inflight: int = 20
-    reconnect_min_delay: float = 1.0
-    reconnect_max_delay: float = 60.0
 
 
 class MqttSink:
     """A `uploader.sink.Sink` for an MQTT 3.1.1 or 5 broker."""
 
-    def __init__(self, settings: MqttSettings, *, name: str = "mqtt") -> None:
+    def __init__(self, settings: MqttSettings, *, name: str = "mqtt", delays: Callable[[], Iterator[float]]) -> None:
+        """`delays` gives the waits between connection attempts (agent/backoff.py), fresh after each connect."""
         self.name = name
         self._settings = settings
+        self._delays = delays
         self._where = f"MQTT sink {name!r} ({settings.host}:{settings.port})"
-        self._tls = _tls_context(settings.tls, self._where) if settings.tls is not None else None
+        self._tls = tls_context(settings.tls, self._where) if settings.tls is not None else None
+        self._status_topic = status_topic(settings) if settings.announce_status else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._bridge: SocketBridge | None = None
         self._task: asyncio.Task[None] | None = None
         # State of the current connection attempt; callbacks from any other client are stale.
         self._client: Client | None = None
@@ -114,13 +67,23 @@ class MqttSink:
     def __repr__(self) -> str:
         return f"MqttSink(name={self.name!r}, {self._settings.host}:{self._settings.port}, connected={self.connected})"
 
+    async def run(self) -> None:
+        """Connect, and reconnect with backoff whenever the connection is lost, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._bridge = SocketBridge(self._loop, lambda client: client is self._client)
+        if self._client is not None:  # restarted after a failure: the old attempt is dead
+            self._abandon(self._client)
+        await self._keep_connected()
+
     async def start(self) -> None:
+        """`run()` in a task of the sink's own (for use without a supervisor); `stop()` ends it."""
         if self._task is not None:
             raise RuntimeError(f"{self._where} already started")
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._task = asyncio.create_task(self._run(), name=f"mqtt-sink-{self.name}")
+        self._task = asyncio.create_task(self.run(), name=f"mqtt-sink-{self.name}")
         self._task.add_done_callback(self._run_ended)
+
+    def topic(self, lane: str, key: str) -> str:
+        return data_topic(self._settings, lane, key)
 
     @property
     def connected(self) -> bool:
@@ -146,14 +109,13 @@ class MqttSink:
         """Publish the offline status, give in-flight messages a moment, disconnect cleanly
         (so the broker does not send the last will)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait({task}, timeout=_STOP_GRACE)
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=_STOP_GRACE)
         client, lost = self._client, self._lost
         if client is not None and lost is not None and self._up.is_set():
             waiting: set[asyncio.Future[Any]] = {f for f in self._pending.values() if not f.done()}
-            topic = self._settings.status_topic
+            topic = self._status_topic
             if topic is not None:
                 offline = [Message(topic, self._settings.offline_payload)]
                 waiting.add(asyncio.ensure_future(self._publish_and_wait(offline, retain=True, timeout=_STOP_GRACE)))
@@ -166,9 +128,9 @@ class MqttSink:
 
     # -- connection management -------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _keep_connected(self) -> None:
         s = self._settings
-        delay = s.reconnect_min_delay
+        delays = self._delays()
         # Log the first failure of an outage, each new refusal, and the recovery; retries at DEBUG.
         outage_logged = False
         refusal_logged: str | None = None
@@ -181,37 +143,28 @@ class MqttSink:
                 else:
                     _log.info("%s: connected", self._where)
                 outage_logged, refusal_logged = False, None
-                delay = s.reconnect_min_delay
-                if s.status_topic is not None and self._client is not None:
+                delays = self._delays()
+                if self._status_topic is not None and self._client is not None:
                     # Not awaited: nobody needs to know when the online status was PUBACKed.
-                    self._client.publish(s.status_topic, s.online_payload, qos=1, retain=True)
+                    self._client.publish(self._status_topic, s.online_payload, qos=1, retain=True)
                 reason = await self._serve()
                 down_since = time.monotonic()
                 _log.warning("%s: connection lost: %s; reconnecting in the background", self._where, reason)
                 outage_logged = True
             elif refused and failure != refusal_logged:
                 _log.error(
-                    "%s: %s. Check the username, password, client id %r and the broker's ACL; retrying every %.0f s",
+                    "%s: %s. Check the username, password, client id %r and the broker's ACL; retrying with backoff",
                     self._where,
                     failure,
                     s.client_id,
-                    s.reconnect_max_delay,
                 )
                 outage_logged, refusal_logged = True, failure
             elif not outage_logged:
-                _log.warning(
-                    "%s: %s; retrying in the background (backoff up to %g s)",
-                    self._where,
-                    failure,
-                    s.reconnect_max_delay,
-                )
+                _log.warning("%s: %s; retrying in the background", self._where, failure)
                 outage_logged = True
             else:
                 _log.debug("%s: still failing: %s", self._where, failure)
-            if refused:
-                delay = s.reconnect_max_delay
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, s.reconnect_max_delay)
+            await asyncio.sleep(next(delays))
 
     async def _attempt(self) -> tuple[str | None, bool]:
         """Connect once. Returns (None, False) when connected, else (why not, whether retrying
@@ -299,15 +252,13 @@ class MqttSink:
             client.username_pw_set(s.username, s.password)
         if self._tls is not None:
             client.tls_set_context(self._tls)
-        if s.status_topic is not None:
-            client.will_set(s.status_topic, s.offline_payload, qos=1, retain=True)
+        if self._status_topic is not None:
+            client.will_set(self._status_topic, s.offline_payload, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
+        assert self._bridge is not None, "start() first"
+        self._bridge.install(client)
         return client
 
     def _abandon(self, client: Client) -> None:
@@ -316,10 +267,8 @@ class MqttSink:
             self._client = None
             self._up.clear()
             self._fail_pending()
-        sock = client.socket()
-        if sock is not None:
-            self._detach(cast(socket.socket, sock))
-            sock.close()
+        if self._bridge is not None:
+            self._bridge.close(client)
 
     def _run_ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -399,74 +348,3 @@ class MqttSink:
         if fut is not None and not fut.done():
             # v5 success codes include "No matching subscribers": the broker still took it.
             fut.set_result(not reason.is_failure)
-
-    def _on_socket_open(self, client: Client, userdata: Any, sock: SocketLike) -> None:
-        self._in_loop(self._attach, client, cast(socket.socket, sock))
-
-    def _on_socket_close(self, client: Client, userdata: Any, sock: SocketLike) -> None:
-        self._in_loop(self._detach, cast(socket.socket, sock))
-
-    def _on_socket_register_write(self, client: Client, userdata: Any, sock: SocketLike) -> None:
-        self._in_loop(self._want_write, client, cast(socket.socket, sock))
-
-    def _on_socket_unregister_write(self, client: Client, userdata: Any, sock: SocketLike) -> None:
-        self._in_loop(self._stop_writing, cast(socket.socket, sock))
-
-    def _in_loop(self, fn: Callable[[*_Ts], None], *args: *_Ts) -> None:
-        """Run `fn` on the loop thread: paho calls the socket callbacks from connect() too,
-        which runs in a worker thread."""
-        loop = self._loop
-        if loop is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-            return
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            # The loop closed while an abandoned connect() was still running: nothing to do.
-            return
-
-    def _attach(self, client: Client, sock: socket.socket) -> None:
-        if client is not self._client or self._loop is None:
-            sock.close()  # the attempt was abandoned while connect() ran
-            return
-        self._loop.add_reader(sock, self._on_readable, client, sock)
-
-    def _detach(self, sock: socket.socket) -> None:
-        if self._loop is not None:
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-
-    def _want_write(self, client: Client, sock: socket.socket) -> None:
-        if client is self._client and client.socket() is sock and self._loop is not None:
-            self._loop.add_writer(sock, client.loop_write)
-
-    def _stop_writing(self, sock: socket.socket) -> None:
-        if self._loop is not None:
-            self._loop.remove_writer(sock)
-
-    def _on_readable(self, client: Client, sock: socket.socket) -> None:
-        client.loop_read()
-        # TLS may hold decrypted packets that the selector cannot see.
-        while client.socket() is sock and isinstance(sock, ssl.SSLSocket) and sock.pending():
-            client.loop_read()
-        if _QUICKACK is not None and client.socket() is sock:
-            sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-
-def _tls_context(tls: TlsSettings, where: str) -> ssl.SSLContext:
-    """Built once, up front, so a missing or unreadable file stops start-up with a clear message."""
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file is not None:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-    except OSError as exc:  # ssl.SSLError included: a file that is not PEM
-        files = ", ".join(
-            f"{key}={value!r}"
-            for key, value in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file))
-            if value is not None
-        )
-        raise MqttConfigError(f"{where}: cannot load TLS files ({files}): {exc}") from exc
-    context.check_hostname = not tls.insecure
-    return context

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from uploader import wire
-from uploader.buffer import Batch, Buffer, Item
+from uploader.buffer import Batch, Buffer, StoredRecord
 from uploader.sink import Message, Sink
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,6 @@ class ForwarderStats:
     last_error: str = ""
 
 
-def default_topic(prefix: str, site: str) -> Callable[[str, str], str]:
-    def topic(lane: str, key: str) -> str:
-        return f"{prefix}/{site}/{key}/{lane}"
-
-    return topic
-
-
 class Forwarder:
     def __init__(
         self,
@@ -55,14 +48,12 @@ class Forwarder:
         sink: Sink,
         *,
         site: str,
-        topic: Callable[[str, str], str],
         batching: Batching,
         delays: Callable[[], Iterator[float]],
     ) -> None:
         self.buffer = buffer
         self.sink = sink
         self.site = site
-        self.topic = topic
         self.batching = batching
         self._delays = delays
         self._wake = asyncio.Event()
@@ -151,7 +142,7 @@ class Forwarder:
         return not sum(self.buffer.pending().values())
 
     def messages(self, batch: Batch) -> tuple[list[Message], list[list[int]]]:
-        by_key: dict[str, list[Item]] = {}
+        by_key: dict[str, list[StoredRecord]] = {}
         for item in batch.items:
             by_key.setdefault(item.key, []).append(item)
         messages: list[Message] = []
@@ -161,7 +152,7 @@ class Forwarder:
         b = self.batching
         for key, items in by_key.items():
             header = {"origin": origin, "site": self.site, "asset": key, "lane": batch.lane, "sent": sent}
-            topic = self.topic(batch.lane, key)
+            topic = self.sink.topic(batch.lane, key)
             for part in _split(items, b.max_message_records, b.max_message_bytes):
                 ids = [wire.record_id(origin, i.seq) for i in part]
                 messages.append(Message(topic, wire.payload(header, ids, [i.body for i in part])))
@@ -193,7 +184,7 @@ class Forwarder:
         return False
 
 
-def _split(items: Sequence[Item], max_records: int, max_bytes: int) -> Iterator[Sequence[Item]]:
+def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:
     start, size = 0, 0
     for i, item in enumerate(items):
         n = len(item.body) + 40

@@ -1,0 +1,135 @@
+"""From config to parts: handles for every point, the adapter's items, the sinks and their settings.
+
+Plain functions, no running code: app.py builds the running agent from what these return.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from aas_models.build import ShellEnvironment
+from aas_models.types import xs_type
+from adapters.opcua.spec import Endpoint, EventItem, NodeItem
+from agent.backoff import Backoff
+from agent.config import Config, FileSinkConfig, MqttSinkConfig, Point, Source
+from agent.pipeline import Binding, EventBinding, make_binding
+from uploader import wire
+from uploader.file import FileSink
+from uploader.forwarder import Batching
+from uploader.sink import Sink
+
+
+@dataclass
+class Plan:
+    """What the config asks for, resolved into handles."""
+
+    bindings: list[Binding] = field(default_factory=list)
+    events: list[EventBinding] = field(default_factory=list)
+    items: dict[str, list[NodeItem]] = field(default_factory=dict)
+    event_items: dict[str, list[EventItem]] = field(default_factory=dict)
+
+
+def plan(cfg: Config, env: ShellEnvironment) -> Plan:
+    out = Plan()
+    handle = 0
+    for e in cfg.equipment:
+        shell_id = cfg.aas_id(e)
+        submodel_id = env.submodel_id(shell_id)
+        for p in e.points:
+            handle += 1
+            element = wire.Element(
+                shell=shell_id,
+                submodel=submodel_id,
+                path=p.path,
+                value_type=xs_type(p.type),
+                node=p.address,
+                semantic_id=p.semantic_id,
+                is_array=p.array,
+                unit=p.unit,
+            )
+            out.bindings.append(make_binding(handle, e.id, element))
+            out.items.setdefault(e.source, []).append(_item(handle, p))
+        for ev in e.events:
+            handle += 1
+            out.events.append(EventBinding(handle, e.id, shell_id, ev.name, ev.node))
+            out.event_items.setdefault(e.source, []).append(EventItem(handle, ev.node, ev.fields))
+    return out
+
+
+def _item(handle: int, p: Point) -> NodeItem:
+    return NodeItem(
+        handle=handle,
+        node=p.node if p.node is not None else str(p.browse_path),
+        opcua_type=p.type,
+        is_array=p.array,
+        by_path=p.node is None,
+        mode=p.mode,
+        sampling_ms=p.sampling_ms,
+        queue_size=p.queue_size,
+        deadband=(p.deadband.type, p.deadband.value) if p.deadband else None,
+        trigger=p.trigger,
+    )
+
+
+def endpoint(s: Source) -> Endpoint:
+    sec = s.security
+    return Endpoint(
+        id=s.id,
+        url=s.endpoint,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        security_policy=sec.policy,
+        security_mode=sec.mode,
+        certificate=str(sec.certificate) if sec.certificate else None,
+        private_key=str(sec.private_key) if sec.private_key else None,
+        server_certificate=str(sec.server_certificate) if sec.server_certificate else None,
+        publishing_interval_ms=s.publishing_interval_ms,
+        poll_interval_ms=s.poll_interval_ms,
+        timeout_s=s.timeout_s,
+        max_items_per_call=s.max_items_per_call,
+        max_notifications_per_publish=s.max_notifications_per_publish,
+    )
+
+
+def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Batching]:
+    b = s.batch
+    batching = Batching(
+        max_records=b.max_records,
+        max_delay=b.max_delay_ms / 1000,
+        max_message_records=b.max_message_records,
+        max_message_bytes=b.max_message_bytes,
+    )
+    if isinstance(s, FileSinkConfig):
+        return FileSink(s.path, name=s.id), batching
+    from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
+
+    tls = None
+    if s.tls is not None:
+        tls = TlsSettings(
+            ca_file=str(s.tls.ca_file) if s.tls.ca_file else None,
+            cert_file=str(s.tls.cert_file) if s.tls.cert_file else None,
+            key_file=str(s.tls.key_file) if s.tls.key_file else None,
+            insecure=s.tls.insecure,
+        )
+    settings = MqttSettings(
+        host=s.host,
+        port=s.port,
+        client_id=s.client_id or f"edge-agent-{cfg.site.id}-{socket.gethostname()}"[:64],
+        protocol=s.protocol,
+        username=s.username,
+        password=s.password.get_secret_value() if s.password else None,
+        tls=tls,
+        keepalive=s.keepalive_s,
+        topic_prefix=s.topic_prefix,
+        site=cfg.site.id,
+        announce_status=True,
+    )
+    delays = Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays
+    return MqttSink(settings, name=s.id, delays=delays), batching
+
+
+def secrets(cfg: Config) -> list[str]:
+    out = [s.password.get_secret_value() for s in cfg.sources if s.password]
+    out += [s.password.get_secret_value() for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.password]
+    return out

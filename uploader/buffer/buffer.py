@@ -1,0 +1,251 @@
+"""Durable store-and-forward buffer: records wait here, on disk, until the far end confirmed them.
+
+One SQLite database in WAL mode (store.py), one table per lane, records packed into chunk rows
+(records.py). The forwarder takes a batch with `begin()`, a sink writes it, and `end()` deletes
+what the far end accepted (or rejected for good); the rest of the batch goes back to the front of
+its lane (batches.py). When an `add()` would pass the quota, the oldest droppable records make
+room (quota.py). "Done" below means accepted or rejected by `end()`, or dropped by the quota.
+
+Invariants (each file states the ones it keeps: 4 in batches.py, 5 in lanes.py, 6 in quota.py,
+7 in store.py)
+1. A record is stored, pending in its lane, from the `add()` that returned until it is done.
+   Only two things make it done: `end()` (the far end accepted or rejected it) and the quota (the
+   record is counted in the `Dropped` that `add()` returns, and in `stats()`). Nothing else does.
+   A done record is never handed out again, in this process or after a restart: its chunk row is
+   deleted or its byte in the chunk's done row is set, in the same transaction.
+2. `add()` is one transaction: the chunks, the records the quota dropped for them, the sequence
+   high-water mark and the per-lane counters commit together or not at all. When it returns the
+   commit is in the WAL; when it raises, nothing of it was written and it may simply be retried.
+3. `seq` is assigned in `add()` order, grouped by lane and key (all rows of the first (lane, key)
+   that appears in the call, then the next...); per key the order of the rows is kept. It is
+   strictly increasing and never reused: the high-water mark is persisted in the same
+   transaction as the chunks, so deleting every record and restarting does not bring a number
+   back. A receiver dedupes by `(origin, seq)`.
+
+Every call blocks for one transaction, typically well under a few milliseconds; an
+auto-checkpoint adds one fsync of the database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Literal
+
+from uploader.buffer import quota
+from uploader.buffer.batches import Batches
+from uploader.buffer.lanes import Lane
+from uploader.buffer.records import LANES, PROTECTED, Batch, BufferStats, ChunkRow, Dropped, Row, group, pack
+from uploader.buffer.store import Store
+
+log = logging.getLogger("uploader.buffer")
+
+
+class Buffer:
+    """The durable queue between the pipeline and the sinks. See the module docstring for the rules."""
+
+    LANES: ClassVar[tuple[str, ...]] = LANES
+    """Priority order for sending."""
+    PROTECTED: ClassVar[frozenset[str]] = PROTECTED
+    """Never dropped by the quota. `event` is dropped only when no `data` is left to drop."""
+
+    origin: str
+    """Random id (12 hex characters) created with the database file and kept in it."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        quota_bytes: int,
+        synchronous: Literal["normal", "full"] = "normal",
+        busy_timeout: float = 5.0,
+        chunk_records: int = 500,
+    ) -> None:
+        """Open the buffer at `path`, creating it if the file is absent or empty.
+
+        `busy_timeout` is how long to wait for another process holding the file before failing
+        with `BufferLockedError`. `chunk_records` is the most records stored in one row; the
+        forwarder's records per message is a good value. Raises `BufferCorruptError` for a file
+        that is not a database, `BufferFormatError` for another application's database, an
+        older or a newer schema.
+        """
+        if quota_bytes <= 0:
+            raise ValueError(f"quota_bytes must be positive, got {quota_bytes}")
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous must be 'normal' or 'full', got {synchronous!r}")
+        if chunk_records < 1:
+            raise ValueError(f"chunk_records must be at least 1, got {chunk_records}")
+        self.path = Path(path)
+        self.quota_bytes = quota_bytes
+        self.chunk_records = chunk_records
+        self._closed = False
+        self._over_quota = False
+        self._store = Store(self.path, synchronous=synchronous, busy_timeout=busy_timeout)
+        self.origin = self._store.origin
+        # Nothing is read yet: every pending record is in a chunk after the cursor.
+        self._lanes = {
+            name: Lane(name, pending=count, unread=count, done_at_open=self._store.done[name])
+            for name, count in self._store.pending.items()
+        }
+        self._batches = Batches(self._store, self._lanes)
+
+    def marks(self) -> dict[str, str]:
+        """Every mark saved by `add()`, latest value per key."""
+        return self._store.marks()
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq ever assigned in this file (0 for a new file)."""
+        return self._store.last_seq
+
+    # -- adding -----------------------------------------------------------------------------------
+
+    def add(self, rows: Sequence[Row], marks: Iterable[tuple[str, str]] = ()) -> Dropped:
+        """Store `rows` in one transaction; durable (committed) when it returns.
+
+        Seqs are assigned grouped by (lane, key), in the order each first appears in `rows`; per
+        key the rows keep their order. `marks` (key, value) are saved in the same transaction and
+        read back with `marks()`: the caller's own progress notes (the agent keeps each element's
+        last source time there, so a restart does not store a value it already had under a
+        second id).
+
+        If the rows would take the database over the quota, the oldest droppable records are
+        deleted in the same transaction and returned as `Dropped`. Raises `ValueError` for an
+        unknown lane or a body containing b"\\n", `TypeError` for a wrongly typed row,
+        `BufferError` for storage failures; after any of those nothing was written.
+        """
+        if not rows:
+            return Dropped(0, {})
+        try:
+            chunks, incoming, seq = self._chunks(rows)
+        except TypeError as exc:
+            raise TypeError(f"add: every row must be (lane: str, key: str, ts: float, body: bytes) ({exc})") from exc
+        added = {lane: sum(chunk[2] for chunk in lane_chunks) for lane, lane_chunks in chunks.items()}
+        pending = {name: lane.pending for name, lane in self._lanes.items()}
+        store = self._store
+        with store.transaction("add") as conn:
+            room = quota.make_room(store, conn, self._lanes, incoming, self.quota_bytes, pending)
+            for lane, lane_chunks in chunks.items():
+                store.insert(conn, lane, lane_chunks)
+            for lane, count in added.items():
+                pending[lane] += count
+            store.write_state(conn, seq, pending.values())
+            store.write_marks(conn, marks)
+        store.last_seq = seq
+        for name, count in pending.items():
+            self._lanes[name].pending = count
+        for name, count in added.items():
+            self._lanes[name].added += count
+            self._lanes[name].unread += count
+        quota.apply(room, self._lanes)
+        self._note_quota(room.short)
+        return Dropped(
+            sum(room.deleted.values()),
+            {key: (int(n), first, last) for key, (n, first, last) in room.by_key.items()},
+        )
+
+    def _chunks(self, rows: Sequence[Row]) -> tuple[dict[str, list[ChunkRow]], int, int]:
+        """The rows as chunk rows per lane, the bytes they will take, and the last seq they use."""
+        chunks: dict[str, list[ChunkRow]] = {}
+        seq = self._store.last_seq
+        incoming = 0
+        size = self.chunk_records
+        page_size = self._store.page_size
+        for (lane, key), rows_of_key in group(rows).items():
+            lane_chunks = chunks.setdefault(lane, [])
+            for start in range(0, len(rows_of_key), size):
+                part = rows_of_key[start : start + size] if len(rows_of_key) > size else rows_of_key
+                row = pack(seq + 1, lane, key, part)
+                lane_chunks.append(row)
+                seq += len(part)
+                incoming += quota.estimate(len(key) + 9 * len(part) + len(row[6]), page_size)
+        return chunks, incoming, seq
+
+    def _note_quota(self, short: bool) -> None:
+        if short and not self._over_quota:
+            log.warning(
+                "buffer %s: over its quota of %d bytes with nothing left to drop (only gap/usage/status "
+                "records and records being sent remain); storing new records anyway",
+                self.path,
+                self.quota_bytes,
+            )
+        elif self._over_quota and not short:
+            log.info("buffer %s: back within its quota of %d bytes", self.path, self.quota_bytes)
+        self._over_quota = short
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def begin(self, lane: str, max_records: int, max_bytes: int | None = None) -> Batch | None:
+        """Hand out up to `max_records` of `lane`'s oldest records that are in no open batch.
+
+        `max_bytes` caps the sum of body lengths, except that a batch always holds at least one
+        record (so one oversized record cannot block the lane). Returns None if nothing is waiting.
+        The batch stays open, in memory only, until passed to `end()`.
+        """
+        state = self._lane(lane)
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
+        return self._batches.begin(state, max_records, max_bytes)
+
+    def end(self, batch: Batch, accepted: Iterable[int], rejected: Iterable[int] = ()) -> None:
+        """Close `batch`: delete the `accepted` and `rejected` seqs, give the rest back to its lane.
+
+        The rest is handed out again, in seq order, before anything newer. Raises `ValueError`
+        for a batch that is not open or seqs that are not in it. If the delete fails
+        (`BufferError`), the batch stays open and `end()` may be called again.
+        """
+        n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
+        lane = self._lanes[batch.lane]
+        lane.delivered += n_accepted
+        lane.rejected += n_rejected
+        if n_accepted or n_rejected:
+            self._store.give_space_back()
+
+    # -- reporting and lifetime ---------------------------------------------------------------------
+
+    def pending(self) -> dict[str, int]:
+        """Records stored per lane, in priority order, including those in open batches."""
+        return {name: lane.pending for name, lane in self._lanes.items()}
+
+    def stats(self) -> BufferStats:
+        """Counters since open and the current size of the database."""
+        store = self._store
+        with store.errors("stats"):
+            pages, free = store.pages(store.conn)
+        lanes = self._lanes.values()
+        return BufferStats(
+            added={lane.name: lane.added for lane in lanes},
+            delivered={lane.name: lane.delivered for lane in lanes},
+            rejected={lane.name: lane.rejected for lane in lanes},
+            dropped={lane.name: lane.dropped for lane in lanes},
+            pending=self.pending(),
+            db_bytes=pages * store.page_size,
+            used_bytes=(pages - free) * store.page_size,
+            wal_bytes=store.wal_bytes(),
+            quota_bytes=self.quota_bytes,
+            over_quota=self._over_quota,
+        )
+
+    def close(self) -> None:
+        """Checkpoint and close. Open batches are forgotten: their records are pending at next open."""
+        if self._closed:
+            return
+        self._closed = True
+        self._batches.forget()
+        self._store.close()
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _lane(self, name: str) -> Lane:
+        try:
+            return self._lanes[name]
+        except KeyError:
+            raise ValueError(f"unknown lane {name!r}; lanes are {', '.join(LANES)}") from None

@@ -1,0 +1,300 @@
+"""The buffer's SQLite file: schema, settings, statements and transactions. No queue logic here.
+
+Tables
+------
+- `lane_<lane>`: one row per chunk (records.py says what a chunk row holds). A chunk row is
+  written once, by `add()`, and never changed afterwards.
+- `done`: one small row per chunk of which some records are done and others not (part of the
+  chunk was handed out, the far end confirmed only part of a batch, the quota dropped the part
+  not in flight): a byte per record, 1 = done. It is written in the transaction that made the
+  records done; the chunk row and its done row are deleted together, in the transaction that
+  makes the last record done.
+- `state`: origin, the seq high-water mark, and the number of records pending per lane.
+- `marks`: the caller's progress notes, saved with `add()`.
+
+Invariants
+----------
+- One `Store` per file: the connection holds SQLite's exclusive lock for as long as it is open,
+  so a second agent pointed at the same file fails at open instead of sending duplicates.
+- The file is ours or refused: `application_id` marks it, `user_version` is the schema.
+
+Durability: `synchronous="normal"` (the default) makes every commit survive a crash or SIGKILL of
+the process: it is written to the WAL before the call returns, but not fsynced, so a power loss or
+kernel panic may lose the last commits (the database stays consistent). `"full"` fsyncs the WAL on
+every commit and survives power loss too, at the cost of one fsync per `add()`/`end()`
+(milliseconds on eMMC/SD, which caps the add rate). Checkpoints are SQLite's own passive
+auto-checkpoints; with no other readers they always complete, and they are the only fsync under
+"normal".
+
+Space: pages freed by deletes are given back to the file system with incremental vacuum, a
+bounded number per call, once more than `_VACUUM_MIN_FREE_BYTES` and a quarter of the file are
+free; less free space than that is reused by the next `add()`s. The WAL stays below about
+`_JOURNAL_SIZE_LIMIT` after each checkpoint.
+
+Threads: the connection keeps sqlite3's `check_same_thread`, so a `Store` must be used from the
+thread that opened it (the agent's asyncio thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from pathlib import Path
+from typing import Final, Literal
+
+from uploader.buffer.errors import (
+    BufferCorruptError,
+    BufferFormatError,
+    BufferIOError,
+    sqlite_errors,
+)
+from uploader.buffer.records import LANES, ChunkRow
+
+log = logging.getLogger("uploader.buffer")
+
+SCHEMA_VERSION: Final = 2
+# Marks the file as ours, so another application's SQLite database is refused, not written into.
+APPLICATION_ID: Final = 0x45414246
+
+_SQL_MARKS_TABLE: Final = "CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
+_SQL_MARK: Final = "INSERT INTO marks (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+_SQL_DONE_TABLE: Final = (
+    "CREATE TABLE done (lane TEXT NOT NULL, chunk INTEGER NOT NULL, mask BLOB NOT NULL, "
+    "PRIMARY KEY (lane, chunk)) WITHOUT ROWID"
+)
+_SQL_DONE: Final = (
+    "INSERT INTO done (lane, chunk, mask) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET mask = excluded.mask"
+)
+_SQL_UNDONE: Final = "DELETE FROM done WHERE lane = ? AND chunk = ?"
+_SQL_UNDONE_RANGE: Final = "DELETE FROM done WHERE lane = ? AND chunk > ? AND chunk <= ?"
+_SQL_PAGES: Final = "SELECT * FROM pragma_page_count(), pragma_freelist_count()"
+
+# Give space back only when a good part of the file is free, and a bounded amount per end(),
+# so draining a backlog does not turn into one long vacuum. Below the floor, free pages are left
+# for the next add() to reuse: a vacuum moves the live pages at the end of the file forward,
+# and in steady running those are records about to be sent and deleted anyway.
+_VACUUM_MIN_FREE_BYTES: Final = 8 * 1024 * 1024
+_VACUUM_STEP_PAGES: Final = 1024
+_WAL_AUTOCHECKPOINT_PAGES: Final = 1000
+_JOURNAL_SIZE_LIMIT: Final = 8 * 1024 * 1024
+
+_FOREIGN: Final = (
+    "an SQLite database that is not an edge-agent buffer. Point the buffer path at a new file, or move this one aside."
+)
+
+
+_Sizes = tuple[int, str, int, float, float, int]
+
+
+class Store:
+    """The open database. Read at open: `origin`, `last_seq`, `pending` per lane, `done` rows per lane."""
+
+    def __init__(self, path: Path, *, synchronous: Literal["normal", "full"], busy_timeout: float) -> None:
+        self.path = path
+        table = {lane: f"lane_{lane}" for lane in LANES}
+        self._table = table
+        self._sql_insert = {
+            k: f"INSERT INTO {t} (seq, key, n, ts_min, ts_max, ts, bodies) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            for k, t in table.items()
+        }
+        self._sql_next = {
+            k: f"SELECT seq, key, n, ts, bodies FROM {t} WHERE seq > ? ORDER BY seq" for k, t in table.items()
+        }
+        # length() of a blob reads only the record header, not the blob.
+        self._sql_sizes = {
+            k: f"SELECT seq, key, n, ts_min, ts_max, length(key) + length(ts) + length(bodies) FROM {t} "
+            "WHERE seq > ? ORDER BY seq LIMIT ?"
+            for k, t in table.items()
+        }
+        self._sql_ts = {k: f"SELECT ts FROM {t} WHERE seq = ?" for k, t in table.items()}
+        self._sql_delete = {k: f"DELETE FROM {t} WHERE seq = ?" for k, t in table.items()}
+        self._sql_delete_range = {k: f"DELETE FROM {t} WHERE seq > ? AND seq <= ?" for k, t in table.items()}
+        self._sql_state = (
+            f"UPDATE state SET last_seq = ?, {', '.join(f'pending_{lane} = ?' for lane in LANES)} WHERE id = 1"
+        )
+        with self.errors("open"):
+            self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            with self.errors("open"):
+                self._open(synchronous)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self, synchronous: str) -> None:
+        conn = self.conn
+        conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+        # The first read takes the lock and fails on a file that is not a database.
+        app_id, version = conn.execute("SELECT * FROM pragma_application_id(), pragma_user_version()").fetchone()
+        if app_id == 0 and version == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise BufferFormatError(self.path, _FOREIGN)
+            self._create()
+        elif app_id != APPLICATION_ID:
+            raise BufferFormatError(self.path, _FOREIGN)
+        elif version > SCHEMA_VERSION:
+            raise BufferFormatError(
+                self.path,
+                f"written by a newer agent (buffer schema {version}; this agent knows up to {SCHEMA_VERSION}). "
+                "Run the newer agent until the buffer is drained, or move the file aside.",
+            )
+        elif version != SCHEMA_VERSION:
+            raise BufferFormatError(
+                self.path, f"unknown buffer schema {version} (this agent knows {SCHEMA_VERSION}); move the file aside."
+            )
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise BufferIOError(self.path, f"cannot switch to WAL mode (journal_mode is {mode!r})")
+        conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_WAL_AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {_JOURNAL_SIZE_LIMIT}")
+        # Some builds (Debian's among them) default to secure_delete = ON, which overwrites every
+        # deleted chunk with zeros: as much I/O again as writing it, WAL and checkpoint included.
+        # FAST still clears deleted records on b-tree pages that are written anyway.
+        conn.execute("PRAGMA secure_delete = FAST")
+        self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        state = conn.execute(
+            f"SELECT origin, last_seq, {', '.join(f'pending_{lane}' for lane in LANES)} FROM state WHERE id = 1"
+        ).fetchone()
+        if state is None:
+            raise BufferCorruptError(self.path, "the state row is missing; move the file aside.")
+        self.origin: str = state[0]
+        self.last_seq: int = state[1]
+        self.pending: dict[str, int] = dict(zip(LANES, state[2:], strict=True))
+        self.done: dict[str, dict[int, bytes]] = {lane: {} for lane in LANES}
+        for lane, chunk, mask in conn.execute("SELECT lane, chunk, mask FROM done"):
+            if lane in self.done:
+                self.done[lane][chunk] = mask
+
+    def _create(self) -> None:
+        conn = self.conn
+        # auto_vacuum only takes effect if set before the first table exists.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        conn.execute("PRAGMA journal_mode = WAL")
+        pending_columns = ", ".join(f"pending_{lane} INTEGER NOT NULL DEFAULT 0" for lane in LANES)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), origin TEXT NOT NULL, "
+                f"created REAL NOT NULL, last_seq INTEGER NOT NULL, {pending_columns})"
+            )
+            for name in self._table.values():
+                # Small columns first: reading n or the sizes does not touch the bodies' pages.
+                # CHECK keeps a wrongly typed row out (a non-str key would come back as something else).
+                conn.execute(
+                    f"CREATE TABLE {name} (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL, "
+                    "ts_min REAL NOT NULL, ts_max REAL NOT NULL, ts BLOB NOT NULL, bodies BLOB NOT NULL, "
+                    "CHECK (typeof(key) = 'text' AND n >= 1 AND length(ts) = 8 * n AND typeof(bodies) = 'blob'))"
+                )
+            conn.execute(_SQL_DONE_TABLE)
+            conn.execute(_SQL_MARKS_TABLE)
+            conn.execute(
+                "INSERT INTO state (id, origin, created, last_seq) VALUES (1, ?, ?, 0)",
+                (secrets.token_hex(6), time.time()),
+            )
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- transactions -----------------------------------------------------------------------------
+
+    def errors(self, doing: str) -> AbstractContextManager[None]:
+        """SQLite's errors as BufferErrors that name the file and say what to do."""
+        return sqlite_errors(self.path, doing)
+
+    @contextmanager
+    def transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back (and nothing written) if it raises."""
+        conn = self.conn
+        with self.errors(doing):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    # The original error is what the caller needs; a failed rollback adds nothing.
+                    with suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    # -- statements (inside a transaction unless said otherwise) ----------------------------------
+
+    def pages(self, conn: sqlite3.Connection) -> tuple[int, int]:
+        """(page_count, freelist_count), read from the database header: microseconds."""
+        pages, free = conn.execute(_SQL_PAGES).fetchone()
+        return pages, free
+
+    def insert(self, conn: sqlite3.Connection, lane: str, rows: list[ChunkRow]) -> None:
+        conn.executemany(self._sql_insert[lane], rows)
+
+    def write_state(self, conn: sqlite3.Connection, last_seq: int, pending: Iterable[int]) -> None:
+        conn.execute(self._sql_state, (last_seq, *pending))
+
+    def write_marks(self, conn: sqlite3.Connection, marks: Iterable[tuple[str, str]]) -> None:
+        conn.executemany(_SQL_MARK, marks)
+
+    def write_done(self, conn: sqlite3.Connection, lane: str, masks: Iterable[tuple[int, bytearray]]) -> None:
+        conn.executemany(_SQL_DONE, [(lane, chunk, mask) for chunk, mask in masks])
+
+    def delete(self, conn: sqlite3.Connection, lane: str, chunks: Iterable[tuple[int, bool]]) -> None:
+        """Delete chunk rows by id, with their done rows where they have one (the bool)."""
+        chunks = list(chunks)
+        conn.executemany(self._sql_delete[lane], [(chunk,) for chunk, _ in chunks])
+        conn.executemany(_SQL_UNDONE, [(lane, chunk) for chunk, has_mask in chunks if has_mask])
+
+    def delete_range(self, conn: sqlite3.Connection, lane: str, after: int, upto: int) -> None:
+        """Delete the chunk rows with after < seq <= upto, and their done rows."""
+        conn.execute(self._sql_delete_range[lane], (after, upto))
+        conn.execute(_SQL_UNDONE_RANGE, (lane, after, upto))
+
+    def sizes(
+        self, conn: sqlite3.Connection, lane: str, after: int, limit: int
+    ) -> list[tuple[int, str, int, float, float, int]]:
+        """(seq, key, n, ts_min, ts_max, payload bytes) of up to `limit` chunks after `after`, oldest first."""
+        rows: list[tuple[int, str, int, float, float, int]] = conn.execute(
+            self._sql_sizes[lane], (after, limit)
+        ).fetchall()
+        return rows
+
+    def ts_blob(self, conn: sqlite3.Connection, lane: str, chunk: int) -> bytes:
+        blob: bytes = conn.execute(self._sql_ts[lane], (chunk,)).fetchone()[0]
+        return blob
+
+    def read_after(self, lane: str, cursor: int) -> sqlite3.Cursor:
+        """(seq, key, n, ts, bodies) of the chunks after `cursor`, oldest first; close it when done."""
+        return self.conn.execute(self._sql_next[lane], (cursor,))
+
+    # -- outside transactions ---------------------------------------------------------------------
+
+    def give_space_back(self) -> None:
+        try:
+            pages, free = self.pages(self.conn)
+            if free > max(_VACUUM_MIN_FREE_BYTES // self.page_size, pages // 4):
+                # executescript steps the pragma to completion; execute() would free a single page.
+                self.conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})")
+        except sqlite3.Error as exc:
+            log.warning("buffer %s: could not give free pages back to the file system, will retry: %s", self.path, exc)
+
+    def wal_bytes(self) -> int:
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except FileNotFoundError:
+            return 0
+
+    def marks(self) -> dict[str, str]:
+        with self.errors("read marks"):
+            return dict(self.conn.execute("SELECT k, v FROM marks").fetchall())
+
+    def close(self) -> None:
+        with self.errors("close"):
+            self.conn.close()

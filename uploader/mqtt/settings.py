@@ -1,0 +1,69 @@
+"""What an MQTT sink is told: broker, identity, TLS, and the topic layout (defined here and nowhere else)."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+class MqttConfigError(ValueError):
+    """The sink's settings cannot work (for example a TLS file that cannot be read)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    """TLS towards the broker. `insecure` skips only the host-name check, as paho's does;
+    the broker's certificate chain is still verified against `ca_file` (or the system CAs)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MqttSettings:
+    host: str
+    port: int = 1883
+    client_id: str
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsSettings | None = None
+    keepalive: int = 30
+    topic_prefix: str = "kamp/v1"
+    site: str = "site"
+    # Retained on `status_topic()`: online_payload after every connect, offline_payload as last
+    # will and on stop().
+    announce_status: bool = False
+    online_payload: bytes = b'{"state":"online"}'
+    offline_payload: bytes = b'{"state":"offline"}'
+    max_inflight: int = 20
+
+
+def data_topic(s: MqttSettings, lane: str, key: str) -> str:
+    """Where records of one lane and routing key (equipment id, or "_agent") are published."""
+    return f"{s.topic_prefix}/{s.site}/{key}/{lane}"
+
+
+def status_topic(s: MqttSettings) -> str:
+    """The retained online/offline topic of one agent."""
+    return f"{s.topic_prefix}/{s.site}/_agent/online"
+
+
+def tls_context(tls: TlsSettings, where: str) -> ssl.SSLContext:
+    """Built once, up front, so a missing or unreadable file stops start-up with a clear message."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file is not None:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except OSError as exc:  # ssl.SSLError included: a file that is not PEM
+        files = ", ".join(
+            f"{key}={value!r}"
+            for key, value in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file))
+            if value is not None
+        )
+        raise MqttConfigError(f"{where}: cannot load TLS files ({files}): {exc}") from exc
+    context.check_hostname = not tls.insecure
+    return context
