@@ -18,13 +18,16 @@ from aas_models.live import LiveValues
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
 from agent.backoff import Backoff
-from agent.config import Config
+from agent.config import Config, MqttSinkConfig
+from agent.deadletters import FILE as DEAD_LETTERS
+from agent.lock import DataDirBusy, DataDirLock
 from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
 from agent.supervisor import ComponentFailed, Supervisor
 from agent.wiring import endpoint, make_sink, plan
 from uploader.buffer import Buffer, BufferError
+from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
 from uploader.sink import Sink
 
@@ -46,15 +49,22 @@ class Agent:
         self.buffers: list[Buffer] = []
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
+        self.dead_letters = DeadLetters(cfg.agent.data_dir / DEAD_LETTERS)
         for s in cfg.sinks:
-            sink, batching = make_sink(cfg, s)
             # A chunk per message: whole chunks leave the buffer together, in one delete.
             buf = Buffer(
                 cfg.agent.data_dir / f"buffer-{s.id}.db",
                 quota_bytes=quota,
                 synchronous=cfg.buffer.synchronous,
-                chunk_records=batching.max_message_records,
+                chunk_records=s.batch.max_message_records,
             )
+            sink, batching = make_sink(cfg, s, buf.origin)
+            if isinstance(s, MqttSinkConfig) and s.protocol == "3.1.1":
+                log.warning(
+                    "sink %r uses MQTT 3.1.1, which cannot tell a refused publish from a delivered one: a broker "
+                    "that denies a topic (ACL) still acknowledges it, and those records are lost. Use protocol: 5.",
+                    s.id,
+                )
             self.buffers.append(buf)
             self.sinks.append(sink)
             self.forwarders.append(
@@ -64,6 +74,7 @@ class Agent:
                     site=cfg.site.id,
                     batching=batching,
                     delays=Backoff(initial=0.5, maximum=30.0).delays,
+                    dead_letters=self.dead_letters,
                 )
             )
         self.pipeline = Pipeline(
@@ -76,6 +87,10 @@ class Agent:
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
+        if self._previous is not None:
+            # Until each source's downtime gap is written, a restart keeps where it started.
+            for src in cfg.sources:
+                self.runstate.open_gap(src.id, self._previous.gap_start(src.id))
         self.pipeline.restore_marks()
         self._first_connect: set[str] = set()
         self.started = datetime.now(UTC)
@@ -116,10 +131,15 @@ class Agent:
             src = next(x for x in self.sources if x.endpoint.id == s.source)
             if prev is not None and src.active:
                 reason = "agent was stopped" if prev.clean else "agent stopped unexpectedly (crash or kill)"
-                await self.pipeline.on_interruption(Interruption(s.source, src.active, prev.last_alive, s.time, reason))
+                start = prev.gap_start(s.source)
+                await self.pipeline.on_interruption(Interruption(s.source, src.active, start, s.time, reason))
+            self.runstate.close_gap(s.source)
 
     async def _component_report(self, name: str, kind: str, message: str) -> None:
-        await self.pipeline.status(kind, f"{name}: {message}", component=name, degraded=sorted(self.supervisor.down))
+        down = sorted(self.supervisor.down)
+        for sink in self.sinks:
+            sink.announce("degraded" if down else "online", down)
+        await self.pipeline.status(kind, f"{name}: {message}", component=name, degraded=down)
 
     def status_snapshot(self) -> dict[str, Any]:
         return {
@@ -134,8 +154,14 @@ class Agent:
                 for sink, buf in zip(self.sinks, self.buffers, strict=True)
             },
             "forwarders": {
-                f.sink.name: {"sent": f.stats.sent_records, "error": f.stats.last_error} for f in self.forwarders
+                f.sink.name: {
+                    "sent": f.stats.sent_records,
+                    "rejected": f.stats.rejected_records,
+                    "error": f.stats.last_error,
+                }
+                for f in self.forwarders
             },
+            "dead_letters": self.dead_letters.count(),
         }
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
@@ -182,6 +208,7 @@ class Agent:
                 await sink.stop()
         for buf in self.buffers:
             buf.close()
+        self.dead_letters.close()
         self.runstate.beat(clean=True)
         log.info("stopped cleanly")
 
@@ -221,7 +248,14 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
             raise StartError(str(e)) from None
         await agent.run(stop)
 
-    asyncio.run(main())
+    try:
+        lock = DataDirLock(cfg.agent.data_dir).acquire()
+    except (DataDirBusy, OSError) as e:
+        raise StartError(str(e)) from None
+    try:
+        asyncio.run(main())
+    finally:
+        lock.release()
 
 
 __all__ = ["Agent", "ComponentFailed", "StartError", "run_agent"]

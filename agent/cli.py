@@ -92,5 +92,34 @@ def export(config_path: Path, fmt: str, output: Path) -> None:
     click.echo(f"wrote {output} ({fmt})")
 
 
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Records a far end refused for good: list them, or put them back into their sink's buffer."""
+
+
+@dead_letter.command("list")
+@CONFIG
+@click.option("--sink", default=None, help="only this sink's")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line, bodies included")
+def dead_letter_list(config_path: Path, sink: str | None, limit: int, as_json: bool) -> None:
+    """Show dead letters (read-only: works while the agent runs)."""
+    from agent import deadletters
+
+    cfg = _load(config_path)
+    sys.exit(deadletters.show(cfg, sink, limit, as_json))
+
+
+@dead_letter.command("replay")
+@CONFIG
+@click.option("--sink", default=None, help="only this sink's")
+def dead_letter_replay(config_path: Path, sink: str | None) -> None:
+    """Put dead letters back into their sink's buffer, to be sent again (the agent must be stopped)."""
+    from agent import deadletters
+
+    cfg = _load(config_path)
+    sys.exit(deadletters.replay(cfg, sink))
+
+
 if __name__ == "__main__":
     main()

@@ -194,6 +194,7 @@ class BatchConfig(_Model):
     max_delay_ms: int = Field(default=1000, ge=0)
     max_message_records: int = Field(default=500, ge=1)
     max_message_bytes: int = Field(default=256 * 1024, ge=1024)
+    in_flight: int = Field(default=4, ge=1, le=64, description="batches sent and not yet confirmed, at most")
 
 
 class Tls(_Model):
@@ -209,11 +210,14 @@ class MqttSinkConfig(_Model):
     host: str
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str | None = None
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
     username: str | None = None
     password: SecretStr | None = None
     tls: Tls | None = None
     topic_prefix: str = "kamp/v1"
+    max_packet_bytes: int | None = Field(
+        default=None, ge=1024, description="the broker's largest PUBLISH, if it does not announce it (MQTT 5 does)"
+    )
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_initial_s: float = Field(default=1, gt=0)
     reconnect_max_s: float = Field(default=30, gt=0)

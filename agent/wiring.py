@@ -92,13 +92,15 @@ def endpoint(s: Source) -> Endpoint:
     )
 
 
-def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Batching]:
+def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig, origin: str = "") -> tuple[Sink, Batching]:
+    """The sink and its batching; `origin` (the sink's buffer id) makes the default MQTT client id unique."""
     b = s.batch
     batching = Batching(
         max_records=b.max_records,
         max_delay=b.max_delay_ms / 1000,
         max_message_records=b.max_message_records,
         max_message_bytes=b.max_message_bytes,
+        in_flight=b.in_flight,
     )
     if isinstance(s, FileSinkConfig):
         return FileSink(s.path, name=s.id), batching
@@ -115,7 +117,7 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Ba
     settings = MqttSettings(
         host=s.host,
         port=s.port,
-        client_id=s.client_id or f"edge-agent-{cfg.site.id}-{socket.gethostname()}"[:64],
+        client_id=s.client_id or default_client_id(cfg.site.id, origin),
         protocol=s.protocol,
         username=s.username,
         password=s.password.get_secret_value() if s.password else None,
@@ -124,9 +126,18 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig) -> tuple[Sink, Ba
         topic_prefix=s.topic_prefix,
         site=cfg.site.id,
         announce_status=True,
+        max_packet_bytes=s.max_packet_bytes,
     )
     delays = Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays
     return MqttSink(settings, name=s.id, delays=delays), batching
+
+
+def default_client_id(site: str, origin: str) -> str:
+    """Unique per agent: two agents of one site on one host (a test bench, a migration) must not
+    take each other's MQTT session (the broker would disconnect one for the other, over and over).
+    The host name is cut, not the buffer's origin id, to stay within 64 characters."""
+    tail = f"-{origin}" if origin else ""
+    return f"edge-agent-{site}-{socket.gethostname()}"[: 64 - len(tail)] + tail
 
 
 def secrets(cfg: Config) -> list[str]:

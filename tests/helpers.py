@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import orjson
 import pytest
 
+from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from simulators.factory.catalogue import catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +49,16 @@ def wait_until(what: str, check: Callable[[], T], timeout: float, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], object], timeout: float, what: str = "the condition") -> None:
+    """In a coroutine: wait until `check()` is truthy (for states that offer nothing to await); fail after `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def path_for(name: str) -> str:
@@ -172,3 +184,32 @@ class AgentProcess:
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait(10)
+
+
+class Collected:
+    """What an adapter under test emitted, by kind."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.events: list[Event] = []
+        self.problems: list[NodeProblem] = []
+        self.states: list[SourceState] = []
+        self.interruptions: list[Interruption] = []
+
+    async def emit(self, samples: Sequence[Sample]) -> None:
+        self.samples.extend(samples)
+
+    async def emit_events(self, events: Sequence[Event]) -> None:
+        self.events.extend(events)
+
+    async def interrupted(self, i: Interruption) -> None:
+        self.interruptions.append(i)
+
+    async def problem(self, p: NodeProblem) -> None:
+        self.problems.append(p)
+
+    async def state(self, s: SourceState) -> None:
+        self.states.append(s)
+
+    def of(self, handle: int) -> list[Sample]:
+        return [s for s in self.samples if s.handle == handle]

@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
-from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from simulators.factory import FactoryThread
 from simulators.ports import free_port
+from tests.helpers import Collected
 
 
 def quick() -> Iterator[float]:
     return itertools.repeat(0.2)
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-        self.events: list[Event] = []
-        self.problems: list[NodeProblem] = []
-        self.states: list[SourceState] = []
-        self.interruptions: list[Interruption] = []
-
-    async def emit(self, samples: Sequence[Sample]) -> None:
-        self.samples.extend(samples)
-
-    async def emit_events(self, events: Sequence[Event]) -> None:
-        self.events.extend(events)
-
-    async def interrupted(self, i: Interruption) -> None:
-        self.interruptions.append(i)
-
-    async def problem(self, p: NodeProblem) -> None:
-        self.problems.append(p)
-
-    async def state(self, s: SourceState) -> None:
-        self.states.append(s)
-
-    def of(self, handle: int) -> list[Sample]:
-        return [s for s in self.samples if s.handle == handle]
-
-
-async def run_until(source: OpcUaSource, done: Callable[[], bool], timeout: float, sink: Sink) -> None:
+async def run_until(source: OpcUaSource, done: Callable[[], bool], timeout: float, sink: Collected) -> None:
     task = asyncio.create_task(source.run())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -61,7 +34,7 @@ async def run_until(source: OpcUaSource, done: Callable[[], bool], timeout: floa
 
 def test_polling_browse_paths_events_and_problems() -> None:
     port = free_port()
-    sink = Sink()
+    sink = Collected()
     items = [
         NodeItem(handle=1, node="ns=2;s=CNC01.SpindleSpeed", opcua_type="Double", mode="poll", sampling_ms=200),
         NodeItem(handle=2, node="0:Objects/2:PRS01/2:Tonnage", opcua_type="Double", by_path=True),

@@ -1,16 +1,22 @@
-"""The forwarder between one buffer and one sink: batching, lanes, retry with backoff.
+"""The forwarder between one buffer and one sink: batching, lanes, a window of sends, retry with backoff.
 
-Per round it takes a batch from the highest-priority lane with records (status, gap, event,
-usage, data), turns it into messages (one per asset, split by count and size), sends them and
-ends the transaction with exactly the records the far end confirmed; the rest stays in the
-buffer. After a failed send it waits (capped backoff with jitter) before trying again, so a
-dead endpoint is not hammered.
+It takes batches from the highest-priority lane with waiting records (status, gap, event, usage,
+data), turns each into messages (one per asset, split by count and size and by the largest
+message the far end takes), and keeps up to `Batching.in_flight` batches in flight at once, so a
+long round trip does not cap throughput (stop-and-wait moved ~3,300 records/s at 300 ms). Each
+batch is ended with exactly the records the far end confirmed (deleted), the ones it refused for
+good (moved to the dead letters first, then deleted), and the rest given back to the front of
+its lane. After a failed send it lets the window empty and waits (capped backoff with jitter)
+before trying again, so a dead endpoint is not hammered.
+
+Order: within a lane and asset, records leave in the order they entered the buffer, and the
+sink keeps that order on one connection. A record that was not confirmed is sent again later,
+possibly after newer ones; receivers order by `sourceTime` and drop duplicates by `id`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,18 +24,26 @@ from datetime import UTC, datetime
 
 from uploader import wire
 from uploader.buffer import Batch, Buffer, StoredRecord
-from uploader.sink import Message, Sink
+from uploader.deadletter import DeadLetters
+from uploader.sink import Message, Outcome, Rejected, Sink
 
 log = logging.getLogger(__name__)
+
+# Bytes a message's header and topic add to its records (origin, site, asset, lane, time; an MQTT
+# PUBLISH's fixed header, topic length and packet id): a safe bound, so a message never exceeds
+# the far end's limit because of them.
+_MESSAGE_OVERHEAD = 512
+_RECORD_OVERHEAD = 40  # the id spliced in, and the comma
 
 
 @dataclass(frozen=True, slots=True)
 class Batching:
-    max_records: int = 1000  # records taken from the buffer per round
-    max_delay: float = 1.0  # seconds a record may wait for a fuller batch
+    max_records: int = 1000  # records taken from the buffer per batch
+    max_delay: float = 1.0  # seconds a data record may wait for a fuller batch
     max_message_records: int = 500
     max_message_bytes: int = 256 * 1024
     send_timeout: float = 10.0
+    in_flight: int = 4  # batches sent and not yet confirmed, at most
 
 
 @dataclass(slots=True)
@@ -37,6 +51,8 @@ class ForwarderStats:
     sent_records: int = 0
     sent_messages: int = 0
     failed_sends: int = 0
+    rejected_records: int = 0
+    max_window: int = 0  # most batches in flight at once
     last_success: datetime | None = None
     last_error: str = ""
 
@@ -50,36 +66,101 @@ class Forwarder:
         site: str,
         batching: Batching,
         delays: Callable[[], Iterator[float]],
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.buffer = buffer
         self.sink = sink
         self.site = site
         self.batching = batching
+        self.dead_letters = dead_letters
         self._delays = delays
         self._wake = asyncio.Event()
+        self._data_since: float | None = None  # when data began waiting for a fuller batch
         self.stats = ForwarderStats()
 
     def wake(self) -> None:
         """New records are in the buffer (called by whoever adds them)."""
         self._wake.set()
 
+    # -- the loop --------------------------------------------------------------------------------
+
     async def run(self) -> None:
+        """Forward until cancelled. Raises only for a buffer that fails (the agent restarts it)."""
+        # A previous run that died left its batches open: their records are pending again.
+        self.buffer.release()
+        window: set[asyncio.Task[bool]] = set()
         delays: Iterator[float] | None = None
         failing = False
-        while True:
-            if not await self._ready():
-                continue
-            ok = await self.flush_once()
-            if ok:
-                if failing:
-                    log.info("%s: delivering again", self.sink.name)
-                failing, delays = False, None
-                continue
-            if not failing:
-                log.warning("%s: delivery failed (%s); records stay buffered", self.sink.name, self.stats.last_error)
-            failing = True
-            delays = delays or self._delays()
-            await self._pause(next(delays))
+        try:
+            while True:
+                if not self.sink.connected:
+                    if window:
+                        await asyncio.wait(window)
+                    else:
+                        await asyncio.sleep(0.1)  # the sink logs its own outage; nothing to try
+                else:
+                    self._wake.clear()  # before looking: a wake from here on is not lost
+                    if len(window) < self.batching.in_flight:
+                        batch = self._take()
+                        if batch is not None:
+                            window.add(asyncio.create_task(self._send(batch)))
+                            self.stats.max_window = max(self.stats.max_window, len(window))
+                            continue
+                    await self._wait(window)
+                finished = {t for t in window if t.done()}
+                window -= finished
+                if all(t.result() for t in finished):  # a buffer error raises here
+                    if failing and finished:
+                        log.info("%s: delivering again", self.sink.name)
+                        failing, delays = False, None
+                    continue
+                # Something was not confirmed: let the rest of the window settle, then back off.
+                if window:
+                    await asyncio.wait(window)
+                    for t in window:
+                        t.result()
+                    window.clear()
+                if not failing:
+                    log.warning(
+                        "%s: delivery failed (%s); records stay buffered", self.sink.name, self.stats.last_error
+                    )
+                failing = True
+                delays = delays or self._delays()
+                await self._pause(next(delays))
+        finally:
+            for t in window:
+                t.cancel()
+            await asyncio.gather(*window, return_exceptions=True)
+
+    def _take(self) -> Batch | None:
+        """The next batch worth sending now: any urgent lane, or data that is plenty or waited long enough."""
+        waiting = self.buffer.waiting()
+        for lane in Buffer.LANES:
+            if lane != "data" and waiting[lane]:
+                return self.buffer.begin(lane, self.batching.max_records)
+        if not waiting["data"]:
+            self._data_since = None
+            return None
+        now = asyncio.get_running_loop().time()
+        if self._data_since is None:
+            self._data_since = now
+        if waiting["data"] < self.batching.max_records and now - self._data_since < self.batching.max_delay:
+            return None
+        batch = self.buffer.begin("data", self.batching.max_records)
+        if not self.buffer.waiting()["data"]:
+            self._data_since = None
+        return batch
+
+    async def _wait(self, window: set[asyncio.Task[bool]]) -> None:
+        """Until a send finishes, new records arrive, or waiting data is due."""
+        due = None
+        if self._data_since is not None:
+            due = max(0.0, self._data_since + self.batching.max_delay - asyncio.get_running_loop().time())
+        woken = asyncio.create_task(self._wake.wait())
+        try:
+            await asyncio.wait({*window, woken}, timeout=due, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
 
     async def _pause(self, delay: float) -> None:
         """Back off, but retry at once when the sink reports that it has (re)connected."""
@@ -92,32 +173,7 @@ class Forwarder:
                 return
             was_connected = self.sink.connected
 
-    async def _ready(self) -> bool:
-        """Wait until a batch is worth sending: enough records, or the oldest waited max_delay.
-
-        While the sink is not connected there is nothing to try: wait for it quietly (the sink
-        logs its own outage), so a start-up or an outage is not counted as failed sends.
-        """
-        if not self.sink.connected:
-            await asyncio.sleep(0.1)
-            return False
-        pending = self.buffer.pending()
-        total = sum(pending.values())
-        if total == 0:
-            self._wake.clear()
-            await self._wake.wait()
-            return False
-        if pending.get("data", 0) >= self.batching.max_records or total > pending.get("data", 0):
-            return True  # a full batch, or records of an urgent lane
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._full(), self.batching.max_delay)
-        return True
-
-    async def _full(self) -> None:
-        while self.buffer.pending().get("data", 0) < self.batching.max_records:
-            self._wake.clear()
-            await self._wake.wait()
+    # -- one batch -------------------------------------------------------------------------------
 
     async def flush_once(self) -> bool:
         """Send one batch of the most urgent lane. False if anything was left unconfirmed."""
@@ -129,7 +185,8 @@ class Forwarder:
         return True
 
     async def drain(self, timeout: float) -> bool:
-        """Send what is buffered until empty or `timeout` passes (used on shutdown)."""
+        """Send what is buffered until empty or `timeout` passes (used on shutdown, after run() ended)."""
+        self.buffer.release()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while sum(self.buffer.pending().values()) and loop.time() < deadline:
@@ -141,28 +198,38 @@ class Forwarder:
                 return False
         return not sum(self.buffer.pending().values())
 
-    def messages(self, batch: Batch) -> tuple[list[Message], list[list[int]]]:
+    def messages(self, batch: Batch) -> tuple[list[Message], list[list[StoredRecord]], list[StoredRecord]]:
+        """The batch as messages (with the records each carries), and the records too large for any message."""
         by_key: dict[str, list[StoredRecord]] = {}
         for item in batch.items:
             by_key.setdefault(item.key, []).append(item)
         messages: list[Message] = []
-        seqs: list[list[int]] = []
+        parts: list[list[StoredRecord]] = []
+        too_large: list[StoredRecord] = []
         origin = self.buffer.origin
         sent = datetime.now(UTC)
         b = self.batching
+        limit = b.max_message_bytes
+        far_end = self.sink.max_message_bytes
+        if far_end is not None:
+            limit = min(limit, far_end - _MESSAGE_OVERHEAD)
         for key, items in by_key.items():
             header = {"origin": origin, "site": self.site, "asset": key, "lane": batch.lane, "sent": sent}
             topic = self.sink.topic(batch.lane, key)
-            for part in _split(items, b.max_message_records, b.max_message_bytes):
+            for part in _split(items, b.max_message_records, limit):
+                if far_end is not None and len(part) == 1 and len(part[0].body) + _RECORD_OVERHEAD > limit:
+                    too_large.append(part[0])
+                    continue
                 ids = [wire.record_id(origin, i.seq) for i in part]
                 messages.append(Message(topic, wire.payload(header, ids, [i.body for i in part])))
-                seqs.append([i.seq for i in part])
-        return messages, seqs
+                parts.append(list(part))
+        return messages, parts, too_large
 
     async def _send(self, batch: Batch) -> bool:
-        messages, seqs = self.messages(batch)
+        """Send one batch and end it; True if every record was confirmed or moved to the dead letters."""
+        messages, parts, too_large = self.messages(batch)
         try:
-            results = await self.sink.send(messages, timeout=self.batching.send_timeout)
+            results: list[Outcome] = await self.sink.send(messages, timeout=self.batching.send_timeout)
         except asyncio.CancelledError:
             self.buffer.end(batch, ())
             raise
@@ -170,24 +237,63 @@ class Forwarder:
             log.exception("%s: send failed", self.sink.name)
             results = [False] * len(messages)
             self.stats.last_error = repr(exc)
-        accepted = [s for ok, group in zip(results, seqs, strict=True) if ok for s in group]
-        self.buffer.end(batch, accepted)
-        n_ok = sum(results)
+        accepted = [i.seq for ok, part in zip(results, parts, strict=True) if ok is True for i in part]
+        refused: list[tuple[list[StoredRecord], str]] = [
+            (part, r.reason) for r, part in zip(results, parts, strict=True) if isinstance(r, Rejected)
+        ]
+        if too_large:
+            limit = self.sink.max_message_bytes
+            refused.append((too_large, f"record larger than the far end takes ({limit} bytes per message)"))
+        rejected = self._dead_letter(batch.lane, refused)
+        self.buffer.end(batch, accepted, rejected)
+        n_ok = sum(r is True for r in results)
         self.stats.sent_messages += n_ok
         self.stats.sent_records += len(accepted)
-        if n_ok == len(messages):
+        self.stats.rejected_records += len(rejected)
+        unconfirmed = sum(r is False for r in results)
+        if unconfirmed == 0 and len(rejected) == sum(len(part) for part, _ in refused):
             self.stats.last_success = datetime.now(UTC)
             return True
         self.stats.failed_sends += 1
         if not self.stats.last_error or n_ok:
-            self.stats.last_error = f"{len(messages) - n_ok} of {len(messages)} messages unconfirmed"
+            self.stats.last_error = f"{unconfirmed} of {len(messages)} messages unconfirmed"
         return False
+
+    def _dead_letter(self, lane: str, refused: list[tuple[list[StoredRecord], str]]) -> list[int]:
+        """Move refused records to the dead letters; returns the seqs that may now leave the buffer."""
+        done: list[int] = []
+        for records, reason in refused:
+            topic = self.sink.topic(lane, records[0].key)
+            if self.dead_letters is None:
+                log.error(
+                    "%s: %d records refused for good on %s (%s) and no dead-letter store: they stay buffered",
+                    self.sink.name,
+                    len(records),
+                    topic,
+                    reason,
+                )
+                continue
+            try:
+                self.dead_letters.add(self.sink.name, self.buffer.origin, records, reason)
+            except Exception as e:  # the disk refuses: keep them buffered rather than lose them
+                log.error("%s: cannot keep %d refused records as dead letters: %s", self.sink.name, len(records), e)
+                continue
+            log.error(
+                "%s: %d records refused for good on %s: %s; moved to the dead letters "
+                "(edge-agent dead-letter list), not sent again",
+                self.sink.name,
+                len(records),
+                topic,
+                reason,
+            )
+            done += [r.seq for r in records]
+        return done
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:
     start, size = 0, 0
     for i, item in enumerate(items):
-        n = len(item.body) + 40
+        n = len(item.body) + _RECORD_OVERHEAD
         if i > start and (i - start >= max_records or size + n > max_bytes):
             yield items[start:i]
             start, size = i, 0

@@ -20,6 +20,18 @@ class Message:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The far end refused a message for good (not authorised, too large, malformed): sending it
+    again cannot help. `reason` names what the far end said, for the log and the dead letters."""
+
+    reason: str
+
+
+Outcome = bool | Rejected
+"""Per message: True, confirmed; Rejected, refused for good; False, not confirmed (send again later)."""
+
+
 class Sink(Protocol):
     name: str
 
@@ -33,12 +45,23 @@ class Sink(Protocol):
     def topic(self, lane: str, key: str) -> str:
         """Where a message of records of `lane` for routing key `key` goes (MQTT topic, URL path, ...)."""
 
+    def announce(self, state: str, down: Sequence[str] = ()) -> None:
+        """The agent's health changed: "online", or "degraded" naming the parts that are down.
+
+        A sink with a status channel keeps it there (MQTT: the retained status topic); others ignore it.
+        """
+
     @property
     def connected(self) -> bool:
         """True while the far end is reachable as far as the sink knows."""
 
-    async def send(self, messages: Sequence[Message], *, timeout: float) -> list[bool]:
-        """Write `messages`; element i is True only if the far end confirmed message i within `timeout`.
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The largest message (topic and payload) the far end takes, as far as it said; None if unknown."""
+
+    async def send(self, messages: Sequence[Message], *, timeout: float) -> list[Outcome]:
+        """Write `messages`; element i is True only if the far end confirmed message i within `timeout`,
+        Rejected if it refused it for good, False otherwise.
 
         Never raises for an unreachable far end: unconfirmed messages are simply False.
         """

@@ -287,6 +287,15 @@ def status_body(time: datetime, kind: str, message: str, **extra: Any) -> bytes:
     return dumps({"time": time, "kind": kind, "message": message, **jsonable(extra)})
 
 
+def agent_state(state: str, down: Sequence[str] = ()) -> bytes:
+    """The agent's health on a status channel (MQTT: retained): "online", "degraded" (with the parts
+    that are down) or "offline"."""
+    doc: dict[str, Any] = {"state": state}
+    if down:
+        doc["down"] = list(down)
+    return dumps(doc)
+
+
 # -- payloads ---------------------------------------------------------------------------------------
 
 

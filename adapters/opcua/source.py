@@ -160,7 +160,7 @@ class OpcUaSource:
     async def _close(self, client: Client) -> None:
         try:
             await asyncio.wait_for(client.disconnect(), 2.0)
-        except (Exception, asyncio.CancelledError):  # the connection is being discarded anyway
+        except Exception:  # the connection is being discarded anyway; a cancellation is not swallowed
             log.debug("disconnect from %s failed", self.endpoint.url, exc_info=True)
 
     async def _watch(self, pollers: list[asyncio.Task[None]]) -> None:

@@ -118,6 +118,17 @@ class Batches:
             chunk.live = chunk.n - mask.count(1)
             chunk.mask = mask
 
+    def release(self) -> int:
+        """Give every open batch back to its lane, as if ended with nothing done; returns the records."""
+        count = 0
+        for batch, runs in self._open.values():
+            lane = self._lanes[batch.lane]
+            lane.held -= len(batch.items)
+            count += len(batch.items)
+            _give_back(lane, runs)
+        self._open.clear()
+        return count
+
     def forget(self) -> None:
         """Every open batch is gone (the buffer closes); their records are pending at the next open."""
         self._open.clear()

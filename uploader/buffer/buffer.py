@@ -203,11 +203,22 @@ class Buffer:
         if n_accepted or n_rejected:
             self._store.give_space_back()
 
+    def release(self) -> int:
+        """End every open batch with nothing done (no disk write): for a sender that died mid-batch.
+
+        Its records go back to the front of their lanes; returns how many.
+        """
+        return self._batches.release()
+
     # -- reporting and lifetime ---------------------------------------------------------------------
 
     def pending(self) -> dict[str, int]:
         """Records stored per lane, in priority order, including those in open batches."""
         return {name: lane.pending for name, lane in self._lanes.items()}
+
+    def waiting(self) -> dict[str, int]:
+        """Records stored per lane that are in no open batch: what `begin()` can hand out."""
+        return {name: lane.pending - lane.held for name, lane in self._lanes.items()}
 
     def stats(self) -> BufferStats:
         """Counters since open and the current size of the database."""

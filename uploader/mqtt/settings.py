@@ -27,19 +27,20 @@ class MqttSettings:
     host: str
     port: int = 1883
     client_id: str
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: TlsSettings | None = None
     keepalive: int = 30
     topic_prefix: str = "kamp/v1"
     site: str = "site"
-    # Retained on `status_topic()`: online_payload after every connect, offline_payload as last
-    # will and on stop().
+    # Retained on `status_topic()`: the agent's state after every connect and whenever it changes
+    # (MqttSink.announce), "offline" as last will and on stop().
     announce_status: bool = False
-    online_payload: bytes = b'{"state":"online"}'
-    offline_payload: bytes = b'{"state":"offline"}'
     max_inflight: int = 20
+    # The largest PUBLISH the broker takes, for brokers that do not say (MQTT 5 CONNACK); the
+    # smaller of the two applies. None: no limit known.
+    max_packet_bytes: int | None = None
 
 
 def data_topic(s: MqttSettings, lane: str, key: str) -> str:

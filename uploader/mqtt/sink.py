@@ -25,9 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from uploader import wire
 from uploader.mqtt.bridge import SocketBridge
 from uploader.mqtt.settings import MqttSettings, data_topic, status_topic, tls_context
-from uploader.sink import Message
+from uploader.sink import Message, Outcome, Rejected
 
 _log = logging.getLogger("uploader.mqtt")
 
@@ -40,6 +41,10 @@ _MQTT5_RECEIVE_MAXIMUM = 65535  # what a CONNACK without the property means
 # Refusals a broker gives when overloaded; every other refusal means our settings are wrong.
 _TRANSIENT_REFUSALS = frozenset({0x88, 0x89, 0x97, 0x9F})
 _KEEPALIVE_TIMEOUT = 0x8D  # the reason paho gives when its own keepalive check fails
+OFFLINE = wire.agent_state("offline")
+# PUBACK reason codes that sending again cannot change: not authorized, topic name invalid,
+# packet too large, payload format invalid. (0x97 quota exceeded and 0x80/0x83 may pass.)
+_FINAL_REFUSALS = frozenset({0x87, 0x90, 0x95, 0x99})
 
 
 class MqttSink:
@@ -53,6 +58,7 @@ class MqttSink:
         self._where = f"MQTT sink {name!r} ({settings.host}:{settings.port})"
         self._tls = tls_context(settings.tls, self._where) if settings.tls is not None else None
         self._status_topic = status_topic(settings) if settings.announce_status else None
+        self._state = wire.agent_state("online")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bridge: SocketBridge | None = None
         self._task: asyncio.Task[None] | None = None
@@ -62,7 +68,8 @@ class MqttSink:
         self._receive_maximum = _MQTT5_RECEIVE_MAXIMUM
         self._lost: asyncio.Future[str] | None = None
         self._up = asyncio.Event()
-        self._pending: dict[int, asyncio.Future[bool]] = {}
+        self._pending: dict[int, asyncio.Future[Outcome]] = {}
+        self._max_packet: int | None = settings.max_packet_bytes  # lowered by the broker's CONNACK
 
     def __repr__(self) -> str:
         return f"MqttSink(name={self.name!r}, {self._settings.host}:{self._settings.port}, connected={self.connected})"
@@ -85,6 +92,15 @@ class MqttSink:
     def topic(self, lane: str, key: str) -> str:
         return data_topic(self._settings, lane, key)
 
+    def announce(self, state: str, down: Sequence[str] = ()) -> None:
+        """Keep the agent's state on the retained status topic; published now if connected, else at connect."""
+        payload = wire.agent_state(state, down)
+        if payload == self._state:
+            return
+        self._state = payload
+        if self._status_topic is not None and self._client is not None and self._up.is_set():
+            self._client.publish(self._status_topic, payload, qos=1, retain=True)
+
     @property
     def connected(self) -> bool:
         return self._up.is_set()
@@ -97,8 +113,19 @@ class MqttSink:
             return False
         return True
 
-    async def send(self, messages: Sequence[Message], *, timeout: float) -> list[bool]:
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The broker's Maximum Packet Size (MQTT 5 CONNACK) or the configured limit, whichever is less."""
+        return self._max_packet
+
+    async def send(self, messages: Sequence[Message], *, timeout: float) -> list[Outcome]:
         """Publish at QoS 1; element i is True once message i is PUBACKed within `timeout`.
+
+        With MQTT 5 a PUBACK may refuse: "not authorized", "topic name invalid", "packet too
+        large" and "payload format invalid" are final (Rejected); any other failure code
+        (e.g. "quota exceeded") leaves the message unconfirmed (False). MQTT 3.1.1 cannot refuse
+        a publish: a broker that denies it (ACL) still acknowledges it, so the record is lost;
+        the agent warns at start when 3.1.1 is configured.
 
         Raises ValueError for a topic paho rejects (empty, or with + or #): a configuration
         error, not an unreachable broker.
@@ -117,7 +144,7 @@ class MqttSink:
             waiting: set[asyncio.Future[Any]] = {f for f in self._pending.values() if not f.done()}
             topic = self._status_topic
             if topic is not None:
-                offline = [Message(topic, self._settings.offline_payload)]
+                offline = [Message(topic, OFFLINE)]
                 waiting.add(asyncio.ensure_future(self._publish_and_wait(offline, retain=True, timeout=_STOP_GRACE)))
             if waiting:
                 await asyncio.wait(waiting, timeout=_STOP_GRACE)
@@ -146,7 +173,7 @@ class MqttSink:
                 delays = self._delays()
                 if self._status_topic is not None and self._client is not None:
                     # Not awaited: nobody needs to know when the online status was PUBACKed.
-                    self._client.publish(self._status_topic, s.online_payload, qos=1, retain=True)
+                    self._client.publish(self._status_topic, self._state, qos=1, retain=True)
                 reason = await self._serve()
                 down_since = time.monotonic()
                 _log.warning("%s: connection lost: %s; reconnecting in the background", self._where, reason)
@@ -253,7 +280,7 @@ class MqttSink:
         if self._tls is not None:
             client.tls_set_context(self._tls)
         if self._status_topic is not None:
-            client.will_set(self._status_topic, s.offline_payload, qos=1, retain=True)
+            client.will_set(self._status_topic, OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -276,15 +303,15 @@ class MqttSink:
 
     # -- publishing --------------------------------------------------------------------------
 
-    async def _publish_and_wait(self, messages: Sequence[Message], *, retain: bool, timeout: float) -> list[bool]:
+    async def _publish_and_wait(self, messages: Sequence[Message], *, retain: bool, timeout: float) -> list[Outcome]:
         client, loop = self._client, self._loop
         if client is None or loop is None or not self._up.is_set():
             return [False] * len(messages)
-        registered: list[tuple[int, asyncio.Future[bool]]] = []
-        futures: list[asyncio.Future[bool]] = []
+        registered: list[tuple[int, asyncio.Future[Outcome]]] = []
+        futures: list[asyncio.Future[Outcome]] = []
         try:
             for m in messages:
-                fut: asyncio.Future[bool] = loop.create_future()
+                fut: asyncio.Future[Outcome] = loop.create_future()
                 futures.append(fut)
                 info = client.publish(m.topic, m.payload, qos=1, retain=retain)
                 if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -296,7 +323,7 @@ class MqttSink:
                     fut.set_result(False)
             if futures:
                 await asyncio.wait(futures, timeout=timeout)
-            return [f.done() and f.result() for f in futures]
+            return [f.result() if f.done() else False for f in futures]
         finally:
             for mid, fut in registered:
                 if self._pending.get(mid) is fut:
@@ -315,6 +342,10 @@ class MqttSink:
         if client is not self._client or self._connack is None:
             return
         receive_maximum = getattr(props, "ReceiveMaximum", _MQTT5_RECEIVE_MAXIMUM)
+        broker_max = getattr(props, "MaximumPacketSize", None)
+        configured = self._settings.max_packet_bytes
+        if isinstance(broker_max, int):
+            self._max_packet = broker_max if configured is None else min(broker_max, configured)
         if not reason.is_failure and client.max_inflight_messages <= receive_maximum:
             self._up.set()
         if not self._connack.done():
@@ -347,4 +378,9 @@ class MqttSink:
         fut = self._pending.get(mid) if client is self._client else None
         if fut is not None and not fut.done():
             # v5 success codes include "No matching subscribers": the broker still took it.
-            fut.set_result(not reason.is_failure)
+            if not reason.is_failure:
+                fut.set_result(True)
+            elif reason.value in _FINAL_REFUSALS:
+                fut.set_result(Rejected(f"the broker refused the publish: {reason} (reason code 0x{reason.value:02X})"))
+            else:
+                fut.set_result(False)

@@ -1,0 +1,245 @@
+"""The forwarder between a real buffer and real sinks (a file, mosquitto): lanes, splits, refusals,
+dead letters, unconfirmed sends, a window of batches in flight, restarts, drain; and the file sink."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import resource
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+
+from agent.backoff import Backoff
+from simulators.netproxy import TcpProxy
+from tests.helpers import until
+from tests.mqtt_broker import MosquittoBroker, Subscriber
+from uploader.buffer import Buffer, Row
+from uploader.deadletter import DeadLetters
+from uploader.file import FileSink
+from uploader.forwarder import Batching, Forwarder
+from uploader.mqtt import MqttSettings, MqttSink
+from uploader.sink import Message, Sink
+
+BIG = 1 << 30
+
+
+def quick() -> Iterator[float]:
+    return itertools.repeat(0.05)
+
+
+def rows(lane: str, key: str, start: int, count: int, size: int = 60) -> list[Row]:
+    pad = "x" * max(0, size - 20)
+    return [(lane, key, float(n), b'{"n":%d,"p":"%s"}' % (n, pad.encode())) for n in range(start, start + count)]
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def run_until(fwd: Forwarder, sink: Sink, done: Callable[[], bool], timeout: float = 30) -> None:
+    """Run the sink's connection and the forwarder until `done()`, then cancel both."""
+    tasks = [asyncio.create_task(sink.run()), asyncio.create_task(fwd.run())]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while not done():
+            for t in tasks:
+                assert not t.done(), f"{t} ended: {t.exception()!r}"
+            assert loop.time() < deadline, f"timed out; pending {fwd.buffer.pending()}, stats {fwd.stats}"
+            fwd.wake()
+            await asyncio.sleep(0.02)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sink.stop()
+
+
+def mqtt(port: int, **kw: object) -> MqttSink:
+    settings = MqttSettings(host="127.0.0.1", port=port, client_id="forwarder-test", topic_prefix="t", site="s", **kw)  # type: ignore[arg-type]
+    return MqttSink(settings, delays=Backoff(0.1, 0.5).delays)
+
+
+def test_lanes_leave_most_urgent_first_and_in_order_in_messages_split_by_count_and_size(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        buf.add(rows("data", "m1", 0, 25) + rows("data", "m2", 100, 5, size=2000))
+        buf.add(rows("event", "m1", 200, 3) + rows("gap", "m1", 300, 2) + rows("status", "_agent", 400, 2))
+        sink = FileSink(out)
+        batching = Batching(max_records=1000, max_delay=0, max_message_records=10, max_message_bytes=4200)
+        fwd = Forwarder(buf, sink, site="s", batching=batching, delays=quick)
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values())))
+    got = lines(out)
+    assert [m["lane"] for m in got] == ["status", "gap", "event", "data", "data", "data", "data", "data", "data"]
+    data = [m for m in got if m["lane"] == "data"]
+    assert [len(m["records"]) for m in data if m["asset"] == "m1"] == [10, 10, 5]  # type: ignore[arg-type]
+    assert [len(m["records"]) for m in data if m["asset"] == "m2"] == [2, 2, 1], "4,200 bytes hold two 2 KB records"  # type: ignore[arg-type]
+    seqs = [int(r["id"].rsplit("-", 1)[1]) for m in data if m["asset"] == "m1" for r in m["records"]]  # type: ignore[attr-defined, union-attr]
+    assert seqs == sorted(seqs) and len(seqs) == 25
+
+
+def test_a_publish_the_broker_refuses_is_dead_lettered_with_its_reason_and_never_sent_again(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite t/s/allowed/#\n")
+    with (
+        MosquittoBroker(tmp_path / "broker", extra_conf=[f"acl_file {acl}"]) as broker,
+        Subscriber(port=broker.port, topic="t/s/#") as sub,
+        Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf,
+    ):
+        dead = DeadLetters(tmp_path / "dead.db")
+        buf.add(rows("data", "allowed", 0, 30) + rows("data", "denied", 100, 20))
+        sink = mqtt(broker.port, protocol="5")
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_delay=0), delays=quick, dead_letters=dead)
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values())))
+        assert sub.wait_for(lambda got: sum(len(orjson.loads(p)["records"]) for _, p in got) >= 30, timeout=10)
+        assert {t for t, _ in sub.messages()} == {"t/s/allowed/data"}
+        letters = dead.list()
+        assert len(letters) == 20 and dead.count() == 20
+        assert {d.key for d in letters} == {"denied"} and all("Not authorized" in d.reason for d in letters)
+        assert [d.record_id for d in letters] == [f"{buf.origin}-{seq}" for seq in range(31, 51)]
+        assert fwd.stats.rejected_records == 20 and fwd.stats.failed_sends == 0, "refused once, not again and again"
+        dead.close()
+
+
+def test_a_record_larger_than_the_broker_takes_is_dead_lettered_before_it_is_sent(tmp_path: Path) -> None:
+    """mosquitto announces its max_packet_size to MQTT 5 clients and disconnects whoever sends more."""
+    with (
+        MosquittoBroker(tmp_path / "broker", extra_conf=["max_packet_size 20000"]) as broker,
+        Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf,
+    ):
+        dead = DeadLetters(tmp_path / "dead.db")
+        buf.add([*rows("data", "m1", 0, 10), ("data", "m1", 10.0, b'{"big":"' + b"y" * 50000 + b'"}')])
+        buf.add(rows("data", "m1", 11, 100, size=500))
+        sink = mqtt(broker.port, protocol="5")
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_delay=0), delays=quick, dead_letters=dead)
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values())))
+        assert sink.max_message_bytes == 20000
+        assert [len(d.body) for d in dead.list()] == [50_010]
+        assert "larger than the far end takes (20000 bytes" in dead.list()[0].reason
+        assert fwd.stats.sent_records == 110
+        assert "Client forwarder-test disconnected" not in broker.log().replace("disconnected.", "")
+        dead.close()
+
+
+def test_unconfirmed_sends_stay_buffered_and_go_again_with_the_same_ids(tmp_path: Path) -> None:
+    with (
+        MosquittoBroker(tmp_path / "broker") as broker,
+        Subscriber(port=broker.port, topic="t/s/#") as sub,
+        Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf,
+    ):
+        buf.add(rows("data", "m1", 0, 50))
+        sink = mqtt(broker.port)
+        batching = Batching(max_delay=0, max_records=10, send_timeout=0.5)
+        fwd = Forwarder(buf, sink, site="s", batching=batching, delays=quick)
+
+        async def scenario() -> None:
+            run = asyncio.create_task(run_until(fwd, sink, lambda: not sum(buf.pending().values()), timeout=60))
+            await until(lambda: sink.connected, 10)
+            broker.suspend()  # connected, but nothing is acknowledged
+            await until(lambda: fwd.stats.failed_sends >= 2, 20)
+            assert buf.pending()["data"] > 0
+            broker.resume()
+            await run
+
+        asyncio.run(scenario())
+        expected = {f"{buf.origin}-{seq}" for seq in range(1, 51)}
+        assert sub.wait_for(lambda got: {r["id"] for _, p in got for r in orjson.loads(p)["records"]} == expected, 10)
+
+
+def test_a_forwarder_that_died_mid_batch_gives_its_records_back_when_restarted(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        buf.add(rows("data", "m1", 0, 20))
+        assert buf.begin("data", 15) is not None  # the batch of a forwarder that then died
+        assert buf.waiting()["data"] == 5
+        sink = FileSink(out)
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_delay=0), delays=quick)
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values())))
+    ids = [r["id"] for m in lines(out) for r in m["records"]]  # type: ignore[attr-defined]
+    assert ids == [f"{buf.origin}-{seq}" for seq in range(1, 21)]
+
+
+def test_several_batches_are_in_flight_over_a_slow_link_and_each_asset_keeps_its_order(tmp_path: Path) -> None:
+    with (
+        MosquittoBroker(tmp_path / "broker") as broker,
+        Subscriber(port=broker.port, topic="t/s/#") as sub,
+        Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf,
+    ):
+        for start in range(0, 4000, 1000):
+            buf.add(rows("data", "m1", start, 500) + rows("data", "m2", start + 500, 500))
+        total = buf.pending()["data"]
+
+        async def scenario() -> None:
+            async with TcpProxy("127.0.0.1", broker.port, delay=0.05) as link:  # +100 ms round trip
+                sink = mqtt(link.port)
+                batching = Batching(max_delay=0, max_records=200, max_message_records=100, in_flight=4)
+                fwd = Forwarder(buf, sink, site="s", batching=batching, delays=quick)
+                await run_until(fwd, sink, lambda: not sum(buf.pending().values()), timeout=60)
+                assert fwd.stats.max_window >= 2, "stop-and-wait: one batch at a time"
+
+        asyncio.run(scenario())
+        assert sub.wait_for(lambda got: sum(len(orjson.loads(p)["records"]) for _, p in got) >= total, 20)
+        for asset in ("m1", "m2"):
+            seqs = [
+                int(r["id"].rsplit("-", 1)[1])
+                for t, p in sub.messages()
+                if t == f"t/s/{asset}/data"
+                for r in orjson.loads(p)["records"]
+            ]
+            assert seqs == sorted(seqs) and len(seqs) == 2000
+
+
+def test_drain_sends_the_backlog_and_gives_up_at_its_deadline(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+
+    async def scenario() -> None:
+        with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+            buf.add(rows("data", "m1", 0, 3000))
+            sink = FileSink(out)
+            runner = asyncio.create_task(sink.run())
+            await until(lambda: sink.connected, 10)
+            fwd = Forwarder(buf, sink, site="s", batching=Batching(max_records=500), delays=quick)
+            assert await fwd.drain(timeout=20)
+            assert not sum(buf.pending().values())
+            buf.add(rows("data", "m1", 5000, 10))
+            runner.cancel()
+            await sink.stop()  # nothing can be written now
+            started = asyncio.get_running_loop().time()
+            assert not await fwd.drain(timeout=0.5)
+            assert asyncio.get_running_loop().time() - started < 2
+            assert buf.pending()["data"] == 10
+
+    asyncio.run(scenario())
+    assert sum(len(m["records"]) for m in lines(out)) == 3000  # type: ignore[arg-type]
+
+
+def test_the_file_sink_leaves_no_partial_line_when_a_write_fails(tmp_path: Path) -> None:
+    """A real EFBIG from the kernel (file-size limit) in the middle of a write: the line is cut off again."""
+    out = tmp_path / "out.jsonl"
+    first = [Message("a", b'{"n":1}')]
+    second = [Message("a", b'{"n":2,"pad":"' + b"z" * 8000 + b'"}')]
+
+    async def scenario() -> None:
+        sink = FileSink(out)
+        runner = asyncio.create_task(sink.run())
+        await until(lambda: sink.connected, 10)
+        assert await sink.send(first, timeout=5) == [True]
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+        try:
+            assert await sink.send(second, timeout=5) == [False]
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, previous)
+        assert await sink.send(second, timeout=5) == [True]
+        runner.cancel()
+        await sink.stop()
+
+    asyncio.run(scenario())
+    assert out.read_bytes() == b'{"n":1}\n' + second[0].payload + b"\n"
+    assert os.path.getsize(out) > 4096
