@@ -2,8 +2,13 @@
 
 The caller guarantees nothing beyond the types; the adapter guarantees that it awaits
 `emit` for every batch before it acknowledges that batch to the server, so whatever `emit`
-has committed when it returns is safe, and whatever it raises is not acknowledged as
-handled (the adapter logs it and reports an interruption for the affected items).
+has committed when it returns is safe. `emit` must account for what it could not take itself
+(the agent reports it as a gap): the server considers a batch delivered once the callback
+returns, whatever happened, so an exception from `emit` is only logged.
+
+Interruptions come in two reports: when collection stops (`end` is None: the connection was
+lost) and when it resumes (`end` set). The first comes before the adapter tries anything else,
+so the agent can note, before any later value arrives, where each element's gap starts.
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ class Event(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Interruption:
-    """Collection for `handles` was interrupted from `start` until `end` (both UTC, aware)."""
+    """Collection for `handles` (items and event sources) stopped at `start` and, once `end` is set,
+    resumed at `end` (both UTC, aware, the agent's clock)."""
 
     source: str
     handles: tuple[int, ...]
     start: datetime
-    end: datetime
+    end: datetime | None
     reason: str
 
 

@@ -87,10 +87,6 @@ class Agent:
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
-        if self._previous is not None:
-            # Until each source's downtime gap is written, a restart keeps where it started.
-            for src in cfg.sources:
-                self.runstate.open_gap(src.id, self._previous.gap_start(src.id))
         self.pipeline.restore_marks()
         self._first_connect: set[str] = set()
         self.started = datetime.now(UTC)
@@ -127,13 +123,27 @@ class Agent:
         await self.pipeline.on_state(s)
         if s.state == "connected" and s.source not in self._first_connect:
             self._first_connect.add(s.source)
-            prev = self._previous
-            src = next(x for x in self.sources if x.endpoint.id == s.source)
-            if prev is not None and src.active:
-                reason = "agent was stopped" if prev.clean else "agent stopped unexpectedly (crash or kill)"
-                start = prev.gap_start(s.source)
-                await self.pipeline.on_interruption(Interruption(s.source, src.active, start, s.time, reason))
-            self.runstate.close_gap(s.source)
+            # The downtime before this start ends here (its gap began in _open_downtime).
+            await self.pipeline.on_interruption(Interruption(s.source, (), s.time, s.time, "connected"))
+
+    async def _open_downtime(self) -> None:
+        """Before anything is collected: every element's gap since the previous run stopped is opened.
+
+        Each element's gap starts at its last stored value (kept in the buffer); an earlier run
+        that was killed before it reconnected left its gaps open, and they keep their start.
+        """
+        prev = self._previous
+        if prev is not None:
+            since = prev.last_alive
+            reason = "agent was stopped" if prev.clean else "agent stopped unexpectedly (crash or kill)"
+        elif self.pipeline.last:
+            since = self.started
+            reason = "agent started; the previous run left no heartbeat"
+        else:
+            return
+        for src in self.sources:
+            handles = tuple(i.handle for i in src.items) + tuple(e.handle for e in src.events)
+            await self.pipeline.on_interruption(Interruption(src.endpoint.id, handles, since, None, reason))
 
     async def _component_report(self, name: str, kind: str, message: str) -> None:
         down = sorted(self.supervisor.down)
@@ -167,6 +177,9 @@ class Agent:
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
         """Collect until `stop` is set; raises ComponentFailed when a component keeps failing."""
         sup = self.supervisor
+        # First the downtime since the last run, durably, then the new heartbeat (in that order: a
+        # start killed in between must not leave a later heartbeat and no open gap behind).
+        await self._open_downtime()
         for sink in self.sinks:
             sup.start(f"sink-{sink.name}", sink.run)
         self.runstate.beat()
@@ -197,6 +210,7 @@ class Agent:
         await sup.stop(*sup.names("source-"), "heartbeat")
         self.runstate.beat()
         with contextlib.suppress(Exception):
+            await self.pipeline.flush(everything=True)
             await self.pipeline.status("agent-stopping", "stopped by request")
         await sup.stop(*sup.names("forwarder-"))
         for f in self.forwarders:
@@ -219,6 +233,7 @@ class Agent:
         while True:
             await asyncio.sleep(1.0)
             self.runstate.beat()
+            await self.pipeline.flush()
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())

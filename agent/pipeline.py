@@ -4,25 +4,43 @@ Everything here is per batch: one pass over the samples, one `add` per buffer. T
 part of every record (shell, submodel, idShort path, semanticId, valueType, unit, node) is
 encoded once per element at start-up; per value only the value, the two timestamps and the
 status are encoded.
+
+Nothing is dropped silently: a value that does not fit its type goes to the status lane, a Bad
+sample travels with `value: null`, the server's queue overflow and batches the disk refused
+become gaps (gaps.py), and so do the records the disk quota dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from aas_models.live import LiveValues
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
+from agent.gaps import AGENT, SERVER, SOURCE, GapBook, GapRecord, Member
 from uploader import wire
-from uploader.buffer import Buffer, BufferError, Dropped, Row
+from uploader.buffer import Buffer, BufferError, Row
 
 log = logging.getLogger(__name__)
 
 AGENT_KEY = "_agent"
+# StatusCode InfoBits: InfoType "DataValue" (0x400) with the Overflow bit (0x80): the server's
+# queue for this item overflowed and it discarded values (OPC UA Part 4, 7.39.1).
+OVERFLOW: Final = 0x480
+_BAD_SHOWN = 200  # characters of a value that did not fit, in the status record
+_HELD_STATUS = 1000  # status records held in memory while no buffer takes them
+
+# One element's last stored value: (time, status, encoded value or None, clock, digest of the value).
+# After a restart the value itself is not known, only its digest (crc32 of its JSON form).
+_Last = tuple[float, int, Any, str, int | None]
+_UNKNOWN: Final = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +48,7 @@ class Binding:
     """One collected item and the AAS element it feeds."""
 
     handle: int
+    source: str
     equipment: str
     shell_id: str
     submodel_id: str
@@ -38,25 +57,24 @@ class Binding:
     node: str
     prefix: bytes  # the constant part of every data record of this element
     encode: wire.ValueEncoder
-    mark: str  # key of this element's last-source-time mark in the buffer
+    mark: str  # key of this element's last-stored mark in the buffer
 
 
 @dataclass(frozen=True, slots=True)
 class EventBinding:
     handle: int
+    source: str
     equipment: str
     shell_id: str
+    submodel_id: str
     name: str
     node: str
 
 
-def make_binding(
-    handle: int,
-    equipment: str,
-    element: wire.Element,
-) -> Binding:
+def make_binding(handle: int, source: str, equipment: str, element: wire.Element) -> Binding:
     return Binding(
         handle,
+        source,
         equipment,
         element.shell,
         element.submodel,
@@ -73,8 +91,8 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _epoch(t: datetime | None) -> float:
-    return t.timestamp() if t is not None else _utcnow().timestamp()
+def _digest(value: Any) -> int:
+    return zlib.crc32(orjson.dumps(value))
 
 
 class Pipeline:
@@ -88,7 +106,9 @@ class Pipeline:
         live: LiveValues,
         *,
         delays: Callable[[], Iterator[float]],
-        store_timeout: float = 30.0,
+        store_timeout: float = 10.0,
+        gap_wait_s: float = 10.0,
+        flush_s: float = 60.0,
         on_stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.bindings: dict[int, Binding] = {b.handle: b for b in bindings}
@@ -97,14 +117,34 @@ class Pipeline:
         self.live = live
         self._delays = delays
         self._store_timeout = store_timeout
+        self._flush_s = flush_s
         self._on_stored = on_stored
-        self._held: list[list[Row]] = [[] for _ in self.buffers]  # per buffer: protected rows not stored yet
-        # (source time as epoch seconds, status) last stored per handle: a resubscribe or restart
-        # re-reports the current value with its old source time, which is a repeat, not a new value.
-        self.last: dict[int, tuple[float, int]] = {}
+        members = {
+            b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
+            for b in bindings
+        }
+        members |= {
+            e.handle: Member(
+                e.source, e.equipment, e.shell_id, e.submodel_id, e.name, f"open:{e.equipment}!{e.name}", True
+            )
+            for e in events
+        }
+        self.gaps = GapBook(members, wait_s=gap_wait_s)
+        # Per buffer, what it could not take yet: gap records (with the marks they clear) and status rows.
+        self._held_gaps: list[list[GapRecord]] = [[] for _ in self.buffers]
+        self._held_status: list[list[Row]] = [[] for _ in self.buffers]
+        self._status_lost = [0 for _ in self.buffers]
+        self._held_marks: list[dict[str, str]] = [{} for _ in self.buffers]  # open marks not saved yet
+        self._last_flush = 0.0
+        self._drops_reported = [0.0 for _ in self.buffers]  # loop time of each buffer's last quota report
+        # A resubscribe or restart re-reports each current value with its old source time: that is
+        # a repeat, not a new value, when time, status and value are the same.
+        self.last: dict[int, _Last] = {}
+        self._bad: dict[int, list[Any]] = {}  # handle -> [values not fitting since the last report, first time]
         self.repeats = 0
         self.values_in = 0
         self.bad_values = 0
+        self.null_values = 0
 
     # -- adapter callbacks ----------------------------------------------------------------------
 
@@ -114,38 +154,90 @@ class Pipeline:
         bindings = self.bindings
         update = self.live.update
         data_body = wire.data_body
-        bad: list[Row] = []
         last = self.last
-        marks: dict[str, tuple[float, int]] = {}
+        opened = self.gaps.open
+        closing = False  # a value of an element with an open gap arrived
+        touched: dict[int, _Last | None] = {}  # handle -> its stamp before this batch
         repeats = 0
         now = _utcnow().timestamp()
         for s in samples:
-            b = bindings.get(s.handle)
+            h = s.handle
+            b = bindings.get(h)
             if b is None:
                 continue
             st = s.source_time
             if st is not None:
-                t = st.timestamp()
-                stamp = (t, s.status)
-                if last.get(s.handle) == stamp:
+                t, clock = st.timestamp(), SOURCE
+            elif s.server_time is not None:
+                t, clock = s.server_time.timestamp(), SERVER
+            else:
+                t, clock = now, AGENT
+            if s.value is None:
+                value = None
+                self.null_values += 1
+            else:
+                try:
+                    value = b.encode(s.value)
+                except (wire.WireValueError, TypeError, ValueError) as exc:
+                    self._bad_value(b, s, exc, rows)
+                    continue
+            if h in self._bad:
+                self._settle_bad(b, rows)
+            status = s.status
+            prev = last.get(h)
+            if opened and h in opened:
+                self.gaps.seen(h, (t, clock))
+                closing = True
+            if prev is not None and clock == SOURCE and prev[0] == t and prev[1] == status:
+                if prev[2] is _UNKNOWN:
+                    if prev[4] == _digest(value):
+                        repeats += 1
+                        continue
+                elif prev[2] == value:
                     repeats += 1
                     continue
-                last[s.handle] = marks[b.mark] = stamp
-            else:
-                t = s.server_time.timestamp() if s.server_time is not None else now
-            try:
-                value = b.encode(s.value)
-            except (wire.WireValueError, TypeError, ValueError) as exc:
-                bad.append(self._bad_value_row(b, s, exc))
-                continue
-            append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, s.status)))
+            if status & OVERFLOW == OVERFLOW:
+                start = prev[0] if prev is not None and prev[3] == clock else None
+                self.gaps.accumulate(
+                    "overflow", "the server's queue overflowed: it discarded values", h, start, t, clock
+                )
+            if h not in touched:
+                touched[h] = prev
+            last[h] = (t, status, value, clock, None)
+            append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, status)))
             update(b.shell_id, b.path, s.value)
-        if bad:
-            self.bad_values += len(bad)
-            rows.extend(bad)
         self.values_in += len(samples)
         self.repeats += repeats
-        await self.store(rows, {k: f"{t!r}|{status}" for k, (t, status) in marks.items()})
+        marks = {bindings[h].mark: self._mark(last[h]) for h in touched}
+        if not await self.store(rows, marks):
+            self._not_stored(samples, touched)
+        if closing:
+            await self.flush()
+
+    def _mark(self, stamp: _Last) -> str:
+        t, status, value, clock, digest = stamp
+        if value is not _UNKNOWN:
+            digest = _digest(value)
+        return f"{t!r}|{status}|{clock}|{digest}"
+
+    def _not_stored(self, samples: Sequence[Sample], before: dict[int, _Last | None]) -> None:
+        """A batch no buffer took: its values are lost; each element's range becomes a gap."""
+        log.error("%d values could not be stored (the disk refuses); they are reported as a gap", len(samples))
+        for h, prev in before.items():  # what was not stored is not the last stored value
+            if prev is None:
+                self.last.pop(h, None)
+            else:
+                self.last[h] = prev
+        now = _utcnow().timestamp()
+        reason = "values could not be stored: the disk refused"
+        for s in samples:
+            if s.handle not in self.bindings:
+                continue
+            when = s.source_time or s.server_time
+            t, clock = (when.timestamp(), SOURCE if s.source_time else SERVER) if when else (now, AGENT)
+            prev = self.last.get(s.handle)
+            start = prev[0] if prev is not None and prev[3] == clock else None
+            self.gaps.accumulate("not-stored", reason, s.handle, start, t, clock, lost=1)
 
     async def on_events(self, events: Sequence[Event]) -> None:
         rows: list[Row] = []
@@ -155,10 +247,21 @@ class Pipeline:
                 continue
             body = wire.event_body(shell=b.shell_id, source=b.name, node=b.node, time=ev.time, fields=ev.fields)
             rows.append(("event", b.equipment, ev.time.timestamp(), body))
-        await self.store(rows)
+        if not await self.store(rows):
+            for ev in events:
+                t = ev.time.timestamp()
+                self.gaps.accumulate(
+                    "not-stored", "events could not be stored: the disk refused", ev.handle, t, t, SOURCE, lost=1
+                )
 
     async def on_interruption(self, i: Interruption) -> None:
-        await self.store(self.gap_rows(i.handles, i.start, i.end, i.reason))
+        """Begin (`end` None): open the elements' gaps, durably. End: their gap records follow their first values."""
+        if i.end is None:
+            marks = self.gaps.begin(i.handles, i.start, i.reason, {h: (v[0], v[3]) for h, v in self.last.items()})
+            await self.store([], marks)
+        else:
+            self.gaps.end(i.source, i.end)
+            await self.flush()
 
     async def on_problem(self, p: NodeProblem) -> None:
         b = self.bindings.get(p.handle)
@@ -174,99 +277,150 @@ class Pipeline:
         await self.store([("status", AGENT_KEY, _utcnow().timestamp(), body)])
 
     def restore_marks(self) -> None:
-        """Load each element's last stored (source time, status) from the buffer, after a restart."""
+        """After a restart: each element's last stored stamp, and the gaps an earlier run left open."""
         if not self.buffers:
             return
+        marks = self.buffers[0].marks()
         by_mark = {b.mark: h for h, b in self.bindings.items()}
-        for key, value in self.buffers[0].marks().items():
+        for key, value in marks.items():
             h = by_mark.get(key)
             if h is None:
                 continue
             try:
-                t, status = value.rsplit("|", 1)
-                self.last[h] = (float(t), int(status))
+                t, status, clock, digest = value.split("|")
+                self.last[h] = (float(t), int(status), _UNKNOWN, clock, int(digest))
             except ValueError:
                 continue
+        self.gaps.restore(marks)
+
+    # -- periodic -------------------------------------------------------------------------------
+
+    async def flush(self, *, everything: bool = False) -> None:
+        """Write gap records that are due, and (every `flush_s`, or when `everything`) accumulated ones."""
+        now = _utcnow().timestamp()
+        records = self.gaps.due(now, everything=everything)
+        if everything or now - self._last_flush >= self._flush_s:
+            self._last_flush = now
+            records += self.gaps.accumulated()
+            rows: list[Row] = []
+            for h, b in list(self.bindings.items()):
+                if h in self._bad and self._bad[h][0]:
+                    self._settle_bad(b, rows)
+            if rows:
+                await self.store(rows)
+        if records:
+            for held in self._held_gaps:
+                held += records
+            await self.store([])
 
     # -- records --------------------------------------------------------------------------------
 
-    def gap_rows(
-        self, handles: Sequence[int], start: datetime, end: datetime, reason: str, *, dropped: int | None = None
-    ) -> list[Row]:
-        by_element: dict[tuple[str, str, str], list[str]] = {}
-        for h in handles:
-            b = self.bindings.get(h)
-            if b is not None:
-                by_element.setdefault((b.equipment, b.shell_id, b.submodel_id), []).append(b.path)
-        return [
-            (
-                "gap",
-                equipment,
-                start.timestamp(),
-                wire.gap_body(
-                    shell=shell, submodel=submodel, paths=paths, start=start, end=end, reason=reason, dropped=dropped
-                ),
-            )
-            for (equipment, shell, submodel), paths in by_element.items()
-        ]
-
-    def _bad_value_row(self, b: Binding, s: Sample, exc: Exception) -> Row:
+    def _bad_value(self, b: Binding, s: Sample, exc: Exception, rows: list[Row]) -> None:
+        """The first value of an element that does not fit is reported at once; later ones are counted."""
+        self.bad_values += 1
+        entry = self._bad.get(b.handle)
+        if entry is not None:
+            entry[0] += 1
+            entry[2] = s.value
+            return
+        self._bad[b.handle] = [0, s.source_time, s.value]
         # The value is kept (as text) on the status lane: a wrong type is reported, not lost.
-        log.warning("%s %s: value %r does not fit %s: %s", b.equipment, b.path, s.value, b.value_type, exc)
+        shown = repr(s.value)[:_BAD_SHOWN]
+        log.warning("%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc)
         body = wire.status_body(
             _utcnow(),
             "bad-value",
-            f"value {s.value!r} does not fit {b.value_type}: {exc}",
+            f"value {shown} does not fit {b.value_type}: {exc}",
             shell=b.shell_id,
             path=b.path,
             node=b.node,
             sourceTime=s.source_time,
         )
-        return ("status", b.equipment, _epoch(s.source_time), body)
+        rows.append(("status", b.equipment, _utcnow().timestamp(), body))
 
-    def _dropped_rows(self, dropped: Dropped) -> list[Row]:
+    def _settle_bad(self, b: Binding, rows: list[Row]) -> None:
+        count, since, latest = self._bad.pop(b.handle)
+        if count:
+            body = wire.status_body(
+                _utcnow(),
+                "bad-value",
+                f"{count} more values did not fit {b.value_type} since {since}; latest {repr(latest)[:_BAD_SHOWN]}",
+                shell=b.shell_id,
+                path=b.path,
+                node=b.node,
+                count=count,
+            )
+            rows.append(("status", b.equipment, _utcnow().timestamp(), body))
+
+    def _quota_rows(self, drops: dict[str, tuple[int, float, float]]) -> list[Row]:
         rows: list[Row] = []
-        for key, (count, first, last) in dropped.by_key.items():
-            handles = [b.handle for b in self.bindings.values() if b.equipment == key]
-            start = datetime.fromtimestamp(first, UTC)
-            end = datetime.fromtimestamp(last, UTC)
+        for key, (count, first, last) in drops.items():
+            members = [b for b in self.bindings.values() if b.equipment == key]
+            start, end = datetime.fromtimestamp(first, UTC), datetime.fromtimestamp(last, UTC)
+            if not members:
+                continue
+            elements = [wire.GapElement(b.path, start, end, "records") for b in members]
             reason = f"disk quota reached: {count} oldest records dropped"
-            rows += self.gap_rows(handles, start, end, reason, dropped=count)
+            body = wire.gap_body(
+                shell=members[0].shell_id, submodel=members[0].submodel_id, start=start, end=end, reason=reason,
+                elements=elements, lost=count,
+            )  # fmt: skip
+            rows.append(("gap", key, first, body))
             log.warning("buffer quota: dropped %d oldest records of %s (%s .. %s)", count, key, start, end)
         return rows
 
-    async def store(self, rows: list[Row], marks: dict[str, str] | None = None) -> None:
-        """Commit rows to every buffer; retry with backoff while a disk refuses, then raise.
+    # -- storing --------------------------------------------------------------------------------
 
-        Raising makes the adapter report an interruption. Protected records (gaps, status) that a
-        buffer could not take are held in memory and written first once it takes them again.
+    async def store(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
+        """Commit rows (and marks) to every buffer, with what each holds back; retry while a disk refuses.
+
+        While it retries the adapter's callback waits, so the server holds its queue (backpressure).
+        Returns False if a buffer still refused after `store_timeout`: its data rows are lost (the
+        caller reports them as a gap), its gap and status rows are held and written first next time.
         """
-        failure: BufferError | None = None
+        ok = True
         for i, buf in enumerate(self.buffers):
-            try:
-                await self._store_one(i, buf, rows, marks or {})
-            except BufferError as exc:
-                failure = exc
+            ok = await self._store_one(i, buf, rows, marks or {}) and ok
         self._on_stored()
-        if failure is not None:
-            raise failure
+        return ok
 
-    async def _store_one(self, i: int, buf: Buffer, rows: list[Row], marks: dict[str, str]) -> None:
-        batch = self._held[i] + rows if self._held[i] else rows
+    async def _store_one(self, i: int, buf: Buffer, rows: list[Row], marks: dict[str, str]) -> bool:
+        gaps, status = self._held_gaps[i], self._held_status[i]
+        batch = [(r.equipment, r.ts, r.body) for r in gaps]
+        all_rows = [("gap", e, ts, body) for e, ts, body in batch] + status + rows
+        if self._status_lost[i]:
+            lost = self._status_lost[i]
+            body = wire.status_body(_utcnow(), "status-lost", f"{lost} status records could not be stored (disk full)")
+            all_rows.insert(0, ("status", AGENT_KEY, _utcnow().timestamp(), body))
+        unmark = [m for r in gaps for m in r.clears]
+        if self._held_marks[i]:
+            marks = self._held_marks[i] | marks
         delays = self._delays()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._store_timeout
-        while batch:
+        while True:
             try:
-                dropped = buf.add(batch, marks.items())
+                dropped = buf.add(all_rows, marks.items(), unmark=unmark)
+                break
             except BufferError as exc:
                 if loop.time() >= deadline:
-                    self._held[i] = [r for r in batch if r[0] != "data"][-10000:]
-                    raise
-                log.error("cannot store %d records, retrying: %s", len(batch), exc)
+                    # Where open gaps start must reach the disk before anything that would move it.
+                    self._held_marks[i] = {k: v for k, v in marks.items() if k.startswith("open:")}
+                    held = status + [r for r in rows if r[0] == "status"]
+                    self._status_lost[i] += max(0, len(held) - _HELD_STATUS)
+                    self._held_status[i] = held[-_HELD_STATUS:]
+                    self._held_gaps[i] = gaps
+                    return not any(r[0] != "status" and r[0] != "gap" for r in rows)
+                log.error("cannot store %d records, retrying: %s", len(all_rows), exc)
                 await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
-                continue
-            # What the quota dropped becomes a gap record in the same buffer (gaps are never dropped).
-            batch = self._dropped_rows(dropped) if dropped.count else []
-            marks = {}
-        self._held[i] = []
+        self._held_gaps[i], self._held_status[i], self._status_lost[i], self._held_marks[i] = [], [], 0, {}
+        # What the quota dropped is reported once the episode is over (an add that dropped nothing), or
+        # every flush_s: one growing account per machine, kept in the buffer until reported.
+        drops = buf.drops()
+        if drops and (not dropped.count or loop.time() - self._drops_reported[i] >= self._flush_s):
+            try:
+                buf.add(self._quota_rows(drops), settle=list(drops))
+                self._drops_reported[i] = loop.time()
+            except BufferError as exc:
+                log.error("cannot store the report of the quota's drops yet (kept in the buffer): %s", exc)
+        return True

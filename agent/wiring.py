@@ -48,11 +48,11 @@ def plan(cfg: Config, env: ShellEnvironment) -> Plan:
                 is_array=p.array,
                 unit=p.unit,
             )
-            out.bindings.append(make_binding(handle, e.id, element))
+            out.bindings.append(make_binding(handle, e.source, e.id, element))
             out.items.setdefault(e.source, []).append(_item(handle, p))
         for ev in e.events:
             handle += 1
-            out.events.append(EventBinding(handle, e.id, shell_id, ev.name, ev.node))
+            out.events.append(EventBinding(handle, e.source, e.id, shell_id, submodel_id, ev.name, ev.node))
             out.event_items.setdefault(e.source, []).append(EventItem(handle, ev.node, ev.fields))
     return out
 

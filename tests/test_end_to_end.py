@@ -203,8 +203,22 @@ def only(s: SignalInfo) -> bool:
 ONLY = [s for s in catalogue(1) if only(s)]
 
 
-def covered(t: datetime, gaps: list[tuple[datetime, datetime]]) -> bool:
-    return any(start <= t <= end for start, end in gaps)
+def element_gaps(gaps: list[dict[str, Any]], data: list[dict[str, Any]]) -> dict[str, list[tuple[Any, Any]]]:
+    """Per node: the (start, end) of each gap of its element (bounds inclusive; None: open on that side)."""
+    node_of = {(r["shell"], r["path"]): r["node"] for r in data}
+    out: dict[str, list[tuple[Any, Any]]] = {}
+    for g in gaps:
+        for e in g["elements"]:
+            node = node_of.get((g["shell"], e["path"]))
+            if node is not None:
+                start = ts(e["start"]) if e["start"] else None
+                end = ts(e["end"]) if e["end"] else None
+                out.setdefault(node, []).append((start, end))
+    return out
+
+
+def covered(t: datetime, gaps: list[tuple[Any, Any]]) -> bool:
+    return any((start is None or start <= t) and (end is None or t <= end) for start, end in gaps)
 
 
 def test_sigkill_loses_nothing_and_gap_covers_downtime(
@@ -230,11 +244,11 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         got = received(subscriber)
         gaps = got.unique("gap")
         assert gaps and all("unexpectedly" in g["reason"] for g in gaps)
-        gap_paths = {p for g in gaps for p in g["paths"]}
+        gap_paths = {e["path"] for g in gaps for e in g["elements"]}
         assert len(gap_paths) == len(ONLY)
-        intervals = [(ts(g["start"]), ts(g["end"])) for g in gaps]
-        assert all(start <= killed_at for start, _ in intervals)
+        assert all(ts(g["start"]) <= killed_at for g in gaps)
         data = got.records("data")
+        intervals = element_gaps(gaps, data)
         arrived = {(r["node"], ts(r["sourceTime"])) for r in data}
         # duplicates only as repeats of the same record id
         by_value: dict[tuple[str, datetime], set[str]] = {}
@@ -250,7 +264,8 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
             # A subscription starts with the value current at that moment; what was written
             # before the agent's first subscription was never the agent's to deliver.
             for t, _ in fac.written(s.node_id):
-                if first[s.node_id] < t <= restarted_at and (s.node_id, t) not in arrived and not covered(t, intervals):
+                gaps_of = intervals.get(s.node_id, [])
+                if first[s.node_id] < t <= restarted_at and (s.node_id, t) not in arrived and not covered(t, gaps_of):
                     missing.append((s.node_id, t))
         assert not missing, (
             f"{len(missing)} values neither arrived nor are covered by a gap: {missing[:3]}; "
@@ -307,7 +322,25 @@ def test_server_restart_resubscribes_with_a_gap(
             assert agent.stop() == 0
         got = received(subscriber)
     gaps = got.unique("gap")
-    assert len({p for g in gaps for p in g["paths"]}) == len(ONLY)
+    assert len({e["path"] for g in gaps for e in g["elements"]}) == len(ONLY)
     assert all(ts(g["start"]) <= stopped_at <= ts(g["end"]) for g in gaps)
+    data = got.records("data")
+    intervals = element_gaps(gaps, data)
+    arrived = {(r["node"], ts(r["sourceTime"])) for r in data}
+    last = max(ts(r["sourceTime"]) for r in data)
+    first: dict[str, datetime] = {}
+    for node, t in arrived:
+        first[node] = min(t, first.get(node, t))
+    # From each element's first value (what was written before the agent subscribed was never its
+    # to deliver) to the last value seen: every value arrived or is inside its element's gap.
+    missing = [
+        (s.node_id, t)
+        for s in ONLY
+        for t, _ in fac.written(s.node_id)
+        if first[s.node_id] < t < last
+        and (s.node_id, t) not in arrived
+        and not covered(t, intervals.get(s.node_id, []))
+    ]
+    assert not missing, f"{len(missing)} values neither arrived nor are covered by their element's gap: {missing[:3]}"
     states = [r["kind"] for r in got.records("status")]
     assert "source-disconnected" in states and states.count("source-connected") >= 2

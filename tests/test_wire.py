@@ -89,7 +89,7 @@ def test_payload_splices_stable_ids_and_validates_against_the_shipped_schema() -
 
 def test_schema_rejects_a_record_without_its_value_type() -> None:
     doc = {
-        "v": 1,
+        "v": 2,
         "origin": "0123456789ab",
         "site": "s",
         "lane": "data",
@@ -108,14 +108,32 @@ def _validate(lane: str, body: bytes) -> dict[str, object]:
 
 def test_every_record_builder_writes_what_the_schema_describes() -> None:
     now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    elements = [
+        wire.GapElement("a", now, None, "source"),
+        wire.GapElement("b", None, now, "agent", end_clock="server"),
+    ]
     gap = _validate(
         "gap",
-        wire.gap_body(shell="urn:s", submodel="urn:s/sm", paths=["b", "a"], start=now, end=now, reason="r", dropped=7),
+        wire.gap_body(
+            shell="urn:s",
+            submodel="urn:s/sm",
+            start=now,
+            end=now,
+            reason="r",
+            elements=elements,
+            events=["alarms"],
+            lost=7,
+        ),
     )
-    assert gap["paths"] == ["a", "b"] and gap["dropped"] == 7 and gap["start"] == "2026-11-30T12:00:00Z"
-    assert "dropped" not in _validate(
-        "gap", wire.gap_body(shell="urn:s", submodel="urn:s/sm", paths=["a"], start=now, end=now, reason="r")
+    assert gap["lost"] == 7 and gap["events"] == ["alarms"] and gap["start"] == "2026-11-30T12:00:00Z"
+    assert gap["elements"] == [
+        {"path": "a", "start": "2026-11-30T12:00:00Z", "end": None, "clock": "source"},
+        {"path": "b", "start": None, "end": "2026-11-30T12:00:00Z", "clock": "agent", "endClock": "server"},
+    ]
+    bare = _validate(
+        "gap", wire.gap_body(shell="urn:s", submodel="urn:s/sm", start=now, end=now, reason="r", elements=[])
     )
+    assert "lost" not in bare and "events" not in bare
     status = _validate("status", wire.status_body(now, "bad-value", "300 does not fit", big=2**64 - 1, f=math.nan))
     assert status["kind"] == "bad-value" and status["big"] == str(2**64 - 1) and status["f"] == "NaN"
     fields = {"Message": {"language": "ko-KR", "text": "주축 과부하"}, "Severity": 700, "EventType": "i=2041"}

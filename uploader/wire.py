@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-WIRE_VERSION = 1
-SCHEMA_FILE = "records-v1.schema.json"
+WIRE_VERSION = 2
+SCHEMA_FILE = "records-v2.schema.json"
 MAX_SAFE_INT = 2**53
 
 ValueEncoder = Callable[[Any], Any]
@@ -258,27 +258,51 @@ def event_body(*, shell: str, source: str, node: str, time: datetime, fields: di
     return dumps(rec)
 
 
+@dataclass(frozen=True, slots=True)
+class GapElement:
+    """One element's interrupted range, in the clock its own timestamps use."""
+
+    path: str
+    start: datetime | None  # its last delivered value (None: unknown, e.g. never had one)
+    end: datetime | None  # its first value after (None: until its next value)
+    clock: str  # "source", "server", "agent" or "records" (the dropped records' own times)
+    end_clock: str | None = None  # when the element's first value after used another clock
+
+
 def gap_body(
     *,
     shell: str,
     submodel: str,
-    paths: Iterable[str],
     start: datetime,
     end: datetime,
     reason: str,
-    dropped: int | None = None,
+    elements: Sequence[GapElement],
+    events: Sequence[str] = (),
+    lost: int | None = None,
 ) -> bytes:
-    """Collection of these elements was interrupted from `start` to `end`; `dropped` records the quota took."""
+    """Collection for these elements (and event sources) of one machine was interrupted.
+
+    `start`/`end` bound the interruption as the agent saw it (its own clock); each element's own
+    bounds are in its clock. `lost` counts values known to be lost (quota drops, refused batches).
+    """
+    els = []
+    for e in elements:
+        el: dict[str, Any] = {"path": e.path, "start": e.start, "end": e.end, "clock": e.clock}
+        if e.end_clock is not None:
+            el["endClock"] = e.end_clock
+        els.append(el)
     rec: dict[str, Any] = {
         "shell": shell,
         "submodel": submodel,
-        "paths": sorted(paths),
         "start": start,
         "end": end,
         "reason": reason,
+        "elements": els,
     }
-    if dropped is not None:
-        rec["dropped"] = dropped
+    if events:
+        rec["events"] = list(events)
+    if lost is not None:
+        rec["lost"] = lost
     return dumps(rec)
 
 

@@ -21,7 +21,7 @@ from asyncua import Client, ua
 from adapters.opcua import conformance, lowlevel, requests
 from adapters.opcua.requests import chunks
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
-from adapters.opcua.values import PLAIN_TYPES, plain
+from adapters.opcua.values import NO_TIME_YEAR, PLAIN_TYPES, no_time, plain
 from adapters.sample import (
     EmitEvents,
     EmitSamples,
@@ -96,7 +96,9 @@ class OpcUaSource:
                 self.connected = True
                 now = _now()
                 if down_since is not None:
-                    await self._interrupted(Interruption(self.endpoint.id, self.active, down_since, now, down_reason))
+                    await self._interrupted(
+                        Interruption(self.endpoint.id, self._handles(), down_since, now, down_reason)
+                    )
                     log.info("reconnected to %s after %d attempt(s)", self.endpoint.url, failures)
                 await self._state(SourceState(self.endpoint.id, "connected", now, self.endpoint.url))
                 down_since, failures, delays = None, 0, self._delays()
@@ -118,11 +120,17 @@ class OpcUaSource:
                         log.warning("lost %s: %s", self.endpoint.url, reason)
                     else:
                         log.warning("cannot connect to %s: %s", self.endpoint.url, reason)
+                    self.connected = False
+                    await self._interrupted(Interruption(self.endpoint.id, self._handles(), down_since, None, reason))
                     await self._state(SourceState(self.endpoint.id, "disconnected", _now(), reason))
                 failures += 1
                 self.connected = False
             await self._close(client)
             await asyncio.sleep(next(delays))
+
+    def _handles(self) -> tuple[int, ...]:
+        """Everything this source collects: its items and its event sources."""
+        return tuple(i.handle for i in self.items) + tuple(self._event_handles)
 
     def _client(self) -> Client:
         ep = self.endpoint
@@ -262,7 +270,10 @@ class OpcUaSource:
             if type(v) not in plain_types:
                 v = plain(v)
             sc = dv.StatusCode
-            append(Sample(n.ClientHandle, v, dv.SourceTimestamp, dv.ServerTimestamp, sc.value if sc else 0))
+            st, svt = dv.SourceTimestamp, dv.ServerTimestamp
+            if (st is not None and st.year == NO_TIME_YEAR) or (svt is not None and svt.year == NO_TIME_YEAR):
+                st, svt = no_time(st), no_time(svt)
+            append(Sample(n.ClientHandle, v, st, svt, sc.value if sc else 0))
         await self._deliver(samples)
 
     async def _deliver(self, samples: list[Sample]) -> None:
@@ -270,20 +281,10 @@ class OpcUaSource:
             await self._emit(samples)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            # The batch could not be committed, and the server will consider it delivered once we
-            # return: say so as an interruption instead of losing it silently.
-            log.exception("%s: a batch of %d values could not be stored", self.endpoint.id, len(samples))
-            times = [s.source_time or s.server_time or _now() for s in samples]
-            await self._interrupted(
-                Interruption(
-                    self.endpoint.id,
-                    tuple(sorted({s.handle for s in samples})),
-                    min(times),
-                    max(times),
-                    f"values could not be stored: {exc}",
-                )
-            )
+        except Exception:
+            # The server considers the batch delivered once we return; accounting for what emit
+            # could not take is emit's job (adapters/sample.py). A raise here is a bug to log.
+            log.exception("%s: handling a batch of %d values failed", self.endpoint.id, len(samples))
         else:
             if samples:
                 self._last_data = _now()
@@ -298,7 +299,12 @@ class OpcUaSource:
             when = fields.get("Time")
             out.append(Event(spec.handle, when if isinstance(when, datetime) else _now(), fields))
         if out:
-            await self._emit_events(out)
+            try:
+                await self._emit_events(out)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: handling %d events failed", self.endpoint.id, len(out))
 
     # -- polling ----------------------------------------------------------------------------------
 
@@ -325,15 +331,8 @@ class OpcUaSource:
                 for item, dv in zip(part, values, strict=True):
                     v = dv.Value.Value if dv.Value is not None else None
                     sc = dv.StatusCode
-                    samples.append(
-                        Sample(
-                            item.handle,
-                            plain(v),
-                            dv.SourceTimestamp,
-                            dv.ServerTimestamp,
-                            sc.value if sc else 0,
-                        )
-                    )
+                    st, svt = no_time(dv.SourceTimestamp), no_time(dv.ServerTimestamp)
+                    samples.append(Sample(item.handle, plain(v), st, svt, sc.value if sc else 0))
                 await self._deliver(samples)
             next_at += period
             now = loop.time()

@@ -33,6 +33,15 @@ BUILTIN_TYPE_IDS: dict[int, str] = {t.value: t.name for t in ua.VariantType if t
 TYPE_ALIASES: dict[str, str] = {"UtcTime": "DateTime"}
 
 
+# OPC UA's "no time" is DateTime 0 (and anything before 1601), which asyncua decodes as 1601-01-01.
+NO_TIME_YEAR = 1601
+
+
+def no_time(t: datetime | None) -> datetime | None:
+    """None for OPC UA's "no time"; any other time as it is."""
+    return None if t is None or t.year == NO_TIME_YEAR else t
+
+
 def plain(v: Any) -> Any:
     """A value as the agent expects it (see adapters.sample.Sample)."""
     t = type(v)

@@ -42,6 +42,8 @@ from uploader.buffer.store import Store
 
 log = logging.getLogger("uploader.buffer")
 
+_DROP = "drop:"  # marks the buffer keeps itself: the quota's drops not yet reported
+
 
 class Buffer:
     """The durable queue between the pipeline and the sinks. See the module docstring for the rules."""
@@ -90,10 +92,24 @@ class Buffer:
             for name, count in self._store.pending.items()
         }
         self._batches = Batches(self._store, self._lanes)
+        marks = self._store.marks()
+        self._drops: dict[str, tuple[int, float, float]] = {}
+        for k, v in marks.items():
+            if k.startswith(_DROP):
+                count, first, last = v.split("|")
+                self._drops[k.removeprefix(_DROP)] = (int(count), float(first), float(last))
 
     def marks(self) -> dict[str, str]:
-        """Every mark saved by `add()`, latest value per key."""
-        return self._store.marks()
+        """Every mark saved by `add()`, latest value per key (the buffer's own drop accounts excluded)."""
+        return {k: v for k, v in self._store.marks().items() if not k.startswith(_DROP)}
+
+    def drops(self) -> dict[str, tuple[int, float, float]]:
+        """Records the quota dropped and nobody reported yet: per key (count, earliest ts, latest ts).
+
+        Kept in the file, in the transaction that dropped them, so a crash cannot make a drop silent;
+        `add(..., settle=keys)` clears them in the transaction that stores their report.
+        """
+        return dict(self._drops)
 
     @property
     def last_seq(self) -> int:
@@ -102,21 +118,30 @@ class Buffer:
 
     # -- adding -----------------------------------------------------------------------------------
 
-    def add(self, rows: Sequence[Row], marks: Iterable[tuple[str, str]] = ()) -> Dropped:
+    def add(
+        self,
+        rows: Sequence[Row],
+        marks: Iterable[tuple[str, str]] = (),
+        *,
+        unmark: Iterable[str] = (),
+        settle: Iterable[str] = (),
+    ) -> Dropped:
         """Store `rows` in one transaction; durable (committed) when it returns.
 
         Seqs are assigned grouped by (lane, key), in the order each first appears in `rows`; per
         key the rows keep their order. `marks` (key, value) are saved in the same transaction and
         read back with `marks()`: the caller's own progress notes (the agent keeps each element's
         last source time there, so a restart does not store a value it already had under a
-        second id).
+        second id); `unmark` deletes marks; `settle` clears the drop accounts of these keys (see
+        `drops()`). Any of them alone is a transaction of its own.
 
         If the rows would take the database over the quota, the oldest droppable records are
         deleted in the same transaction and returned as `Dropped`. Raises `ValueError` for an
         unknown lane or a body containing b"\\n", `TypeError` for a wrongly typed row,
         `BufferError` for storage failures; after any of those nothing was written.
         """
-        if not rows:
+        marks, unmark, settle = list(marks), list(unmark), [k for k in settle if k in self._drops]
+        if not rows and not marks and not unmark and not settle:
             return Dropped(0, {})
         try:
             chunks, incoming, seq = self._chunks(rows)
@@ -125,20 +150,35 @@ class Buffer:
         added = {lane: sum(chunk[2] for chunk in lane_chunks) for lane, lane_chunks in chunks.items()}
         pending = {name: lane.pending for name, lane in self._lanes.items()}
         store = self._store
+        drops = {k: v for k, v in self._drops.items() if k not in settle}
         with store.transaction("add") as conn:
-            room = quota.make_room(store, conn, self._lanes, incoming, self.quota_bytes, pending)
+            room = quota.make_room(store, conn, self._lanes, incoming, self.quota_bytes, pending) if rows else None
             for lane, lane_chunks in chunks.items():
                 store.insert(conn, lane, lane_chunks)
             for lane, count in added.items():
                 pending[lane] += count
             store.write_state(conn, seq, pending.values())
             store.write_marks(conn, marks)
+            store.delete_marks(conn, unmark)
+            store.delete_marks(conn, [_DROP + k for k in settle])
+            if room is not None and room.by_key:
+                for key, (n, first, last) in room.by_key.items():
+                    was = drops.get(key)
+                    drops[key] = (
+                        (int(n), first, last)
+                        if was is None
+                        else (was[0] + int(n), min(was[1], first), max(was[2], last))
+                    )
+                store.write_marks(conn, [(_DROP + k, f"{c}|{f!r}|{la!r}") for k, (c, f, la) in drops.items()])
+        self._drops = drops
         store.last_seq = seq
         for name, count in pending.items():
             self._lanes[name].pending = count
         for name, count in added.items():
             self._lanes[name].added += count
             self._lanes[name].unread += count
+        if room is None:
+            return Dropped(0, {})
         quota.apply(room, self._lanes)
         self._note_quota(room.short)
         return Dropped(

@@ -63,6 +63,7 @@ APPLICATION_ID: Final = 0x45414246
 
 _SQL_MARKS_TABLE: Final = "CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
 _SQL_MARK: Final = "INSERT INTO marks (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+_SQL_UNMARK: Final = "DELETE FROM marks WHERE k = ?"
 _SQL_DONE_TABLE: Final = (
     "CREATE TABLE done (lane TEXT NOT NULL, chunk INTEGER NOT NULL, mask BLOB NOT NULL, "
     "PRIMARY KEY (lane, chunk)) WITHOUT ROWID"
@@ -242,6 +243,9 @@ class Store:
 
     def write_marks(self, conn: sqlite3.Connection, marks: Iterable[tuple[str, str]]) -> None:
         conn.executemany(_SQL_MARK, marks)
+
+    def delete_marks(self, conn: sqlite3.Connection, keys: Iterable[str]) -> None:
+        conn.executemany(_SQL_UNMARK, [(k,) for k in keys])
 
     def write_done(self, conn: sqlite3.Connection, lane: str, masks: Iterable[tuple[int, bytearray]]) -> None:
         conn.executemany(_SQL_DONE, [(lane, chunk, mask) for chunk, mask in masks])
