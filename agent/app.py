@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aas_models.live import LiveValues
@@ -26,7 +27,8 @@ from agent.runstate import RunState
 from agent.shells import build_shells
 from agent.supervisor import ComponentFailed, Supervisor
 from agent.wiring import endpoint, make_sink, plan
-from uploader.buffer import Buffer, BufferError
+from uploader.buffer import Buffer, BufferCorruptError, BufferError
+from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
 from uploader.sink import Sink
@@ -49,15 +51,20 @@ class Agent:
         self.buffers: list[Buffer] = []
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
-        self.dead_letters = DeadLetters(cfg.agent.data_dir / DEAD_LETTERS)
+        self.dead_letters = open_dead_letters(cfg.agent.data_dir / DEAD_LETTERS)
+        self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
         for s in cfg.sinks:
             # A chunk per message: whole chunks leave the buffer together, in one delete.
-            buf = Buffer(
+            buf, recovery = open_buffer(
                 cfg.agent.data_dir / f"buffer-{s.id}.db",
                 quota_bytes=quota,
                 synchronous=cfg.buffer.synchronous,
                 chunk_records=s.batch.max_message_records,
+                min_free_bytes=int(cfg.buffer.min_free_mb * MIB),
+                reserve_bytes=int(cfg.buffer.reserve_mb * MIB),
+                protected_ceiling=int(quota * cfg.buffer.protected_share),
             )
+            self._note_buffer(s.id, buf, recovery)
             sink, batching = make_sink(cfg, s, buf.origin)
             if isinstance(s, MqttSinkConfig) and s.protocol == "3.1.1":
                 log.warning(
@@ -114,6 +121,27 @@ class Agent:
             window_s=cfg.agent.failure_window_s,
             report=self._component_report,
         )
+
+    def _note_buffer(self, sink: str, buf: Buffer, recovery: Recovery | None) -> None:
+        if recovery is not None:
+            self._buffer_notes.append(
+                (
+                    "buffer-damaged",
+                    f"buffer of sink {sink} was damaged ({recovery.problem}); moved to {recovery.damaged}, "
+                    f"{recovery.recovered} recovered into a new buffer, {recovery.unreadable} chunks unreadable",
+                    {"sink": sink, "recovered": recovery.recovered, "unreadable": recovery.unreadable},
+                )
+            )
+        if buf.rolled_back is not None:
+            at, mark = buf.rolled_back
+            self._buffer_notes.append(
+                (
+                    "buffer-rolled-back",
+                    f"buffer of sink {sink} ends at seq {at} but seqs up to {mark} were handed out: it lost "
+                    f"committed records (a lost -wal or a restored copy); numbering continues after {mark}",
+                    {"sink": sink, "fileSeq": at, "highWater": mark},
+                )
+            )
 
     def _wake(self) -> None:
         for f in self.forwarders:
@@ -183,6 +211,8 @@ class Agent:
         for sink in self.sinks:
             sup.start(f"sink-{sink.name}", sink.run)
         self.runstate.beat()
+        for kind, message, details in self._buffer_notes:
+            await self.pipeline.status(kind, message, **details)
         await self.pipeline.status(
             "agent-started",
             f"collecting {len(self.plan.bindings)} elements of {len(self.cfg.equipment)} machines",
@@ -237,6 +267,17 @@ class Agent:
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
+
+
+def open_dead_letters(path: Path) -> DeadLetters:
+    """The dead-letter store; a damaged one is moved aside (kept for a person) and a new one started."""
+    try:
+        return DeadLetters(path)
+    except BufferCorruptError as e:
+        aside = path.with_name(f"{path.name}.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+        path.rename(aside)
+        log.error("dead letters %s are damaged (%s); moved to %s, starting a new store", path, e, aside)
+        return DeadLetters(path)
 
 
 class StartError(Exception):

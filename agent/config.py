@@ -247,6 +247,11 @@ class Site(_Model):
 class BufferConfig(_Model):
     quota_mb: float = Field(default=1024, gt=0)
     synchronous: Literal["normal", "full"] = "normal"
+    min_free_mb: float = Field(default=32, ge=0, description="the buffers never grow into the disk's last MiB")
+    reserve_mb: float = Field(default=16, ge=0, description="disk space kept aside for a full disk")
+    protected_share: float = Field(
+        default=0.1, gt=0, le=1, description="share of the quota that gap, usage and status records may take"
+    )
 
 
 class AgentSettings(_Model):

@@ -12,17 +12,21 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from tests.helpers import unavailable
 from uploader.buffer import (
     SCHEMA_VERSION,
     Batch,
     Buffer,
+    BufferCeilingError,
     BufferCorruptError,
     BufferFormatError,
     BufferFullError,
@@ -32,6 +36,8 @@ from uploader.buffer import (
     Row,
     StoredRecord,
 )
+from uploader.buffer.recover import open_buffer
+from uploader.buffer.safety import free_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 1 << 30
@@ -326,7 +332,7 @@ class BufferModel(RuleBasedStateMachine):
     @initialize(quota=st.sampled_from([150_000, BIG]), chunk_records=st.integers(1, 60))
     def open(self, quota: int, chunk_records: int) -> None:
         self.quota = quota
-        self.buf = Buffer(self.path, quota_bytes=quota, chunk_records=chunk_records)
+        self.buf = Buffer(self.path, quota_bytes=quota, chunk_records=chunk_records, protected_ceiling=BIG)
 
     @property
     def b(self) -> Buffer:
@@ -391,7 +397,7 @@ class BufferModel(RuleBasedStateMachine):
     def reopen(self, chunk_records: int) -> None:
         self.b.close()
         self.opened = []
-        self.buf = Buffer(self.path, quota_bytes=self.quota, chunk_records=chunk_records)
+        self.buf = Buffer(self.path, quota_bytes=self.quota, chunk_records=chunk_records, protected_ceiling=BIG)
 
     @invariant()
     def pending_and_stored_match_the_model(self) -> None:
@@ -806,3 +812,154 @@ def test_an_empty_file_becomes_a_new_buffer(path: Path) -> None:
     path.touch()
     with Buffer(path, quota_bytes=BIG) as buf:
         assert buf.pending() == dict.fromkeys(Buffer.LANES, 0)
+
+
+# --- a disk that lies or fills: high-water mark, integrity, recovery, reserve, ceiling ------------
+
+CHILD_ADDS_AND_IS_KILLED = textwrap.dedent(
+    """
+    import os, sys
+    from uploader.buffer import Buffer
+
+    buf = Buffer(sys.argv[1], quota_bytes=1 << 30)
+    for n in range(20):
+        buf.add([("data", "k", float(n), b'{"n":%d}' % n)] * 50)
+    print(buf.last_seq, flush=True)
+    os.kill(os.getpid(), 9)  # the WAL holds the commits; nothing is checkpointed
+    """
+)
+
+
+def test_a_lost_wal_is_detected_and_no_id_is_handed_out_twice(path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    Buffer(path, quota_bytes=BIG).close()  # the file exists, its WAL checkpointed: seq 0 on disk
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_ADDS_AND_IS_KILLED, str(path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == -signal.SIGKILL
+    handed_out = int(done.stdout.strip())
+    assert handed_out == 1000
+    Path(f"{path}-wal").unlink()  # lost after the kill (or the .db restored without it)
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.rolled_back == (0, 1000)
+        assert buf.pending()["data"] == 0, "the WAL's records are gone"
+        buf.add(rows("data", 0, 3))
+        assert [i.seq for i in drain(buf, "data")] == [1001, 1002, 1003]
+    assert "Numbering continues after 1000" in caplog.text
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf.rolled_back is None, "an ordinary restart is not a rollback"
+
+
+def _damage(path: Path, at_page: int, pages: int) -> None:
+    with path.open("r+b") as raw:
+        raw.seek(at_page * 4096)
+        raw.write(b"\xa5" * (pages * 4096))
+
+
+def test_a_file_that_fails_its_integrity_check_is_moved_aside_and_what_reads_cleanly_is_kept(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        buf.add(rows("data", 0, 3000) + rows("gap", 5000, 20) + rows("status", 6000, 5))
+        batch = buf.begin("data", 150)
+        assert batch is not None
+        buf.end(batch, [i.seq for i in batch.items])  # done before the damage: must not come back
+        pages = buf.stats().db_bytes // 4096
+    _damage(path, pages // 2, 3)
+    with pytest.raises(BufferCorruptError, match="integrity check failed"):
+        Buffer(path, quota_bytes=BIG)
+    buf, recovery = open_buffer(path, quota_bytes=BIG)
+    with buf:
+        assert (
+            recovery is not None
+            and recovery.damaged.exists()
+            and recovery.damaged.name.startswith("buffer.db.damaged-")
+        )
+        got = {lane: [orjson.loads(i.body)["n"] for i in drain(buf, lane)] for lane in ("data", "gap", "status")}
+    assert got["gap"] == list(range(5000, 5020)) and got["status"] == list(range(6000, 6005))
+    assert set(got["data"]) <= set(range(150, 3000)), "records done before the damage stayed done"
+    assert len(got["data"]) == recovery.recovered - 25 and recovery.unreadable >= 1
+    assert 3000 - 150 - len(got["data"]) <= 100 * (recovery.unreadable + 1), "only the damaged chunks are lost"
+    assert got["data"] == sorted(got["data"])
+
+
+def test_a_truncated_file_is_recovered_too(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        buf.add(rows("data", 0, 2000))
+    size = path.stat().st_size
+    with path.open("r+b") as raw:
+        raw.truncate(size // 2)
+    buf, recovery = open_buffer(path, quota_bytes=BIG)
+    with buf:
+        data = [orjson.loads(i.body)["n"] for i in drain(buf, "data")]
+    assert recovery is not None
+    assert data == list(range(len(data))), "a prefix of the records survives, in order"
+
+
+@contextmanager
+def small_disk(directory: Path, size_mb: int) -> Iterator[Path]:
+    """A real file system of `size_mb` (tmpfs), so a full disk is a real ENOSPC."""
+    directory.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(directory)], capture_output=True
+    )
+    if done.returncode != 0:
+        unavailable(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the file system with a filler file."""
+    filler = directory / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_on_a_full_disk_the_reserve_lets_records_be_stored_and_delivered_ones_deleted(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 24) as disk:
+        buf = Buffer(disk / "b.db", quota_bytes=BIG, min_free_bytes=0, reserve_bytes=4 * 2**20)
+        buf.add(rows("data", 0, 2000))
+        assert (disk / "b.db.reserve").exists()
+        fill(disk)
+        buf.add(rows("gap", 9000, 500))  # ENOSPC, then the reserve goes and the add succeeds
+        assert not (disk / "b.db.reserve").exists()
+        while (batch := buf.begin("data", 500)) is not None:
+            buf.end(batch, [i.seq for i in batch.items])
+        assert buf.pending()["data"] == 0 and buf.pending()["gap"] == 500
+        buf.close()
+
+
+def test_near_a_full_disk_the_oldest_data_is_dropped_instead_of_failing(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 20) as disk:
+        buf = Buffer(disk / "b.db", quota_bytes=BIG, min_free_bytes=4 * 2**20, reserve_bytes=0)
+        dropped = 0
+        for start in range(0, 200_000, 1000):
+            dropped += buf.add(rows("data", start, 1000)).count
+        stats = buf.stats()
+        assert dropped > 0 and stats.dropped["data"] == dropped
+        assert buf.pending()["data"] + dropped == 200_000
+        assert free_bytes(disk) >= 2 * 2**20, "the buffer kept away from the disk's last bytes"
+        buf.close()
+
+
+def test_protected_records_over_their_ceiling_refuse_new_data_not_drop_protected(path: Path) -> None:
+    with Buffer(path, quota_bytes=1_000_000, protected_ceiling=30_000) as buf:
+        buf.add(rows("gap", 0, 150))
+        with pytest.raises(BufferCeilingError, match="never dropped"):
+            buf.add(rows("data", 1000, 10))
+        buf.add(rows("status", 2000, 5))  # protected records are still taken
+        while (batch := buf.begin("gap", 100)) is not None:
+            buf.end(batch, [i.seq for i in batch.items])
+        buf.add(rows("data", 1000, 10))
+        assert buf.pending() == {"status": 5, "gap": 0, "event": 0, "usage": 0, "data": 10}

@@ -7,6 +7,7 @@ batches.py begin/end, quota.py what the disk quota may drop.
 
 from uploader.buffer.buffer import Buffer
 from uploader.buffer.errors import (
+    BufferCeilingError,
     BufferCorruptError,
     BufferError,
     BufferFormatError,
@@ -22,6 +23,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Batch",
     "Buffer",
+    "BufferCeilingError",
     "BufferCorruptError",
     "BufferError",
     "BufferFormatError",

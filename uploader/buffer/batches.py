@@ -114,6 +114,7 @@ class Batches:
             store.write_done(conn, lane.name, [(chunk.id, mask) for chunk, mask in marked])
             store.write_state(conn, store.last_seq, pending)
         lane.pending -= count
+        lane.bytes -= sum(chunk.size for chunk in finished)
         for chunk, mask in marked:
             chunk.live = chunk.n - mask.count(1)
             chunk.mask = mask

@@ -36,8 +36,10 @@ from typing import ClassVar, Literal
 
 from uploader.buffer import quota
 from uploader.buffer.batches import Batches
+from uploader.buffer.errors import BufferCeilingError, BufferFullError
 from uploader.buffer.lanes import Lane
 from uploader.buffer.records import LANES, PROTECTED, Batch, BufferStats, ChunkRow, Dropped, Row, group, pack
+from uploader.buffer.safety import HighWater, Reserve, free_bytes
 from uploader.buffer.store import Store
 
 log = logging.getLogger("uploader.buffer")
@@ -64,14 +66,24 @@ class Buffer:
         synchronous: Literal["normal", "full"] = "normal",
         busy_timeout: float = 5.0,
         chunk_records: int = 500,
+        min_free_bytes: int = 32 * 1024 * 1024,
+        reserve_bytes: int = 16 * 1024 * 1024,
+        protected_ceiling: int | None = None,
     ) -> None:
         """Open the buffer at `path`, creating it if the file is absent or empty.
 
         `busy_timeout` is how long to wait for another process holding the file before failing
         with `BufferLockedError`. `chunk_records` is the most records stored in one row; the
-        forwarder's records per message is a good value. Raises `BufferCorruptError` for a file
-        that is not a database, `BufferFormatError` for another application's database, an
-        older or a newer schema.
+        forwarder's records per message is a good value. The file does not grow into the last
+        `min_free_bytes` of its disk (older data is dropped instead, as for the quota), and
+        `reserve_bytes` are kept aside for a full disk (safety.py). Gap, usage and status records
+        are never dropped; once they alone take `protected_ceiling` bytes (default: a tenth of
+        the quota), `add()` refuses rows of other lanes (`BufferCeilingError`) until they are
+        delivered, rather than let them grow without bound.
+
+        Raises `BufferCorruptError` for a file that is not a database or fails its integrity
+        check (recover.py opens a fresh one and keeps what reads cleanly), `BufferFormatError` for
+        another application's database, an older or a newer schema.
         """
         if quota_bytes <= 0:
             raise ValueError(f"quota_bytes must be positive, got {quota_bytes}")
@@ -84,13 +96,35 @@ class Buffer:
         self.chunk_records = chunk_records
         self._closed = False
         self._over_quota = False
+        self.min_free_bytes = min_free_bytes
+        self.protected_ceiling = protected_ceiling if protected_ceiling is not None else quota_bytes // 10
+        self._ceiling_hit = False
         self._store = Store(self.path, synchronous=synchronous, busy_timeout=busy_timeout)
         self.origin = self._store.origin
+        self._high_water = HighWater(self.path.with_name(self.path.name + ".hwm"), self.origin)
+        self._reserve = Reserve(self.path.with_name(self.path.name + ".reserve"), reserve_bytes)
+        self.rolled_back: tuple[int, int] | None = None
+        """(seq in the file, high-water mark) when the file was behind the seqs already handed out."""
+        mark = self._high_water.read()
+        if mark is not None and mark > self._store.last_seq:
+            self.rolled_back = (self._store.last_seq, mark)
+            log.error(
+                "buffer %s: its records end at seq %d but seqs up to %d were handed out: the file lost "
+                "committed records (a lost -wal, a restored copy, or a write that failed at the very end). "
+                "Numbering continues after %d, so no id is given twice.",
+                self.path,
+                self._store.last_seq,
+                mark,
+                mark,
+            )
+            self._store.last_seq = mark
         # Nothing is read yet: every pending record is in a chunk after the cursor.
         self._lanes = {
             name: Lane(name, pending=count, unread=count, done_at_open=self._store.done[name])
             for name, count in self._store.pending.items()
         }
+        for name, (payload, n) in self._store.lane_sizes().items():
+            self._lanes[name].bytes = payload + n * quota.CHUNK_OVERHEAD
         self._batches = Batches(self._store, self._lanes)
         marks = self._store.marks()
         self._drops: dict[str, tuple[int, float, float]] = {}
@@ -147,12 +181,38 @@ class Buffer:
             chunks, incoming, seq = self._chunks(rows)
         except TypeError as exc:
             raise TypeError(f"add: every row must be (lane: str, key: str, ts: float, body: bytes) ({exc})") from exc
+        self._check_ceiling(chunks)
+        try:
+            return self._add(chunks, incoming, seq, marks, unmark, settle)
+        except BufferFullError:
+            if not self._reserve.release():
+                raise
+            return self._add(chunks, incoming, seq, marks, unmark, settle)
+
+    def _add(
+        self,
+        chunks: dict[str, list[ChunkRow]],
+        incoming: int,
+        seq: int,
+        marks: list[tuple[str, str]],
+        unmark: list[str],
+        settle: list[str],
+    ) -> Dropped:
         added = {lane: sum(chunk[2] for chunk in lane_chunks) for lane, lane_chunks in chunks.items()}
         pending = {name: lane.pending for name, lane in self._lanes.items()}
         store = self._store
         drops = {k: v for k, v in self._drops.items() if k not in settle}
+        disk_room = None
+        if chunks:
+            free = free_bytes(self.path.parent)
+            disk_room = free - self.min_free_bytes
+            self._reserve.take(free - self.min_free_bytes)
         with store.transaction("add") as conn:
-            room = quota.make_room(store, conn, self._lanes, incoming, self.quota_bytes, pending) if rows else None
+            room = (
+                quota.make_room(store, conn, self._lanes, incoming, self.quota_bytes, pending, disk_room)
+                if chunks
+                else None
+            )
             for lane, lane_chunks in chunks.items():
                 store.insert(conn, lane, lane_chunks)
             for lane, count in added.items():
@@ -171,12 +231,18 @@ class Buffer:
                     )
                 store.write_marks(conn, [(_DROP + k, f"{c}|{f!r}|{la!r}") for k, (c, f, la) in drops.items()])
         self._drops = drops
+        if seq != store.last_seq:
+            self._high_water.write(seq)
         store.last_seq = seq
         for name, count in pending.items():
             self._lanes[name].pending = count
         for name, count in added.items():
             self._lanes[name].added += count
             self._lanes[name].unread += count
+        for name, lane_chunks in chunks.items():
+            self._lanes[name].bytes += sum(
+                quota.estimate(len(c[1]) + len(c[5]) + len(c[6]), store.page_size) for c in lane_chunks
+            )
         if room is None:
             return Dropped(0, {})
         quota.apply(room, self._lanes)
@@ -184,6 +250,28 @@ class Buffer:
         return Dropped(
             sum(room.deleted.values()),
             {key: (int(n), first, last) for key, (n, first, last) in room.by_key.items()},
+        )
+
+    def _check_ceiling(self, chunks: dict[str, list[ChunkRow]]) -> None:
+        held = sum(self._lanes[name].bytes for name in PROTECTED)
+        if held <= self.protected_ceiling or all(lane in PROTECTED for lane in chunks):
+            if self._ceiling_hit and held <= self.protected_ceiling:
+                log.info("buffer %s: gap/usage/status records are below their ceiling again", self.path)
+                self._ceiling_hit = False
+            return
+        if not self._ceiling_hit:
+            log.error(
+                "buffer %s: gap, usage and status records waiting to be sent take %d bytes, over their "
+                "ceiling of %d; new values are refused (and reported as a gap) until they are delivered",
+                self.path,
+                held,
+                self.protected_ceiling,
+            )
+            self._ceiling_hit = True
+        raise BufferCeilingError(
+            self.path,
+            f"gap, usage and status records take {held} bytes (ceiling {self.protected_ceiling}); they are "
+            "never dropped, so new values are refused until the far end takes them",
         )
 
     def _chunks(self, rows: Sequence[Row]) -> tuple[dict[str, list[ChunkRow]], int, int]:
@@ -236,7 +324,12 @@ class Buffer:
         for a batch that is not open or seqs that are not in it. If the delete fails
         (`BufferError`), the batch stays open and `end()` may be called again.
         """
-        n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
+        try:
+            n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
+        except BufferFullError:
+            if not self._reserve.release():
+                raise
+            n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
         lane = self._lanes[batch.lane]
         lane.delivered += n_accepted
         lane.rejected += n_rejected
@@ -285,6 +378,7 @@ class Buffer:
             return
         self._closed = True
         self._batches.forget()
+        self._high_water.close()
         self._store.close()
 
     def __enter__(self) -> Buffer:

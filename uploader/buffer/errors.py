@@ -25,6 +25,11 @@ class BufferFullError(BufferError):
     """The disk (or the database's page limit) is full. Nothing was written; retry after freeing space."""
 
 
+class BufferCeilingError(BufferFullError):
+    """Records that are never dropped (gap, usage, status) fill their share of the quota: other
+    records are refused until those are delivered."""
+
+
 class BufferIOError(BufferError):
     """The file could not be opened, read or written."""
 

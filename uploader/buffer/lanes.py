@@ -52,6 +52,7 @@ class Lane:
     ahead: deque[Run] = field(default_factory=deque)
     # Done rows found at open, for chunks not read since: chunk id -> mask.
     done_at_open: dict[int, bytes] = field(default_factory=dict)
+    bytes: int = 0  # estimated bytes of its chunk rows on disk
     # Counters since open.
     added: int = 0
     delivered: int = 0

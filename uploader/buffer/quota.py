@@ -7,9 +7,13 @@ not read yet goes whole. If that is not enough the rows are stored anyway, over 
 `stats().over_quota` says so. Every dropped record is counted in the `Dropped` that `add()`
 returns, per key with its time range, so the caller can report it as a gap.
 
+Disk: the file may also not grow into the disk's last `min_free_bytes` (free space is read with
+statvfs at every `add()`): a disk shared with other files, or smaller than the quota, fills up
+before the quota does, and the same drops then keep the buffer going.
+
 Size: `quota_bytes` bounds the pages holding records (page_count - freelist_count, both read
 from the database header, so checking costs microseconds per `add()`). New chunks are estimated
-at their payload plus `_CHUNK_OVERHEAD` (and half a page when they overflow a page), so the file
+at their payload plus `CHUNK_OVERHEAD` (and half a page when they overflow a page), so the file
 may pass the quota by a fraction of one `add()` before the next `add()` corrects it. A chunk's
 space comes back only when its last record is done: records the quota drops from a chunk that
 still has records in flight are counted as freed at once, so the quota may drop up to about one
@@ -38,14 +42,14 @@ DROP_ORDER: Final = ("data", "event")
 # record header, cell pointer and leaf-page slack. A chunk that overflows its leaf page also leaves
 # on average half of its last overflow page empty, counted on top (bench/bench_buffer.py prints
 # the real bytes per record). Only an estimate: add() reads the real page count every time.
-_CHUNK_OVERHEAD: Final = 64
+CHUNK_OVERHEAD: Final = 64
 RECORD_OVERHEAD: Final = 9  # its source time and the newline between bodies
 _DROP_CHUNKS: Final = 64
 
 
 def estimate(payload: int, page_size: int) -> int:
     """Bytes on disk of a chunk row whose key, ts and bodies take `payload` bytes."""
-    size = payload + _CHUNK_OVERHEAD
+    size = payload + CHUNK_OVERHEAD
     return size + page_size // 2 if size > page_size else size
 
 
@@ -60,6 +64,7 @@ class Room:
     marked: list[tuple[Chunk, bytearray]] = field(default_factory=list)
     # key -> [count, earliest ts, latest ts], mutable so each dropped chunk costs no allocation
     by_key: dict[str, list[float]] = field(default_factory=dict)
+    freed: dict[str, int] = field(default_factory=dict)  # estimated bytes of chunk rows deleted, per lane
     short: bool = False
 
     def note(self, key: str, count: int, first: float, last: float) -> None:
@@ -75,12 +80,22 @@ class Room:
 
 
 def make_room(
-    store: Store, conn: sqlite3.Connection, lanes: dict[str, Lane], incoming: int, quota: int, pending: dict[str, int]
+    store: Store,
+    conn: sqlite3.Connection,
+    lanes: dict[str, Lane],
+    incoming: int,
+    quota: int,
+    pending: dict[str, int],
+    disk_room: int | None = None,
 ) -> Room:
-    """Drop what must go for `incoming` more bytes to fit `quota`; lowers `pending` by what it dropped."""
+    """Drop what must go for `incoming` more bytes to fit `quota`, and, if `disk_room` (bytes the
+    file may still grow on its disk) is given, to fit the disk; lowers `pending` by what it dropped."""
     room = Room()
     pages, free = store.pages(conn)
     excess = (pages - free) * store.page_size + incoming - quota
+    if disk_room is not None:
+        # Freed pages are reused before the file grows: only growth needs the disk.
+        excess = max(excess, incoming - free * store.page_size - disk_room)
     if excess <= 0:
         return room
     for lane in DROP_ORDER:
@@ -114,6 +129,7 @@ def _drop_read(store: Store, conn: sqlite3.Connection, lane: Lane, excess: int, 
         if len(items) == chunk.live:
             finished.append(chunk)
             excess -= chunk.size
+            room.freed[lane.name] = room.freed.get(lane.name, 0) + chunk.size
         else:
             marked.append((chunk, chunk.marked(items)))
             excess -= sum(len(item[4]) + RECORD_OVERHEAD for item in items)
@@ -144,7 +160,9 @@ def _drop_unread(store: Store, conn: sqlite3.Connection, lane: Lane, excess: int
                 if times:
                     room.note(key, len(times), min(times), max(times))
                     count += len(times)
-            excess -= estimate(payload + n, store.page_size)
+            size = estimate(payload + n, store.page_size)
+            excess -= size
+            room.freed[lane.name] = room.freed.get(lane.name, 0) + size
             last = chunk
             if excess <= 0:
                 break
@@ -172,3 +190,5 @@ def apply(room: Room, lanes: dict[str, Lane]) -> None:
             del lane.done_at_open[done_id]
     for name, count in room.deleted.items():
         lanes[name].dropped += count
+    for name, size in room.freed.items():
+        lanes[name].bytes -= size

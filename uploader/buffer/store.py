@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from uploader.buffer.errors import (
+    MOVE_ASIDE,
     BufferCorruptError,
     BufferFormatError,
     BufferIOError,
@@ -159,6 +160,11 @@ class Store:
         # FAST still clears deleted records on b-tree pages that are written anyway.
         conn.execute("PRAGMA secure_delete = FAST")
         self.page_size: int = conn.execute("PRAGMA page_size").fetchone()[0]
+        # A damaged page found now costs a restart with a fresh file (recover.py); found later, in
+        # the middle of a begin(), it would stop delivery until someone came.
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise BufferCorruptError(self.path, f"the integrity check failed: {'; '.join(problems)}. {MOVE_ASIDE}")
         state = conn.execute(
             f"SELECT origin, last_seq, {', '.join(f'pending_{lane}' for lane in LANES)} FROM state WHERE id = 1"
         ).fetchone()
@@ -273,6 +279,17 @@ class Store:
     def ts_blob(self, conn: sqlite3.Connection, lane: str, chunk: int) -> bytes:
         blob: bytes = conn.execute(self._sql_ts[lane], (chunk,)).fetchone()[0]
         return blob
+
+    def lane_sizes(self) -> dict[str, tuple[int, int]]:
+        """Per lane (bytes of keys, times and bodies, chunk rows): read at open for the size accounts."""
+        out = {}
+        with self.errors("open"):
+            for lane, name in self._table.items():
+                payload, n = self.conn.execute(
+                    f"SELECT coalesce(sum(length(key) + length(ts) + length(bodies)), 0), count(*) FROM {name}"
+                ).fetchone()
+                out[lane] = (int(payload), int(n))
+        return out
 
     def read_after(self, lane: str, cursor: int) -> sqlite3.Cursor:
         """(seq, key, n, ts, bodies) of the chunks after `cursor`, oldest first; close it when done."""
