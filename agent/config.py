@@ -183,6 +183,9 @@ class Source(_Model):
     publishing_interval_ms: float = Field(default=500, gt=0)
     poll_interval_ms: float = Field(default=1000, gt=0)
     timeout_s: float = Field(default=10, gt=0)
+    session_timeout_s: float = Field(
+        default=30, ge=1, description="how long the server keeps a session of ours that died without closing it"
+    )
     reconnect_initial_s: float = Field(default=1, gt=0)
     reconnect_max_s: float = Field(default=30, gt=0)
     max_items_per_call: int | None = Field(default=None, ge=1, description="default: the server's operation limits")

@@ -35,6 +35,24 @@ class Redact(logging.Filter):
         return True
 
 
+class LibraryNoise(logging.Filter):
+    """asyncua logs every retry of a lost connection, and a 15-line traceback per lost publish; the
+    agent logs the first failure and the recovery itself (docs/operations.md), so these go."""
+
+    _NOISE = (
+        "Publish iteration crashed",
+        "was called but connection is closed",
+        "ServiceFault (",
+        "Requested session timeout to be",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("asyncua"):
+            return True
+        message = str(record.msg)
+        return not any(noise in message for noise in self._NOISE)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -61,6 +79,7 @@ def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -
     handler.setFormatter(
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    handler.addFilter(LibraryNoise())
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -136,6 +136,7 @@ class Pipeline:
         self._status_lost = [0 for _ in self.buffers]
         self._held_marks: list[dict[str, str]] = [{} for _ in self.buffers]  # open marks not saved yet
         self._last_flush = 0.0
+        self._store_error = ""  # why the last store failed, for the gap it becomes
         self._drops_reported = [0.0 for _ in self.buffers]  # loop time of each buffer's last quota report
         # A resubscribe or restart re-reports each current value with its old source time: that is
         # a repeat, not a new value, when time, status and value are the same.
@@ -229,7 +230,7 @@ class Pipeline:
             else:
                 self.last[h] = prev
         now = _utcnow().timestamp()
-        reason = "values could not be stored: the disk refused"
+        reason = f"values could not be stored: {self._store_error}"
         for s in samples:
             if s.handle not in self.bindings:
                 continue
@@ -404,6 +405,7 @@ class Pipeline:
                 break
             except BufferError as exc:
                 if loop.time() >= deadline:
+                    self._store_error = str(exc).split(": ", 1)[-1]
                     # Where open gaps start must reach the disk before anything that would move it.
                     self._held_marks[i] = {k: v for k, v in marks.items() if k.startswith("open:")}
                     held = status + [r for r in rows if r[0] == "status"]

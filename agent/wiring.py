@@ -87,6 +87,7 @@ def endpoint(s: Source) -> Endpoint:
         publishing_interval_ms=s.publishing_interval_ms,
         poll_interval_ms=s.poll_interval_ms,
         timeout_s=s.timeout_s,
+        session_timeout_s=s.session_timeout_s,
         max_items_per_call=s.max_items_per_call,
         max_notifications_per_publish=s.max_notifications_per_publish,
     )

@@ -344,3 +344,9 @@ def test_server_restart_resubscribes_with_a_gap(
     assert not missing, f"{len(missing)} values neither arrived nor are covered by their element's gap: {missing[:3]}"
     states = [r["kind"] for r in got.records("status")]
     assert "source-disconnected" in states and states.count("source-connected") >= 2
+    # The operator's log: the loss once, the recovery once, no library tracebacks or per-retry lines.
+    messages = [r["msg"] for r in agent.log_records()]
+    assert sum(m.startswith("lost opc.tcp://") for m in messages) == 1, messages
+    assert sum(m.startswith("reconnected to opc.tcp://") for m in messages) == 1, messages
+    assert not [m for m in messages if "Publish iteration crashed" in m or "was called but connection is closed" in m]
+    assert "Traceback" not in agent.log()

@@ -400,3 +400,31 @@ def test_unreadable_tls_file_is_a_config_error_naming_the_broker_and_the_file() 
     bad = settings(8883, tls=TlsSettings(ca_file="/nonexistent/ca.crt"))
     with pytest.raises(MqttConfigError, match=r"127\.0\.0\.1:8883.*/nonexistent/ca\.crt"):
         sink_for(bad)
+
+
+def test_a_silent_broker_costs_one_warning_and_no_tracebacks(tmp_path: Path, broker: MosquittoBroker) -> None:
+    """A broker that accepts TCP and never answers (suspended): paho's abandoned clients used to print
+    "Exception ignored in Client.__del__" tracebacks at every retry."""
+    script = (
+        "import asyncio, itertools, logging, sys\n"
+        "from uploader.mqtt import MqttSettings, MqttSink\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "async def main() -> None:\n"
+        "    s = MqttSettings(host='127.0.0.1', port=int(sys.argv[1]), client_id='c', connect_timeout=0.5)\n"
+        "    sink = MqttSink(s, delays=lambda: itertools.repeat(0.1))\n"
+        "    task = asyncio.create_task(sink.run())\n"
+        "    await asyncio.sleep(4)\n"
+        "    task.cancel()\n"
+        "    await asyncio.gather(task, return_exceptions=True)\n"
+        "    await sink.stop()\n"
+        "asyncio.run(main())\n"
+    )
+    broker.suspend()
+    try:
+        done = subprocess.run([sys.executable, "-c", script, str(broker.port)], capture_output=True, timeout=60)
+    finally:
+        broker.resume()
+    err = done.stderr.decode()
+    assert done.returncode == 0, err
+    assert err.count("no connection within 0.5 s") == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 import pytest
+from asyncua import Client
 
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
-from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
 from simulators.ports import free_port
-from tests.helpers import unavailable
+from tests.helpers import ROOT, Collected, unavailable
 
 pytestmark = pytest.mark.nodeopcua
 
@@ -31,41 +31,14 @@ def quick() -> Iterator[float]:
     return itertools.repeat(0.2)
 
 
-@dataclass
-class Collected:
-    samples: list[Sample] = field(default_factory=list)
-    problems: list[NodeProblem] = field(default_factory=list)
-    states: list[SourceState] = field(default_factory=list)
-    interruptions: list[Interruption] = field(default_factory=list)
-
-    def of(self, handle: int) -> list[Sample]:
-        return [s for s in self.samples if s.handle == handle]
-
-
 async def collect(
     url: str, items: Sequence[NodeItem], until: Callable[[Collected], bool], timeout: float, **endpoint: object
 ) -> tuple[Collected, OpcUaSource]:
     out = Collected()
-
-    async def emit(samples: Sequence[Sample]) -> None:
-        out.samples.extend(samples)
-
-    async def emit_events(events: Sequence[Event]) -> None:
-        pass
-
-    async def interrupted(i: Interruption) -> None:
-        out.interruptions.append(i)
-
-    async def problem(p: NodeProblem) -> None:
-        out.problems.append(p)
-
-    async def state(s: SourceState) -> None:
-        out.states.append(s)
-
     ep = Endpoint(id="node", url=url, timeout_s=20, **endpoint)  # type: ignore[arg-type]
     source = OpcUaSource(
-        ep, items, emit=emit, emit_events=emit_events, interrupted=interrupted, problem=problem, state=state,
-        delays=quick,
+        ep, items, emit=out.emit, emit_events=out.emit_events, interrupted=out.interrupted, problem=out.problem,
+        state=out.state, delays=quick,
     )  # fmt: skip
     task = asyncio.create_task(source.run())
     try:
@@ -136,3 +109,72 @@ def test_5000_nodes_are_split_by_the_operation_limits() -> None:
     assert "unknown on the server" in got.problems[0].problem
     assert {s.handle for s in got.samples} == set(range(1, 5001))
     assert all(s.status == 0 and s.source_time is not None for s in got.samples)
+
+
+DOOMED_SOURCE = """
+import asyncio, itertools, sys
+from adapters.opcua.source import OpcUaSource
+from adapters.opcua.spec import Endpoint, NodeItem
+from tests.helpers import Collected
+
+async def main() -> None:
+    c = Collected()
+    source = OpcUaSource(
+        Endpoint(id="doomed", url=sys.argv[1], session_timeout_s=3),
+        [NodeItem(handle=1, node=sys.argv[2], opcua_type="Double")],
+        emit=c.emit, emit_events=c.emit_events, interrupted=c.interrupted, problem=c.problem, state=c.state,
+        delays=lambda: itertools.repeat(0.2),
+    )
+    task = asyncio.create_task(source.run())
+    while not c.samples:
+        await asyncio.sleep(0.05)
+    print("collecting", flush=True)
+    await task
+
+asyncio.run(main())
+"""
+
+
+def test_a_full_server_is_its_own_state_and_a_dead_session_frees_its_slot_after_our_timeout() -> None:
+    """A PLC with one session slot. Held by another client: BadTooManySessions, said plainly, retried.
+    Then our own session dies unclosed (the agent killed): the slot is free again after the session
+    timeout we asked for (3 s here, 30 s by default), not the 120 s it once took."""
+
+    async def scenario(server: NodeOpcuaServer) -> None:
+        holder = Client(server.endpoint)
+        holder.session_timeout = 3000
+        await holder.connect()
+        items = [NodeItem(handle=1, node=server.fast_id, opcua_type="Double")]
+
+        async def release() -> None:
+            await asyncio.sleep(2)
+            await holder.disconnect()
+
+        releasing = asyncio.create_task(release())
+        got, _ = await collect(server.endpoint, items, lambda c: len(c.samples) > 3, 30, session_timeout_s=3)
+        await releasing
+        refused = [s for s in got.states if s.state == "disconnected"]
+        assert refused and "BadTooManySessions" in refused[0].detail, got.states
+        # The source was cancelled and closed its session. Now a source in another process is killed
+        # while connected, as an agent is by SIGKILL: its session stays until its own timeout.
+        doomed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            DOOMED_SOURCE,
+            server.endpoint,
+            server.fast_id,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert doomed.stdout is not None
+        assert await asyncio.wait_for(doomed.stdout.readline(), 30) == b"collecting\n"
+        doomed.kill()
+        await doomed.wait()
+        started = asyncio.get_running_loop().time()
+        again, _ = await collect(server.endpoint, items, lambda c: len(c.samples) > 0, 40, session_timeout_s=3)
+        waited = asyncio.get_running_loop().time() - started
+        assert any("BadTooManySessions" in s.detail for s in again.states), "the dead session held the slot"
+        assert waited < 30, f"the dead session held the slot for {waited:.0f} s"
+
+    with NodeOpcuaServer(port=free_port(), vars=10, max_sessions=1) as server:
+        asyncio.run(scenario(server))

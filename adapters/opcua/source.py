@@ -80,6 +80,7 @@ class OpcUaSource:
         self._last_data: datetime | None = None
         self.active: tuple[int, ...] = ()
         self.connected = False
+        self._sessions_full = False
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -102,6 +103,7 @@ class OpcUaSource:
                     log.info("reconnected to %s after %d attempt(s)", self.endpoint.url, failures)
                 await self._state(SourceState(self.endpoint.id, "connected", now, self.endpoint.url))
                 down_since, failures, delays = None, 0, self._delays()
+                self._sessions_full = False
                 try:
                     await self._watch(pollers)
                 finally:
@@ -113,6 +115,8 @@ class OpcUaSource:
                 raise
             except Exception as exc:  # any server or network fault: start over
                 reason = self._lost_reason or f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, ua.uaerrors.BadTooManySessions):
+                    reason = self._too_many_sessions(reason)
                 if down_since is None:
                     down_since = self._last_data or _now()
                     down_reason = reason
@@ -128,6 +132,20 @@ class OpcUaSource:
             await self._close(client)
             await asyncio.sleep(next(delays))
 
+    def _too_many_sessions(self, reason: str) -> str:
+        """BadTooManySessions is its own state: nothing is wrong with us or the network, the server is full."""
+        if not self._sessions_full:
+            self._sessions_full = True
+            log.warning(
+                "%s: %s has no session left for us (BadTooManySessions). PLCs allow few sessions, and the "
+                "session of a client that died without closing it stays until it times out (ours request %g s); "
+                "retrying in the background",
+                self.endpoint.id,
+                self.endpoint.url,
+                self.endpoint.session_timeout_s,
+            )
+        return "the server has no session left (BadTooManySessions)"
+
     def _handles(self) -> tuple[int, ...]:
         """Everything this source collects: its items and its event sources."""
         return tuple(i.handle for i in self.items) + tuple(self._event_handles)
@@ -136,7 +154,8 @@ class OpcUaSource:
         ep = self.endpoint
         client = Client(ep.url, timeout=ep.timeout_s, watchdog_intervall=max(1.0, ep.timeout_s / 4))
         client.name = client.description = "edge-agent"
-        client.session_timeout = 120_000  # ms; a dead session should not hold server resources for an hour
+        # A PLC allows few sessions, and one whose client died unclosed holds its slot this long.
+        client.session_timeout = int(ep.session_timeout_s * 1000)
         client.application_uri = "urn:edge-agent:client"
         if ep.username:
             client.set_user(ep.username)

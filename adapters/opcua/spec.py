@@ -41,5 +41,6 @@ class Endpoint:
     publishing_interval_ms: float = 500.0
     poll_interval_ms: float = 1000.0
     timeout_s: float = 10.0
+    session_timeout_s: float = 30.0  # a session of ours that dies unclosed holds a PLC's slot this long
     max_items_per_call: int | None = None  # None: the server's operation limits decide
     max_notifications_per_publish: int = 10000

@@ -55,6 +55,7 @@ class NodeOpcuaServer:
         period_ms: int = 100,
         max_nodes_per_call: int = 1000,
         max_notifications_per_publish: int = 10000,
+        max_sessions: int = 50,
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -63,6 +64,7 @@ class NodeOpcuaServer:
         self.period_ms = period_ms
         self.max_nodes_per_call = max_nodes_per_call
         self.max_notifications_per_publish = max_notifications_per_publish
+        self.max_sessions = max_sessions
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.namespace_index = -1
@@ -115,6 +117,7 @@ class NodeOpcuaServer:
             f"--period-ms={self.period_ms}",
             f"--max-nodes-per-call={self.max_nodes_per_call}",
             f"--max-notifications-per-publish={self.max_notifications_per_publish}",
+            f"--max-sessions={self.max_sessions}",
             f"--pki={workdir / 'PKI'}",
         ]
         # Files rather than pipes: nobody has to keep draining them while the server runs.

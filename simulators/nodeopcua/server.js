@@ -52,6 +52,7 @@ function parseOptions(argv) {
             "period-ms": { type: "string", default: "100" },
             "max-nodes-per-call": { type: "string", default: "1000" },
             "max-notifications-per-publish": { type: "string", default: "10000" },
+            "max-sessions": { type: "string", default: "50" },
             pki: { type: "string", default: path.join(os.homedir(), ".cache", "edge-agent-nodeopcua", "PKI") },
         },
         strict: true,
@@ -63,6 +64,7 @@ function parseOptions(argv) {
         periodMs: Math.max(1, positiveInt("period-ms", values["period-ms"])),
         maxNodesPerCall: positiveInt("max-nodes-per-call", values["max-nodes-per-call"]),
         maxNotificationsPerPublish: Math.max(1, positiveInt("max-notifications-per-publish", values["max-notifications-per-publish"])),
+        maxSessions: positiveInt("max-sessions", values["max-sessions"]),
         pki: values.pki,
     };
 }
@@ -167,7 +169,7 @@ async function main() {
         },
         buildInfo: { productName: "edge-agent-nodeopcua-simulator", manufacturerName: "edge-agent" },
         serverCapabilities: {
-            maxSessions: 50,
+            maxSessions: options.maxSessions, // PLCs allow few: 1 makes BadTooManySessions easy to test
             maxSubscriptionsPerSession: 50,
             operationLimits: operationLimits(options.maxNodesPerCall),
         },

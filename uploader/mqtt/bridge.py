@@ -45,7 +45,15 @@ class SocketBridge:
         client.on_socket_unregister_write = self._on_socket_unregister_write
 
     def close(self, client: Client) -> None:
-        """Unregister and close `client`'s socket, if it has one."""
+        """Unregister and close `client`'s socket, if it has one; the client is not served again.
+
+        paho keeps its reference to the closed socket and reports it once more when the client is
+        garbage-collected (`__del__`): by then nothing of it may reach the loop.
+        """
+        client.on_socket_open = None
+        client.on_socket_close = None
+        client.on_socket_register_write = None
+        client.on_socket_unregister_write = None
         sock = client.socket()
         if sock is not None:
             self._detach(cast(socket.socket, sock))
@@ -82,6 +90,8 @@ class SocketBridge:
         self._loop.add_reader(sock, self._on_readable, client, sock)
 
     def _detach(self, sock: socket.socket) -> None:
+        if sock.fileno() == -1:
+            return  # closed already: it was unregistered before
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 

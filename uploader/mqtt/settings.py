@@ -38,6 +38,7 @@ class MqttSettings:
     # (MqttSink.announce), "offline" as last will and on stop().
     announce_status: bool = False
     max_inflight: int = 20
+    connect_timeout: float = 10.0  # for the TCP connect and TLS handshake, and again for the CONNACK
     # The largest PUBLISH the broker takes, for brokers that do not say (MQTT 5 CONNACK); the
     # smaller of the two applies. None: no limit known.
     max_packet_bytes: int | None = None

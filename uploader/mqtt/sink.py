@@ -32,8 +32,6 @@ from uploader.sink import Message, Outcome, Rejected
 
 _log = logging.getLogger("uploader.mqtt")
 
-# Bounds the TCP connect and TLS handshake (paho's connect_timeout) and, separately, the CONNACK.
-_CONNECT_TIMEOUT = 10.0
 # paho's keepalive bookkeeping (PINGREQ, dead-broker detection) must be driven by us.
 _MISC_INTERVAL = 1.0
 _STOP_GRACE = 2.0
@@ -202,14 +200,15 @@ class MqttSink:
         connack: asyncio.Future[tuple[ReasonCode, int] | None] = loop.create_future()
         lost: asyncio.Future[str] = loop.create_future()
         self._connack, self._lost = connack, lost
+        timeout = self._settings.connect_timeout
         try:
-            async with asyncio.timeout(_CONNECT_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 await asyncio.to_thread(self._connect_blocking, client)
-            async with asyncio.timeout(_CONNECT_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 result = await connack
         except TimeoutError:
             self._abandon(client)
-            return f"no connection within {_CONNECT_TIMEOUT:.0f} s", False
+            return f"no connection within {timeout:g} s", False
         except OSError as exc:  # refused, unreachable, DNS, TLS verification
             self._abandon(client)
             return f"cannot connect: {exc}", False
@@ -273,7 +272,7 @@ class MqttSink:
             clean_session=None if v5 else True,
             protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         )
-        client.connect_timeout = _CONNECT_TIMEOUT
+        client.connect_timeout = s.connect_timeout
         client.max_inflight_messages_set(min(s.max_inflight, self._receive_maximum))
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
