@@ -66,9 +66,8 @@ class View:
             elif lane == "event":
                 self.events.append(f"{r['time'][11:19]} {doc['asset']}: {r.get('message', '')}")
             elif lane == "gap":
-                self.gaps.append(
-                    f"{doc['asset']}: {len(r['elements'])} elements {r['start'][11:19]}..{r['end'][11:19]} ({r['reason']})"
-                )
+                span = f"{r['start'][11:19]}..{r['end'][11:19]}"
+                self.gaps.append(f"{doc['asset']}: {len(r['elements'])} elements {span} ({r['reason']})")
             elif lane == "status" and r.get("kind") in ("node-problem", "bad-value"):
                 self.problems.append(f"{r.get('path', '')}: {r.get('message', '')}")
 

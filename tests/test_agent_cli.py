@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from simulators.agentproc import ROOT, AgentProcess
+from simulators.factory.agentconfig import factory_config
 from simulators.ports import free_port
-from tests.helpers import ROOT, AgentProcess, factory_config, wait_until
+from tests.helpers import wait_until
 
 
 def test_second_agent_on_the_same_buffer_is_refused_and_the_first_stops_cleanly(tmp_path: Path) -> None:

@@ -11,51 +11,30 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import orjson
 import pytest
 from asyncua import ua
 
+from simulators.accounting import Ledger, ts
+from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread, SignalInfo, catalogue
+from simulators.factory.agentconfig import factory_config
 from simulators.factory.catalogue import DIAGNOSTIC_TYPES
 from simulators.ports import free_port
-from tests.helpers import EXPECTED_XS, AgentProcess, factory_config, wait_until
+from tests.helpers import EXPECTED_XS, wait_until
 from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader import wire
 
 VALIDATOR = jsonschema.Draft202012Validator(wire.schema())
 
 
-@dataclass
-class Received:
-    """Everything the subscriber got, decoded, validated against the wire schema and grouped by lane."""
-
-    messages: list[tuple[str, dict[str, Any]]]
-
-    def records(self, lane: str) -> list[dict[str, Any]]:
-        return [r for _, m in self.messages if m["lane"] == lane for r in m["records"]]
-
-    def unique(self, lane: str) -> list[dict[str, Any]]:
-        seen: dict[str, dict[str, Any]] = {}
-        for r in self.records(lane):
-            seen.setdefault(r["id"], r)
-        return list(seen.values())
-
-
-def received(sub: Subscriber) -> Received:
-    out = []
-    for topic, payload in sub.messages():
-        if topic.endswith("/online"):
-            continue
-        doc = orjson.loads(payload)
-        VALIDATOR.validate(doc)
-        out.append((topic, doc))
-    return Received(out)
+def received(sub: Subscriber, *, validate: bool = False) -> Ledger:
+    """What the subscriber got; validated against the wire schema only when asked (once, at the end)."""
+    return Ledger.of(sub.messages(), validate=validate)
 
 
 def same(a: Any, b: Any) -> bool:
@@ -85,10 +64,6 @@ def expected(v: Any) -> Any:
 
 def decoded(r: dict[str, Any]) -> Any:
     return wire.decode_value(r["valueType"], r["value"], is_array=r.get("array", False))
-
-
-def ts(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
 MQTT_SINK = """\
@@ -144,7 +119,6 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
                 return any(math.isnan(v) for v in vals) and math.inf in vals and -math.inf in vals
 
             wait_until("NaN, INF and -INF of the Double to arrive", specials_seen, timeout=60)
-            got = received(subscriber)
             wait_until("an alarm event", lambda: received(subscriber).records("event"), timeout=60)
             wait_until(
                 "the periodic counters",
@@ -153,7 +127,7 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
             )
         finally:
             assert agent.stop() == 0, agent.log()[-3000:]
-        got = received(subscriber)
+        got = received(subscriber, validate=True)
         log = agent.log()
 
     assert "Traceback" not in log
@@ -203,24 +177,6 @@ def only(s: SignalInfo) -> bool:
 ONLY = [s for s in catalogue(1) if only(s)]
 
 
-def element_gaps(gaps: list[dict[str, Any]], data: list[dict[str, Any]]) -> dict[str, list[tuple[Any, Any]]]:
-    """Per node: the (start, end) of each gap of its element (bounds inclusive; None: open on that side)."""
-    node_of = {(r["shell"], r["path"]): r["node"] for r in data}
-    out: dict[str, list[tuple[Any, Any]]] = {}
-    for g in gaps:
-        for e in g["elements"]:
-            node = node_of.get((g["shell"], e["path"]))
-            if node is not None:
-                start = ts(e["start"]) if e["start"] else None
-                end = ts(e["end"]) if e["end"] else None
-                out.setdefault(node, []).append((start, end))
-    return out
-
-
-def covered(t: datetime, gaps: list[tuple[Any, Any]]) -> bool:
-    return any((start is None or start <= t) and (end is None or t <= end) for start, end in gaps)
-
-
 def test_sigkill_loses_nothing_and_gap_covers_downtime(
     tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber
 ) -> None:
@@ -241,35 +197,18 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
             wait_until("the gap record", lambda: received(subscriber).records("gap"), timeout=30)
         finally:
             assert agent.stop() == 0
-        got = received(subscriber)
+        got = received(subscriber, validate=True)
         gaps = got.unique("gap")
         assert gaps and all("unexpectedly" in g["reason"] for g in gaps)
-        gap_paths = {e["path"] for g in gaps for e in g["elements"]}
-        assert len(gap_paths) == len(ONLY)
+        assert len({e["path"] for g in gaps for e in g["elements"]}) == len(ONLY)
         assert all(ts(g["start"]) <= killed_at for g in gaps)
-        data = got.records("data")
-        intervals = element_gaps(gaps, data)
-        arrived = {(r["node"], ts(r["sourceTime"])) for r in data}
-        # duplicates only as repeats of the same record id
-        by_value: dict[tuple[str, datetime], set[str]] = {}
-        for r in data:
-            by_value.setdefault((r["node"], ts(r["sourceTime"])), set()).add(r["id"])
-        twice = {k: v for k, v in by_value.items() if len(v) > 1}
+        twice = got.reissued()
         assert not twice, f"{len(twice)} values arrived twice under different ids: {list(twice.items())[:3]}"
-        first = {}
-        for node, t in arrived:
-            first[node] = min(t, first.get(node, t))
-        missing = []
-        for s in ONLY:
-            # A subscription starts with the value current at that moment; what was written
-            # before the agent's first subscription was never the agent's to deliver.
-            for t, _ in fac.written(s.node_id):
-                gaps_of = intervals.get(s.node_id, [])
-                if first[s.node_id] < t <= restarted_at and (s.node_id, t) not in arrived and not covered(t, gaps_of):
-                    missing.append((s.node_id, t))
+        written = {s.node_id: [t for t, _ in fac.written(s.node_id)] for s in ONLY}
+        missing = got.unaccounted(written, until=restarted_at)
         assert not missing, (
             f"{len(missing)} values neither arrived nor are covered by a gap: {missing[:3]}; "
-            f"killed {killed_at}, restarted {restarted_at}, gaps {intervals}"
+            f"killed {killed_at}, restarted {restarted_at}, gaps {gaps}"
         )
 
 
@@ -291,7 +230,7 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBro
             )
         finally:
             assert agent.stop() == 0
-        got = received(subscriber)
+        got = received(subscriber, validate=True)
     arrived = {(r["node"], ts(r["sourceTime"])) for r in got.records("data")}
     during = [(s.node_id, t) for s in ONLY for t, _ in fac.written(s.node_id) if outage_start <= t <= outage_end]
     assert len(during) > 100
@@ -320,27 +259,12 @@ def test_server_restart_resubscribes_with_a_gap(
             assert agent.alive(), "the agent must recover without a restart of its own"
         finally:
             assert agent.stop() == 0
-        got = received(subscriber)
+        got = received(subscriber, validate=True)
+        written = {s.node_id: [t for t, _ in fac.written(s.node_id)] for s in ONLY}
     gaps = got.unique("gap")
     assert len({e["path"] for g in gaps for e in g["elements"]}) == len(ONLY)
     assert all(ts(g["start"]) <= stopped_at <= ts(g["end"]) for g in gaps)
-    data = got.records("data")
-    intervals = element_gaps(gaps, data)
-    arrived = {(r["node"], ts(r["sourceTime"])) for r in data}
-    last = max(ts(r["sourceTime"]) for r in data)
-    first: dict[str, datetime] = {}
-    for node, t in arrived:
-        first[node] = min(t, first.get(node, t))
-    # From each element's first value (what was written before the agent subscribed was never its
-    # to deliver) to the last value seen: every value arrived or is inside its element's gap.
-    missing = [
-        (s.node_id, t)
-        for s in ONLY
-        for t, _ in fac.written(s.node_id)
-        if first[s.node_id] < t < last
-        and (s.node_id, t) not in arrived
-        and not covered(t, intervals.get(s.node_id, []))
-    ]
+    missing = got.unaccounted(written)
     assert not missing, f"{len(missing)} values neither arrived nor are covered by their element's gap: {missing[:3]}"
     states = [r["kind"] for r in got.records("status")]
     assert "source-disconnected" in states and states.count("source-connected") >= 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ LIMIT_NODES = {
 # break collectors above ~1,000 nodes (message size and encoding limits).
 DEFAULT_CHUNK = 1000
 KEEPALIVE_COUNT = 10
+_MIN_LIFETIME_MS = 60_000
 _TRIGGERS = {
     "status": ua.DataChangeTrigger.Status,
     "status_value": ua.DataChangeTrigger.StatusValue,
@@ -32,9 +34,13 @@ def chunks(seq: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def subscription(ep: Endpoint) -> ua.CreateSubscriptionParameters:
+    # The server deletes a subscription that gets no Publish request for a lifetime, and asyncua sends
+    # the next one only after our callback returned: a callback that waits for a full disk (up to the
+    # pipeline's store timeout) must not outlive it. At least a minute, whatever the interval.
+    lifetime = max(KEEPALIVE_COUNT * 3, math.ceil(_MIN_LIFETIME_MS / ep.publishing_interval_ms))
     return ua.CreateSubscriptionParameters(
         RequestedPublishingInterval=ep.publishing_interval_ms,
-        RequestedLifetimeCount=KEEPALIVE_COUNT * 3,
+        RequestedLifetimeCount=lifetime,
         RequestedMaxKeepAliveCount=KEEPALIVE_COUNT,
         # Bounded publishes keep each callback short (10,000 values take ~0.15 s), so the forwarder and keep-alive
         # check get the event loop between them even while a backlog is being caught up.

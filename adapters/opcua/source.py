@@ -77,6 +77,7 @@ class OpcUaSource:
         self._lost: asyncio.Event = asyncio.Event()
         self._lost_reason = ""
         self._last_publish = 0.0
+        self._handling = False  # a publish callback is running
         self._last_data: datetime | None = None
         self.active: tuple[int, ...] = ()
         self.connected = False
@@ -202,7 +203,9 @@ class OpcUaSource:
             for p in pollers:
                 if p.done():
                     raise ConnectionLost(f"poller stopped: {p.exception()!r}")
-            if subscribed and time.monotonic() - self._last_publish > silence:
+            # A callback still storing (a full disk: the pipeline retries, the server holds its queue)
+            # is not a silent server: cancelling it would lose the batch it is trying to keep.
+            if subscribed and not self._handling and time.monotonic() - self._last_publish > silence:
                 raise ConnectionLost(f"no publish response for {silence:.0f} s")
 
     # -- setup ------------------------------------------------------------------------------------
@@ -270,14 +273,19 @@ class OpcUaSource:
         data = result.NotificationMessage.NotificationData
         if not data:
             return
-        for notif in data:
-            kind = type(notif)
-            if kind is ua.DataChangeNotification:
-                await self._data(notif.MonitoredItems)
-            elif kind is ua.EventNotificationList:
-                await self._events(notif.Events)
-            elif kind is ua.StatusChangeNotification and not notif.Status.is_good():
-                self._mark_lost(f"subscription status {notif.Status.name}")
+        self._handling = True
+        try:
+            for notif in data:
+                kind = type(notif)
+                if kind is ua.DataChangeNotification:
+                    await self._data(notif.MonitoredItems)
+                elif kind is ua.EventNotificationList:
+                    await self._events(notif.Events)
+                elif kind is ua.StatusChangeNotification and not notif.Status.is_good():
+                    self._mark_lost(f"subscription status {notif.Status.name}")
+        finally:
+            self._handling = False
+            self._last_publish = time.monotonic()
 
     async def _data(self, items: list[ua.MonitoredItemNotification]) -> None:
         samples: list[Sample] = []
