@@ -170,8 +170,11 @@ class Agent:
         else:
             return
         for src in self.sources:
-            handles = tuple(i.handle for i in src.items) + tuple(e.handle for e in src.events)
-            await self.pipeline.on_interruption(Interruption(src.endpoint.id, handles, since, None, reason))
+            await self.pipeline.on_interruption(Interruption(src.endpoint.id, self._handles(src), since, None, reason))
+
+    @staticmethod
+    def _handles(src: OpcUaSource) -> tuple[int, ...]:
+        return tuple(i.handle for i in src.items) + tuple(e.handle for e in src.events)
 
     async def _component_report(self, name: str, kind: str, message: str) -> None:
         down = sorted(self.supervisor.down)
@@ -239,9 +242,12 @@ class Agent:
         log.info("stopping: collection first, then flushing buffers")
         await sup.stop(*sup.names("source-"), "heartbeat")
         self.runstate.beat()
-        with contextlib.suppress(Exception):
+        try:
             await self.pipeline.flush(everything=True)
+            await self.pipeline.stopping({s.endpoint.id: self._handles(s) for s in self.sources}, "agent was stopped")
             await self.pipeline.status("agent-stopping", "stopped by request")
+        except Exception:  # the buffers are closed below anyway; what is stored so far is safe
+            log.exception("could not record the stop")
         await sup.stop(*sup.names("forwarder-"))
         for f in self.forwarders:
             if not await f.drain(drain_timeout):

@@ -165,14 +165,14 @@ class GapBook:
             if not (complete or everything or now >= p.due):
                 keep.append(p)
                 continue
-            out += self._records(p, live)
+            out += self._records(p, live, clear=True)
             for h in live:
                 del self.open[h]
                 self.first.pop(h, None)
         self._pending = keep
         return out
 
-    def _records(self, p: _Pending, handles: set[int]) -> list[GapRecord]:
+    def _records(self, p: _Pending, handles: set[int], *, clear: bool) -> list[GapRecord]:
         by_machine: dict[str, list[int]] = {}
         for h in sorted(handles):
             by_machine.setdefault(self.members[h].equipment, []).append(h)
@@ -195,8 +195,16 @@ class GapBook:
                 shell=m0.shell, submodel=m0.submodel, start=start, end=p.end, reason=first.reason,
                 elements=elements, events=events,
             )  # fmt: skip
-            out.append(GapRecord(equipment, first.since, body, [self.members[h].mark for h in hs]))
+            clears = [self.members[h].mark for h in hs] if clear else []
+            out.append(GapRecord(equipment, first.since, body, clears))
         return out
+
+    def provisional(self, end: datetime) -> list[GapRecord]:
+        """Records for every element still open, as they stand (`end: null` where no value came yet),
+        without closing them: for a clean stop, so a receiver knows before the next start what it
+        will not get. The next start writes the final record of the same gap."""
+        chosen = set(self.open)
+        return self._records(_Pending(end, 0.0, chosen), chosen, clear=False) if chosen else []
 
     # -- losses value by value --------------------------------------------------------------------
 

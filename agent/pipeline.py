@@ -294,6 +294,18 @@ class Pipeline:
                 continue
         self.gaps.restore(marks)
 
+    async def stopping(self, handles_by_source: dict[str, tuple[int, ...]], reason: str) -> None:
+        """Collection stops (a clean stop): every element's gap opens from its last stored value and is
+        written now with `end: null`, so the stream says what will be missing until the next start."""
+        now = _utcnow()
+        for source, handles in handles_by_source.items():
+            await self.on_interruption(Interruption(source, handles, now, None, reason))
+        records = self.gaps.provisional(now)
+        if records:
+            for held in self._held_gaps:
+                held += records
+            await self.store([])
+
     # -- periodic -------------------------------------------------------------------------------
 
     async def flush(self, *, everything: bool = False) -> None:

@@ -32,6 +32,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="raise an alarm on every machine after each N cycles (0 = seeded random alarms)",
     )
     parser.add_argument("--record", metavar="PATH", help="append every written value to PATH as JSON lines")
+    parser.add_argument(
+        "--clock-offset", type=float, default=0.0, metavar="S", help="stamp values S seconds off the true time"
+    )
     parser.add_argument("--seconds", type=float, help="exit after this many seconds")
     parser.add_argument("--log-level", default="WARNING", help="Python logging level (default %(default)s)")
     return parser.parse_args(argv)
@@ -50,6 +53,7 @@ async def serve(args: argparse.Namespace) -> None:
         seed=args.seed,
         alarm_every=args.alarm_every,
         record=args.record,
+        clock_offset=args.clock_offset,
     )
     await simulator.start()
     try:

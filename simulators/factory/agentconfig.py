@@ -25,8 +25,14 @@ def factory_config(
     only: Callable[[Any], bool] = lambda s: True,
     events: bool = True,
     password: str | None = None,
+    agent: str = "",
+    source: str = "",
+    buffer: str = "",
 ) -> str:
-    """A config that maps every signal of the factory simulator (or those `only` keeps)."""
+    """A config that maps every signal of the factory simulator (or those `only` keeps).
+
+    `agent`, `source` and `buffer` are extra YAML lines for those blocks (indented as given).
+    """
     lines = [
         "site:",
         "  id: test-site",
@@ -34,6 +40,8 @@ def factory_config(
         f"  data_dir: {data_dir}",
         "  log_level: info",
         "  status_interval_s: 2",
+        *agent.splitlines(),
+        *(["buffer:", *buffer.splitlines()] if buffer else []),
         "sources:",
         "  - id: factory",
         f"    endpoint: opc.tcp://127.0.0.1:{opc_port}/",
@@ -42,6 +50,7 @@ def factory_config(
         *([f'    username: operator\n    password: "{password}"'] if password else []),
         "    reconnect_initial_s: 0.2",
         "    reconnect_max_s: 2",
+        *source.splitlines(),
         "equipment:",
     ]
     by_machine: dict[str, list[Any]] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -82,9 +82,11 @@ class FactorySimulator:
         *,
         plant: Plant | None = None,
         recorder: ValueRecorder | None = None,
+        clock_offset: float = 0.0,
     ) -> None:
         if period <= 0:
             raise ValueError("period must be > 0")
+        self.clock_offset = timedelta(seconds=clock_offset)  # the device's clock minus the true time
         self.host = host
         self.port = port
         self.period = period
@@ -131,7 +133,7 @@ class FactorySimulator:
             await self._add_machine(server, machine, event_type)
         # Stepped only now: building the address space takes a second or more, and the first
         # round's source time should be when it is published.
-        now = utcnow()
+        now = self._now()
         events, values = self.plant.step(now)
         self._server = server
         self.recorder.open()
@@ -185,10 +187,14 @@ class FactorySimulator:
             event = machine.reset_alarm()
             if event is None:
                 return False
-            now = utcnow()
+            now = self._now()
             await self._publish(now, self.plant.machine_values(machine))
             await self._fire([event], now)
             return True
+
+    def _now(self) -> datetime:
+        """The device's clock, which stamps every value: wrong by `clock_offset`, as a PLC's may be."""
+        return utcnow() + self.clock_offset
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -201,7 +207,7 @@ class FactorySimulator:
                 deadline = loop.time()
             try:
                 async with self._lock:
-                    now = utcnow()
+                    now = self._now()
                     events, values = self.plant.step(now)
                     await self._publish(now, values)
                     await self._fire(events, now)

@@ -33,7 +33,9 @@ class FactoryThread:
         record: str | Path | None = None,
         history: int = 1000,
         start_timeout: float = 60.0,
+        clock_offset: float = 0.0,
     ) -> None:
+        self.clock_offset = clock_offset
         self.host = host
         self.port = port
         self.period = period
@@ -111,7 +113,14 @@ class FactoryThread:
             ready.set()
 
     async def _serve(self, ready: threading.Event) -> None:
-        simulator = FactorySimulator(self.host, self.port, period=self.period, plant=self.plant, recorder=self.recorder)
+        simulator = FactorySimulator(
+            self.host,
+            self.port,
+            period=self.period,
+            plant=self.plant,
+            recorder=self.recorder,
+            clock_offset=self.clock_offset,
+        )
         stop = asyncio.Event()
         await simulator.start()
         self._loop, self._stop, self._simulator = asyncio.get_running_loop(), stop, simulator

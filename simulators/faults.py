@@ -1,0 +1,208 @@
+"""Fault runs: the agent as a process between the factory simulator and a private mosquitto, broken on
+purpose, and the receiver's accounting afterwards. The tests run them small; bench/fault_*.py and
+bench/soak.py run them long and print what they found.
+
+    with Bed(tmp_path, clock_offset=-3.0, via_proxy=True) as bed:
+        agent = bed.start_agent()
+        ...
+        report = bed.account(until=...)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from simulators.accounting import Ledger, ts
+from simulators.agentproc import AgentProcess
+from simulators.factory import FactoryThread, SignalInfo, catalogue
+from simulators.factory.agentconfig import factory_config
+from simulators.mosquitto import MosquittoBroker, Subscriber
+from simulators.netproxy import ProxyThread
+from simulators.ports import free_port
+
+TOPIC = "kamp/v1/test-site/#"
+
+
+def machine_signals(s: SignalInfo) -> bool:
+    """CNC01's machine signals (not its type diagnostics): enough to prove delivery, quick to check."""
+    return s.machine == "CNC01" and not s.name.startswith("Diagnostics")
+
+
+@dataclass
+class Report:
+    values: int  # values the server produced in the checked window
+    delivered: int  # distinct values that arrived
+    gaps: int  # gap records
+    missing: list[tuple[str, datetime]] = field(default_factory=list)  # neither arrived nor in a gap
+    reissued: int = 0  # values that arrived under more than one id
+    duplicates: int = 0  # records that arrived more than once (same id): what was in flight
+
+    def __str__(self) -> str:
+        return (
+            f"{self.values:,} values produced, {self.delivered:,} delivered, {len(self.missing)} unaccounted, "
+            f"{self.reissued} under a second id, {self.duplicates} duplicate records (same id), {self.gaps} gap records"
+        )
+
+
+class Bed:
+    """Factory simulator + mosquitto + subscriber, and the agent's config; the agent is started on demand."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        period: float = 0.05,
+        clock_offset: float = 0.0,
+        via_proxy: bool = False,
+        only: Callable[[SignalInfo], bool] = machine_signals,
+        mqtt: str = "",
+        **config: Any,
+    ) -> None:
+        self.workdir = workdir
+        self.only = only
+        self.factory = FactoryThread(port=free_port(), period=period, machines=1, clock_offset=clock_offset)
+        self.broker = MosquittoBroker(workdir / "broker")
+        self.proxy: ProxyThread | None = None
+        self._via_proxy = via_proxy
+        self._mqtt = mqtt
+        self._config = config
+        self.subscriber: Subscriber | None = None
+        self.config = workdir / "agent.yaml"
+        self.data_dir = workdir / "data"
+        self.runs = 0
+
+    def __enter__(self) -> Self:
+        self.broker.start()
+        self.factory.start()
+        opc_port = self.factory.port
+        if self._via_proxy:
+            self.proxy = ProxyThread("127.0.0.1", self.factory.port).start()
+            opc_port = self.proxy.port
+        self.subscriber = Subscriber(port=self.broker.port, topic=TOPIC, timeout=30).__enter__()
+        sink = (
+            f"- type: mqtt\n  host: 127.0.0.1\n  port: {self.broker.port}\n  client_id: agent-under-test\n"
+            f"  batch: {{max_records: 500, max_delay_ms: 100}}\n{self._mqtt}"
+        )
+        self.config.write_text(
+            factory_config(
+                opc_port=opc_port,
+                data_dir=self.data_dir,
+                sinks=sink,
+                machines=1,
+                only=self.only,
+                events=False,
+                **self._config,
+            )
+        )
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.subscriber is not None:
+            self.subscriber.__exit__()
+        if self.proxy is not None:
+            self.proxy.stop()
+        self.factory.stop()
+        self.broker.stop()
+
+    def start_agent(self) -> AgentProcess:
+        self.runs += 1
+        return AgentProcess(self.config, self.workdir / f"agent-{self.runs}.log").start()
+
+    def ledger(self, *, validate: bool = False) -> Ledger:
+        assert self.subscriber is not None
+        return Ledger.of(self.subscriber.messages(), validate=validate)
+
+    def factory_offset(self) -> timedelta:
+        """The device clock minus the true time."""
+        return timedelta(seconds=self.factory.clock_offset)
+
+    def nodes(self) -> list[str]:
+        return [s.node_id for s in catalogue(1) if self.only(s)]
+
+    def data_after(self, when: datetime) -> bool:
+        """A value produced after `when` (the device's clock) has arrived."""
+        return any(r["sourceTime"] and ts(r["sourceTime"]) > when for r in self.ledger().records("data"))
+
+    def account(self, *, until: datetime | None = None) -> Report:
+        ledger = self.ledger(validate=True)
+        written = {n: [t for t, _ in self.factory.written(n)] for n in self.nodes()}
+        data = ledger.records("data")
+        delivered = {(r["node"], r["sourceTime"]) for r in data}
+        first: dict[str, datetime] = {}
+        for r in data:
+            if r["sourceTime"]:
+                t = ts(r["sourceTime"])
+                first[r["node"]] = min(t, first.get(r["node"], t))
+        last = until or max((ts(r["sourceTime"]) for r in data if r["sourceTime"]), default=None)
+        produced = sum(1 for n, times in written.items() for t in times if n in first and first[n] <= t <= (last or t))
+        ids = [r["id"] for r in data]
+        return Report(
+            values=produced,
+            delivered=len(delivered),
+            gaps=len(ledger.unique("gap")),
+            missing=ledger.unaccounted(written, until=until),
+            reissued=len(ledger.reissued()),
+            duplicates=len(ids) - len(set(ids)),
+        )
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def kills(bed: Bed, count: int, rng: random.Random, log: Callable[[str], None] = lambda _: None) -> Report:
+    """SIGKILL the agent `count` times at random moments (every third one before it can have
+    connected), then run it once more, stop it cleanly and account for every value."""
+    agent = bed.start_agent()
+    wait_for("the first values", lambda: bed.ledger().records("data"), 60)
+    for n in range(count):
+        early = n % 3 == 1
+        time.sleep(rng.uniform(0.0, 0.2) if early else rng.uniform(0.3, 3.0))
+        agent.kill()
+        log(f"kill {n + 1}/{count} {'right after the start' if early else 'while collecting'}")
+        agent = bed.start_agent()
+    killed_at = datetime.now(UTC) + bed.factory_offset()
+    wait_for("values after the last kill", lambda: bed.data_after(killed_at), 60)
+    time.sleep(1.0)  # the restart's gap records follow its first values
+    stopped_at = datetime.now(UTC) + bed.factory_offset()
+    code = agent.stop()
+    if code != 0:
+        raise RuntimeError(f"the agent exited with {code}:\n{agent.log()[-3000:]}")
+    time.sleep(1.0)  # the last PUBACKed messages reach the subscriber
+    return bed.account(until=stopped_at)
+
+
+def link_drops(bed: Bed, every_s: float, duration_s: float, log: Callable[[str], None] = lambda _: None) -> Report:
+    """Reset the agent's OPC UA connection every `every_s` for `duration_s` (a flaky link), then account."""
+    assert bed.proxy is not None, "the bed needs via_proxy=True"
+    agent = bed.start_agent()
+    wait_for("the first values", lambda: bed.ledger().records("data"), 60)
+    started = time.monotonic()
+    drops = 0
+    while time.monotonic() - started < duration_s:
+        time.sleep(every_s)
+        bed.proxy.reset()
+        drops += 1
+        log(f"connection dropped ({drops})")
+    dropped_at = datetime.now(UTC)
+    wait_for("values after the last drop", lambda: bed.data_after(dropped_at + bed.factory_offset()), 60)
+    time.sleep(1.0)
+    stopped_at = datetime.now(UTC) + bed.factory_offset()
+    code = agent.stop()
+    if code != 0:
+        raise RuntimeError(f"the agent exited with {code}:\n{agent.log()[-3000:]}")
+    time.sleep(1.0)
+    return bed.account(until=stopped_at)
