@@ -198,8 +198,8 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         finally:
             assert agent.stop() == 0
         got = received(subscriber, validate=True)
-        gaps = got.unique("gap")
-        assert gaps and all("unexpectedly" in g["reason"] for g in gaps)
+        gaps = [g for g in got.unique("gap") if "unexpectedly" in g["reason"]]
+        assert gaps, "the kill left no gap record"
         assert len({e["path"] for g in gaps for e in g["elements"]}) == len(ONLY)
         assert all(ts(g["start"]) <= killed_at for g in gaps)
         twice = got.reissued()
@@ -212,7 +212,9 @@ def test_sigkill_loses_nothing_and_gap_covers_downtime(
         )
 
 
-def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber) -> None:
+def test_a_broker_outage_loses_nothing_and_is_no_gap(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber
+) -> None:
     opc_port = free_port()
     with FactoryThread(port=opc_port, period=0.1, machines=1) as fac:
         agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
@@ -220,7 +222,7 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBro
             wait_until("data to flow", lambda: received(subscriber).records("data"), timeout=60)
             broker.stop()
             outage_start = datetime.now().astimezone()
-            time.sleep(30)  # the outage itself is the behaviour under test, not a wait for a condition
+            time.sleep(8)  # the outage itself is the behaviour under test, not a wait for a condition
             broker.start()
             outage_end = datetime.now().astimezone()
             wait_until(
@@ -236,7 +238,8 @@ def test_broker_outage_of_30s_loses_nothing(tmp_path: Path, broker: MosquittoBro
     assert len(during) > 100
     missing = [d for d in during if d not in arrived]
     assert not missing, f"{len(missing)} of {len(during)} values produced during the outage never arrived"
-    assert not got.records("gap"), "a broker outage is not a collection gap"
+    gaps = [g for g in got.unique("gap") if g["reason"] != "agent was stopped"]
+    assert not gaps, "a broker outage is not a collection gap"
 
 
 def test_server_restart_resubscribes_with_a_gap(
@@ -261,7 +264,7 @@ def test_server_restart_resubscribes_with_a_gap(
             assert agent.stop() == 0
         got = received(subscriber, validate=True)
         written = {s.node_id: [t for t, _ in fac.written(s.node_id)] for s in ONLY}
-    gaps = got.unique("gap")
+    gaps = [g for g in got.unique("gap") if g["reason"] != "agent was stopped"]
     assert len({e["path"] for g in gaps for e in g["elements"]}) == len(ONLY)
     assert all(ts(g["start"]) <= stopped_at <= ts(g["end"]) for g in gaps)
     missing = got.unaccounted(written)
