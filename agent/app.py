@@ -132,6 +132,16 @@ class Agent:
                     {"sink": sink, "recovered": recovery.recovered, "unreadable": recovery.unreadable},
                 )
             )
+        if buf.replaced is not None:
+            origin, mark = buf.replaced
+            self._buffer_notes.append(
+                (
+                    "buffer-rolled-back",
+                    f"buffer of sink {sink} is new, but the one before it (origin {origin}, seqs up to {mark}) "
+                    "was lost with its undelivered records",
+                    {"sink": sink, "lostOrigin": origin, "highWater": mark},
+                )
+            )
         if buf.rolled_back is not None:
             at, mark = buf.rolled_back
             self._buffer_notes.append(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -59,23 +59,29 @@ class Bed:
         workdir: Path,
         *,
         period: float = 0.05,
+        machines: int = 1,
         clock_offset: float = 0.0,
         via_proxy: bool = False,
         only: Callable[[SignalInfo], bool] = machine_signals,
         mqtt: str = "",
+        broker_conf: Sequence[str] = (),
+        broker_up: bool = True,
+        data_dir: Path | None = None,
         **config: Any,
     ) -> None:
         self.workdir = workdir
         self.only = only
-        self.factory = FactoryThread(port=free_port(), period=period, machines=1, clock_offset=clock_offset)
-        self.broker = MosquittoBroker(workdir / "broker")
+        self.machines = machines
+        self.factory = FactoryThread(port=free_port(), period=period, machines=machines, clock_offset=clock_offset)
+        self.broker = MosquittoBroker(workdir / "broker", extra_conf=broker_conf)
+        self._broker_up = broker_up
         self.proxy: ProxyThread | None = None
         self._via_proxy = via_proxy
         self._mqtt = mqtt
         self._config = config
         self.subscriber: Subscriber | None = None
         self.config = workdir / "agent.yaml"
-        self.data_dir = workdir / "data"
+        self.data_dir = data_dir or workdir / "data"
         self.runs = 0
 
     def __enter__(self) -> Self:
@@ -85,7 +91,11 @@ class Bed:
         if self._via_proxy:
             self.proxy = ProxyThread("127.0.0.1", self.factory.port).start()
             opc_port = self.proxy.port
+        # A persistent session (mosquitto keeps it across its restarts), so whatever the agent publishes
+        # after a restart of the broker reaches the subscriber even before it has reconnected.
         self.subscriber = Subscriber(port=self.broker.port, topic=TOPIC, timeout=30).__enter__()
+        if not self._broker_up:
+            self.broker.stop()
         sink = (
             f"- type: mqtt\n  host: 127.0.0.1\n  port: {self.broker.port}\n  client_id: agent-under-test\n"
             f"  batch: {{max_records: 500, max_delay_ms: 100}}\n{self._mqtt}"
@@ -95,7 +105,7 @@ class Bed:
                 opc_port=opc_port,
                 data_dir=self.data_dir,
                 sinks=sink,
-                machines=1,
+                machines=self.machines,
                 only=self.only,
                 events=False,
                 **self._config,
@@ -126,7 +136,7 @@ class Bed:
         return timedelta(seconds=self.factory.clock_offset)
 
     def nodes(self) -> list[str]:
-        return [s.node_id for s in catalogue(1) if self.only(s)]
+        return [s.node_id for s in catalogue(self.machines) if self.only(s)]
 
     def data_after(self, when: datetime) -> bool:
         """A value produced after `when` (the device's clock) has arrived."""

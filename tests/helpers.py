@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, TypeVar
 
@@ -83,3 +85,31 @@ class Collected:
 
     def of(self, handle: int) -> list[Sample]:
         return [s for s in self.samples if s.handle == handle]
+
+
+@contextmanager
+def small_disk(directory: Path, size_mb: int) -> Iterator[Path]:
+    """A real file system of `size_mb` (tmpfs), so a full disk is a real ENOSPC."""
+    directory.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(directory)], capture_output=True
+    )
+    if done.returncode != 0:
+        unavailable(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of the file system with a filler file."""
+    filler = directory / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    return filler

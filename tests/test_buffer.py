@@ -12,7 +12,6 @@ import sys
 import tempfile
 import textwrap
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.helpers import unavailable
+from tests.helpers import fill, small_disk
 from uploader.buffer import (
     SCHEMA_VERSION,
     Batch,
@@ -896,34 +895,6 @@ def test_a_truncated_file_is_recovered_too(path: Path) -> None:
         data = [orjson.loads(i.body)["n"] for i in drain(buf, "data")]
     assert recovery is not None
     assert data == list(range(len(data))), "a prefix of the records survives, in order"
-
-
-@contextmanager
-def small_disk(directory: Path, size_mb: int) -> Iterator[Path]:
-    """A real file system of `size_mb` (tmpfs), so a full disk is a real ENOSPC."""
-    directory.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(directory)], capture_output=True
-    )
-    if done.returncode != 0:
-        unavailable(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Take every free byte of the file system with a filler file."""
-    filler = directory / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    return filler
 
 
 def test_on_a_full_disk_the_reserve_lets_records_be_stored_and_delivered_ones_deleted(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ class Forwarder:
         self._delays = delays
         self._wake = asyncio.Event()
         self._data_since: float | None = None  # when data began waiting for a fuller batch
+        self._refusals: dict[tuple[str, str], list[float]] = {}  # (topic, reason) -> [last logged, not logged]
         self.stats = ForwarderStats()
 
     def wake(self) -> None:
@@ -259,6 +260,24 @@ class Forwarder:
             self.stats.last_error = f"{unconfirmed} of {len(messages)} messages unconfirmed"
         return False
 
+    def _log_refusal(self, topic: str, reason: str, count: int) -> None:
+        now = asyncio.get_running_loop().time()
+        seen = self._refusals.get((topic, reason))
+        if seen is not None and now - seen[0] < _REFUSAL_LOG_S:
+            seen[1] += count
+            return
+        since = f" (and {seen[1]} more since the last report)" if seen is not None and seen[1] else ""
+        log.error(
+            "%s: %d records refused for good on %s: %s%s; moved to the dead letters "
+            "(edge-agent dead-letter list), not sent again",
+            self.sink.name,
+            count,
+            topic,
+            reason,
+            since,
+        )
+        self._refusals[(topic, reason)] = [now, 0]
+
     def _dead_letter(self, lane: str, refused: list[tuple[list[StoredRecord], str]]) -> list[int]:
         """Move refused records to the dead letters; returns the seqs that may now leave the buffer."""
         done: list[int] = []
@@ -278,16 +297,12 @@ class Forwarder:
             except Exception as e:  # the disk refuses: keep them buffered rather than lose them
                 log.error("%s: cannot keep %d refused records as dead letters: %s", self.sink.name, len(records), e)
                 continue
-            log.error(
-                "%s: %d records refused for good on %s: %s; moved to the dead letters "
-                "(edge-agent dead-letter list), not sent again",
-                self.sink.name,
-                len(records),
-                topic,
-                reason,
-            )
+            self._log_refusal(topic, reason, len(records))
             done += [r.seq for r in records]
         return done
+
+
+_REFUSAL_LOG_S = 60.0  # a refusal that keeps happening is logged once a minute, with a count
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:

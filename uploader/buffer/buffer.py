@@ -105,7 +105,19 @@ class Buffer:
         self._reserve = Reserve(self.path.with_name(self.path.name + ".reserve"), reserve_bytes)
         self.rolled_back: tuple[int, int] | None = None
         """(seq in the file, high-water mark) when the file was behind the seqs already handed out."""
-        mark = self._high_water.read()
+        self.replaced: tuple[str, int] | None = None
+        """(origin, seqs handed out) of an earlier file at this path that is gone: its undelivered records with it."""
+        found = self._high_water.read()
+        mark = found[1] if found is not None and found[0] == self.origin else None
+        if found is not None and found[0] != self.origin and self._store.created and found[1] > 0:
+            self.replaced = found
+            log.error(
+                "buffer %s is new, but a buffer with origin %s had handed out seqs up to %d here: that file was "
+                "lost (deleted, or its -wal lost before its first checkpoint), and its undelivered records with it",
+                self.path,
+                found[0],
+                found[1],
+            )
         if mark is not None and mark > self._store.last_seq:
             self.rolled_back = (self._store.last_seq, mark)
             log.error(

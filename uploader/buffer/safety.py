@@ -29,15 +29,15 @@ class HighWater:
         self._fd: int | None = None
         self._failing = False
 
-    def read(self) -> int | None:
-        """The mark for this origin, None if there is none (a new file, or one of another buffer)."""
+    def read(self) -> tuple[str, int] | None:
+        """(origin, seq) of the mark, None if there is none."""
         try:
             text = self.path.read_text(encoding="ascii", errors="replace").split()
         except OSError:
             return None
-        if len(text) != 2 or text[0] != self.origin or not text[1].isdigit():
+        if len(text) != 2 or not text[1].isdigit():
             return None
-        return int(text[1])
+        return text[0], int(text[1])
 
     def write(self, seq: int) -> None:
         """Record `seq` as handed out; a failure is logged once (numbering itself goes on)."""

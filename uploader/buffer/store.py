@@ -133,10 +133,12 @@ class Store:
         conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         # The first read takes the lock and fails on a file that is not a database.
         app_id, version = conn.execute("SELECT * FROM pragma_application_id(), pragma_user_version()").fetchone()
+        self.created = False  # this open made the file a new, empty buffer
         if app_id == 0 and version == 0:
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise BufferFormatError(self.path, _FOREIGN)
             self._create()
+            self.created = True
         elif app_id != APPLICATION_ID:
             raise BufferFormatError(self.path, _FOREIGN)
         elif version > SCHEMA_VERSION:
