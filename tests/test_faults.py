@@ -16,6 +16,7 @@ import pytest
 
 from simulators import faults
 from simulators.agentproc import ROOT
+from simulators.factory import SignalInfo
 from simulators.faults import Bed
 from simulators.mosquitto import mosquitto_binary
 from tests.helpers import fill, small_disk, unavailable
@@ -134,6 +135,17 @@ def test_a_lost_wal_is_reported_and_no_id_is_given_twice(tmp_path: Path) -> None
     assert all(len(v) == 1 for v in by_id.values()), "an id was given to two different values"
 
 
+def _two_machines_and_a_long_string(s: SignalInfo) -> bool:
+    """CNC01's and IMM01's machine signals, and CNC01's 3 KB string (larger than the broker takes)."""
+    return s.machine in ("CNC01", "IMM01") and (not s.name.startswith("Diagnostics") or s.name == "Diagnostics.String")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_a_refusing_broker_is_named_and_refused_records_are_dead_lettered_then_replayed(tmp_path: Path) -> None:
     """MQTT 5: the ACL denies one machine's topics and one record is larger than the broker takes.
     Nothing is deleted that was not delivered or kept as a dead letter; the refusal is named; the
@@ -142,24 +154,14 @@ def test_a_refusing_broker_is_named_and_refused_records_are_dead_lettered_then_r
     acl.write_text(
         "topic read kamp/v1/#\ntopic write kamp/v1/test-site/cnc01/#\ntopic write kamp/v1/test-site/_agent/#\n"
     )
-    both = lambda s: (
-        s.machine in ("CNC01", "IMM01")
-        and (  # noqa: E731
-            not s.name.startswith("Diagnostics") or s.name == "Diagnostics.String"
-        )
-    )
-    with Bed(tmp_path, machines=2, only=both, broker_conf=[f"acl_file {acl}", "max_packet_size 3000"]) as bed:
+    conf = [f"acl_file {acl}", "max_packet_size 3000"]
+    with Bed(tmp_path, machines=2, only=_two_machines_and_a_long_string, broker_conf=conf) as bed:
         agent = bed.start_agent()
-        faults.wait_for("the broker's refusal", lambda: "refused for good on kamp/v1/test-site/imm01" in agent.log(), 60)
+        refused = "refused for good on kamp/v1/test-site/imm01"
+        faults.wait_for("the broker's refusal", lambda: refused in agent.log(), 60)
         faults.wait_for("the oversized record", lambda: "larger than the far end takes" in agent.log(), 60)
-        listed = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "dead-letter", "list", "-c", str(bed.config), "--json", "--limit", "5000"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-        replay_while_running = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "dead-letter", "replay", "-c", str(bed.config)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        listed = _cli("dead-letter", "list", "-c", str(bed.config), "--json", "--limit", "5000")
+        replay_while_running = _cli("dead-letter", "replay", "-c", str(bed.config))
         assert agent.stop() == 0
         log = agent.log()
         letters = [orjson.loads(line) for line in listed.stdout.splitlines()]
@@ -177,10 +179,7 @@ def test_a_refusing_broker_is_named_and_refused_records_are_dead_lettered_then_r
         acl.write_text("topic readwrite kamp/v1/#\n")
         bed.broker.stop()
         bed.broker.start()
-        replayed = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "dead-letter", "replay", "-c", str(bed.config), "--sink", "mqtt"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        replayed = _cli("dead-letter", "replay", "-c", str(bed.config), "--sink", "mqtt")
         assert replayed.returncode == 0, replayed.stderr
         agent = bed.start_agent()
         faults.wait_for(
