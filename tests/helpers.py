@@ -103,13 +103,18 @@ def small_disk(directory: Path, size_mb: int) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Take every free byte of the file system with a filler file."""
+    """Take every free byte of the file system with a filler file (unbuffered: nothing left to flush)."""
     filler = directory / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = b"\0" * 65536
+    try:
+        while True:
+            try:
+                os.write(fd, block)
+            except OSError:
+                if len(block) == 1:
+                    break
+                block = block[: len(block) // 2]
+    finally:
+        os.close(fd)
     return filler

@@ -4,6 +4,7 @@ and mosquitto, broken on purpose, and every value the server produced accounted 
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import sys
@@ -15,11 +16,15 @@ import orjson
 import pytest
 
 from simulators import faults
-from simulators.agentproc import ROOT
+from simulators.accounting import Ledger, ts
+from simulators.agentproc import ROOT, AgentProcess
 from simulators.factory import SignalInfo
 from simulators.faults import Bed
-from simulators.mosquitto import mosquitto_binary
+from simulators.mosquitto import Subscriber, mosquitto_binary
+from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
+from simulators.ports import free_port
 from tests.helpers import fill, small_disk, unavailable
+from tests.mqtt_broker import MosquittoBroker
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.timeout(300)]
 
@@ -217,3 +222,102 @@ def test_sigterm_during_a_backlog_flushes_within_its_deadline_and_keeps_the_rest
         time.sleep(1)
         report = bed.account(until=stopped_at)
     assert not report.missing, f"{report}: {report.missing[:5]}"
+
+
+def test_a_black_holed_link_is_noticed_within_a_bound_and_the_silence_is_a_gap(tmp_path: Path) -> None:
+    """The cable pulled behind a switch: the connection stays open and nothing comes. The agent must
+    notice (its publish watchdog) rather than wait forever, and cover the silence with a gap."""
+    with Bed(tmp_path, via_proxy=True) as bed:
+        assert bed.proxy is not None
+        agent = bed.start_agent()
+        faults.wait_for("the first values", lambda: bed.ledger().records("data"), 60)
+        bed.proxy.set_blackhole(True)
+        holed = time.monotonic()
+        faults.wait_for("the agent to notice", lambda: "lost opc.tcp" in agent.log(), 30)
+        noticed = time.monotonic() - holed
+        bed.proxy.set_blackhole(False)
+        back = datetime.now(UTC)
+        faults.wait_for("values after the link came back", lambda: bed.data_after(back), 60)
+        time.sleep(1)
+        stopped_at = datetime.now(UTC)
+        assert agent.stop() == 0
+        time.sleep(1)
+        report = bed.account(until=stopped_at)
+    assert noticed < 15, f"noticed after {noticed:.0f} s (publishing 100 ms x 10 keep-alives x 2 + 4 s time-out)"
+    assert not report.missing, f"{report}: {report.missing[:5]}"
+    gaps = [g for g in bed.ledger().unique("gap") if g["reason"] != "agent was stopped"]
+    assert gaps, "the silence was not a gap"
+
+
+def test_ten_server_restarts_in_a_minute_are_ten_gaps_and_nothing_unaccounted(tmp_path: Path) -> None:
+    with Bed(tmp_path) as bed:
+        agent = bed.start_agent()
+        faults.wait_for("the first values", lambda: bed.ledger().records("data"), 60)
+        for _ in range(10):
+            bed.factory.stop()
+            bed.factory.start()
+            time.sleep(1.5)
+        back = datetime.now(UTC)
+        faults.wait_for("values after the last restart", lambda: bed.data_after(back), 60)
+        time.sleep(1)
+        stopped_at = datetime.now(UTC)
+        assert agent.stop() == 0
+        time.sleep(1)
+        report = bed.account(until=stopped_at)
+        log = agent.log()
+    assert not report.missing, f"{report}: {report.missing[:5]}"
+    gaps = [g for g in bed.ledger().unique("gap") if g["reason"] != "agent was stopped"]
+    assert len(gaps) >= 8, f"{len(gaps)} gap records for 10 restarts"  # a restart inside a backoff merges into one
+    assert "Traceback" not in log and "component-failed" not in log
+
+
+def test_the_servers_queue_overflow_is_a_gap_of_each_element_it_hit(tmp_path: Path) -> None:
+    """node-opcua sets the overflow bit when an item's queue drops values (asyncua's server does not).
+    Sampled every 10 ms, queue 2 (with 1 a queue never overflows: it only keeps the newest), values every
+    20 ms, a publish every 500 ms: most values are discarded by the server, and wherever it says so (the
+    overflow bit on the value after the loss), the loss must lie inside an overflow gap of that element.
+    (Values lost to sampling carry no such bit: OPC UA does not tell a client about them.)"""
+    reason = node_opcua_available()
+    if reason is not None:
+        unavailable(reason)
+    with (
+        NodeOpcuaServer(port=free_port(), vars=5, period_ms=20) as server,
+        MosquittoBroker(tmp_path / "broker") as broker,
+        Subscriber(port=broker.port, topic="kamp/v1/#") as sub,
+    ):
+        points = "\n".join(
+            f"      - {{node: '{node}', path: Var_{i}, type: Double, sampling_ms: 10, queue_size: 2}}"
+            for i, node in enumerate(server.variable_ids())
+        )
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            f"site: {{id: s}}\nagent: {{data_dir: {tmp_path / 'data'}, status_interval_s: 1}}\n"
+            f"sources:\n  - {{id: n, endpoint: '{server.endpoint}', publishing_interval_ms: 500}}\n"
+            "equipment:\n  - id: load\n    source: n\n"
+            "    nameplate: {manufacturer_name: M, product_designation: P, uri_of_product: 'https://x', "
+            "order_code: O}\n"
+            f"    points:\n{points}\n"
+            f"sinks:\n  - {{type: mqtt, host: 127.0.0.1, port: {broker.port}, batch: {{max_delay_ms: 100}}}}\n"
+        )
+        agent = AgentProcess(config, tmp_path / "agent.log").start()
+        faults.wait_for("values", lambda: len(Ledger.of(sub.messages(), validate=False).records("data")) > 40, 60)
+        time.sleep(2)
+        assert agent.stop() == 0
+        ledger = Ledger.of(sub.messages())
+    data = ledger.records("data")
+    assert any(r["status"] & 0x480 == 0x480 for r in data), "no overflow bit: the scenario did not happen"
+    spans: dict[str, list[tuple[datetime, datetime]]] = {}
+    for g in ledger.unique("gap"):
+        if "overflowed" in g["reason"]:
+            for e in g["elements"]:
+                spans.setdefault(e["path"], []).append((ts(e["start"]), ts(e["end"])))
+    flagged = 0
+    for path in {r["path"] for r in data}:
+        values = sorted((ts(r["sourceTime"]), r["status"]) for r in data if r["path"] == path)
+        for (t1, _), (t2, status) in itertools.pairwise(values):
+            if status & 0x480 == 0x480:  # the server discarded values between these two
+                flagged += 1
+                assert any(s <= t1 and t2 <= e for s, e in spans.get(path, [])), (
+                    f"{path}: {t1.time()} .. {t2.time()} outside {[(s.time(), e.time()) for s, e in spans[path]]}"
+                )
+    assert flagged > 10
