@@ -128,8 +128,8 @@ def test_broker_down_at_start_send_fails_fast_then_sink_connects_by_itself(tmp_p
         await sink.start()
         try:
             started = time.monotonic()
-            assert await sink.send(batch(10), timeout=5) == [False] * 10
-            assert time.monotonic() - started < 0.5
+            assert await sink.send(batch(10), timeout=30) == [False] * 10
+            assert time.monotonic() - started < 5, "while disconnected, send answers at once, not at its timeout"
             assert not sink.connected
             await asyncio.to_thread(broker.start)
             assert await sink.wait_connected(10)
@@ -212,7 +212,7 @@ def test_without_puback_send_returns_false_at_its_timeout_and_late_pubacks_are_i
             broker.suspend()
             started = time.monotonic()
             assert await sink.send(batch(5), timeout=0.5) == [False] * 5
-            assert 0.5 <= time.monotonic() - started < 2
+            assert 0.5 <= time.monotonic() - started < 10, "waits its timeout, and not much more"
             broker.resume()  # the broker now acknowledges the first five, for mids nobody waits on
             assert await sink.send(batch(5), timeout=10) == [True] * 5
             assert sink._pending == {}

@@ -69,9 +69,11 @@ def test_per_item_sampling_interval_is_honoured() -> None:
     span = lambda xs: (xs[-1].source_time - xs[1].source_time).total_seconds()  # noqa: E731
     fast_rate = (len(fast) - 2) / span(fast)
     slow_rate = (len(slow) - 2) / span(slow)
-    assert 6 <= fast_rate <= 14, f"100 ms sampling gave {fast_rate:.1f} values/s"
-    assert 1.4 <= slow_rate <= 2.8, f"500 ms sampling gave {slow_rate:.1f} values/s"
-    assert fast_rate / slow_rate > 3.5
+    # Source times are the server's, so a busy client does not change the rates; a busy server slows both
+    # alike, so their ratio is held close and each alone loosely.
+    assert 4 <= fast_rate <= 14, f"100 ms sampling gave {fast_rate:.1f} values/s"
+    assert 0.8 <= slow_rate <= 2.8, f"500 ms sampling gave {slow_rate:.1f} values/s"
+    assert 3.5 <= fast_rate / slow_rate <= 7, (fast_rate, slow_rate)
 
 
 def test_absolute_and_percent_deadband() -> None:

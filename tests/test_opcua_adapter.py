@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 from collections.abc import Callable, Iterator
 
 from adapters.opcua.source import OpcUaSource
@@ -57,7 +58,10 @@ def test_polling_browse_paths_events_and_problems() -> None:
         asyncio.run(run_until(source, done, timeout=60, sink=sink))
     polled = sink.of(1)
     gaps = [(b.server_time - a.server_time).total_seconds() for a, b in itertools.pairwise(polled)]  # type: ignore[operator]
-    assert all(0.1 < g < 0.5 for g in gaps[1:]), gaps
+    # Polled every 200 ms: about that apart, and never a burst (a late round is skipped, not caught up).
+    # A busy machine may delay a round, so only the median is held close.
+    assert 0.15 <= statistics.median(gaps[1:]) <= 0.4, gaps
+    assert min(gaps[1:]) > 0.1, gaps
     assert all(isinstance(s.value, int) and 0 <= s.value <= 255 for s in sink.of(5))
     assert all(isinstance(s.value, float) for s in sink.of(2))
     problems = {p.handle: p.problem for p in sink.problems}
