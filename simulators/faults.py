@@ -37,8 +37,8 @@ def machine_signals(s: SignalInfo) -> bool:
 
 @dataclass
 class Report:
-    values: int  # values the server produced in the checked window
-    delivered: int  # distinct values that arrived
+    values: int  # values the server produced in the checked window (from each node's first delivered value)
+    delivered: int  # of those, the ones that arrived
     gaps: int  # gap records
     missing: list[tuple[str, datetime]] = field(default_factory=list)  # neither arrived nor in a gap
     reissued: int = 0  # values that arrived under more than one id
@@ -146,14 +146,19 @@ class Bed:
         ledger = self.ledger(validate=True)
         written = {n: [t for t, _ in self.factory.written(n)] for n in self.nodes()}
         data = ledger.records("data")
-        delivered = {(r["node"], r["sourceTime"]) for r in data}
         first: dict[str, datetime] = {}
         for r in data:
             if r["sourceTime"]:
                 t = ts(r["sourceTime"])
                 first[r["node"]] = min(t, first.get(r["node"], t))
         last = until or max((ts(r["sourceTime"]) for r in data if r["sourceTime"]), default=None)
-        produced = sum(1 for n, times in written.items() for t in times if n in first and first[n] <= t <= (last or t))
+
+        def counted(node: str, t: datetime) -> bool:
+            return node in first and first[node] <= t and (last is None or t <= last)
+
+        produced = sum(1 for n, times in written.items() for t in times if counted(n, t))
+        delivered = {(r["node"], ts(r["sourceTime"])) for r in data if r["sourceTime"]}
+        delivered = {(n, t) for n, t in delivered if counted(n, t)}
         ids = [r["id"] for r in data]
         return Report(
             values=produced,

@@ -139,6 +139,7 @@ class ProxyThread:
         asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def set_blackhole(self, on: bool) -> None:
         self._loop.call_soon_threadsafe(setattr, self.proxy, "blackhole", on)

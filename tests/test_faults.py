@@ -321,3 +321,23 @@ def test_the_servers_queue_overflow_is_a_gap_of_each_element_it_hit(tmp_path: Pa
                     f"{path}: {t1.time()} .. {t2.time()} outside {[(s.time(), e.time()) for s, e in spans[path]]}"
                 )
     assert flagged > 10
+
+
+def test_sessions_the_server_invalidates_are_noticed_and_replaced_within_a_bound(tmp_path: Path) -> None:
+    """The server forgets every session (a PLC's purge) while the TCP connections stay up."""
+    with Bed(tmp_path) as bed:
+        agent = bed.start_agent()
+        faults.wait_for("the first values", lambda: bed.ledger().records("data"), 60)
+        assert bed.factory.invalidate_sessions() >= 1
+        purged = time.monotonic()
+        faults.wait_for("the agent to notice", lambda: "lost opc.tcp" in agent.log(), 30)
+        noticed = time.monotonic() - purged
+        back = datetime.now(UTC)
+        faults.wait_for("values in a new session", lambda: bed.data_after(back), 60)
+        time.sleep(1)
+        stopped_at = datetime.now(UTC)
+        assert agent.stop() == 0
+        time.sleep(1)
+        report = bed.account(until=stopped_at)
+    assert noticed < 15, f"noticed after {noticed:.0f} s"
+    assert not report.missing, f"{report}: {report.missing[:5]}"

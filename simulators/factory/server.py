@@ -180,6 +180,18 @@ class FactorySimulator:
                 await server.stop()
             self.recorder.close()
 
+    async def invalidate_sessions(self) -> int:
+        """Close every client session on the server's side, connections left open: each client's next
+        request is answered BadSessionIdInvalid, as after a PLC's session purge. Returns how many."""
+        server = self._server
+        if server is None:
+            return 0
+        sessions = list(server.iserver._external_sessions.values())
+        for session in sessions:
+            await session.close_session(delete_subs=True)
+            server.iserver.unregister_external_session(session)
+        return len(sessions)
+
     async def reset_alarm(self, machine_name: str) -> bool:
         """What the ResetAlarm method does; True if an alarm was active."""
         machine = self.plant.machine(machine_name)

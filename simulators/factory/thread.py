@@ -93,6 +93,13 @@ class FactoryThread:
         if self._error is not None:
             raise RuntimeError(f"factory simulator on {self.endpoint} failed while running") from self._error
 
+    def invalidate_sessions(self, timeout: float = 10.0) -> int:
+        """FactorySimulator.invalidate_sessions, from the calling thread."""
+        loop, simulator = self._loop, self._simulator
+        if loop is None or simulator is None:
+            raise RuntimeError("factory simulator not running")
+        return asyncio.run_coroutine_threadsafe(simulator.invalidate_sessions(), loop).result(timeout)
+
     def reset_alarm(self, machine: str, timeout: float = 10.0) -> bool:
         """Same as calling the ResetAlarm method of `machine`; True if an alarm was active."""
         loop, simulator = self._loop, self._simulator
