@@ -12,7 +12,6 @@ become gaps (gaps.py), and so do the records the disk quota dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -24,18 +23,17 @@ import orjson
 
 from aas_models.live import LiveValues
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
-from agent.gaps import AGENT, SERVER, SOURCE, GapBook, GapRecord, Member
+from agent.committer import AGENT_KEY, Committer
+from agent.gaps import AGENT, SERVER, SOURCE, GapBook, Member
 from uploader import wire
-from uploader.buffer import Buffer, BufferError, Row
+from uploader.buffer import Buffer, Row
 
 log = logging.getLogger(__name__)
 
-AGENT_KEY = "_agent"
 # StatusCode InfoBits: InfoType "DataValue" (0x400) with the Overflow bit (0x80): the server's
 # queue for this item overflowed and it discarded values (OPC UA Part 4, 7.39.1).
 OVERFLOW: Final = 0x480
 _BAD_SHOWN = 200  # characters of a value that did not fit, in the status record
-_HELD_STATUS = 1000  # status records held in memory while no buffer takes them
 
 # One element's last stored value: (time, status, encoded value or None, clock, digest of the value).
 # After a restart the value itself is not known, only its digest (crc32 of its JSON form).
@@ -115,10 +113,7 @@ class Pipeline:
         self.events: dict[int, EventBinding] = {e.handle: e for e in events}
         self.buffers = tuple(buffers)
         self.live = live
-        self._delays = delays
-        self._store_timeout = store_timeout
         self._flush_s = flush_s
-        self._on_stored = on_stored
         members = {
             b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
             for b in bindings
@@ -130,14 +125,15 @@ class Pipeline:
             for e in events
         }
         self.gaps = GapBook(members, wait_s=gap_wait_s)
-        # Per buffer, what it could not take yet: gap records (with the marks they clear) and status rows.
-        self._held_gaps: list[list[GapRecord]] = [[] for _ in self.buffers]
-        self._held_status: list[list[Row]] = [[] for _ in self.buffers]
-        self._status_lost = [0 for _ in self.buffers]
-        self._held_marks: list[dict[str, str]] = [{} for _ in self.buffers]  # open marks not saved yet
+        self.committer = Committer(
+            self.buffers,
+            delays=delays,
+            timeout=store_timeout,
+            report_s=flush_s,
+            quota_report=self._quota_rows,
+            on_stored=on_stored,
+        )
         self._last_flush = 0.0
-        self._store_error = ""  # why the last store failed, for the gap it becomes
-        self._drops_reported = [0.0 for _ in self.buffers]  # loop time of each buffer's last quota report
         # A resubscribe or restart re-reports each current value with its old source time: that is
         # a repeat, not a new value, when time, status and value are the same.
         self.last: dict[int, _Last] = {}
@@ -230,7 +226,7 @@ class Pipeline:
             else:
                 self.last[h] = prev
         now = _utcnow().timestamp()
-        reason = f"values could not be stored: {self._store_error}"
+        reason = f"values could not be stored: {self.committer.last_error}"
         for s in samples:
             if s.handle not in self.bindings:
                 continue
@@ -302,8 +298,7 @@ class Pipeline:
             await self.on_interruption(Interruption(source, handles, now, None, reason))
         records = self.gaps.provisional(now)
         if records:
-            for held in self._held_gaps:
-                held += records
+            self.committer.hold_gaps(records)
             await self.store([])
 
     # -- periodic -------------------------------------------------------------------------------
@@ -322,8 +317,7 @@ class Pipeline:
             if rows:
                 await self.store(rows)
         if records:
-            for held in self._held_gaps:
-                held += records
+            self.committer.hold_gaps(records)
             await self.store([])
 
     # -- records --------------------------------------------------------------------------------
@@ -385,56 +379,5 @@ class Pipeline:
     # -- storing --------------------------------------------------------------------------------
 
     async def store(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
-        """Commit rows (and marks) to every buffer, with what each holds back; retry while a disk refuses.
-
-        While it retries the adapter's callback waits, so the server holds its queue (backpressure).
-        Returns False if a buffer still refused after `store_timeout`: its data rows are lost (the
-        caller reports them as a gap), its gap and status rows are held and written first next time.
-        """
-        ok = True
-        for i, buf in enumerate(self.buffers):
-            ok = await self._store_one(i, buf, rows, marks or {}) and ok
-        self._on_stored()
-        return ok
-
-    async def _store_one(self, i: int, buf: Buffer, rows: list[Row], marks: dict[str, str]) -> bool:
-        gaps, status = self._held_gaps[i], self._held_status[i]
-        batch = [(r.equipment, r.ts, r.body) for r in gaps]
-        all_rows = [("gap", e, ts, body) for e, ts, body in batch] + status + rows
-        if self._status_lost[i]:
-            lost = self._status_lost[i]
-            body = wire.status_body(_utcnow(), "status-lost", f"{lost} status records could not be stored (disk full)")
-            all_rows.insert(0, ("status", AGENT_KEY, _utcnow().timestamp(), body))
-        unmark = [m for r in gaps for m in r.clears]
-        if self._held_marks[i]:
-            marks = self._held_marks[i] | marks
-        delays = self._delays()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._store_timeout
-        while True:
-            try:
-                dropped = buf.add(all_rows, marks.items(), unmark=unmark)
-                break
-            except BufferError as exc:
-                if loop.time() >= deadline:
-                    self._store_error = str(exc).split(": ", 1)[-1]
-                    # Where open gaps start must reach the disk before anything that would move it.
-                    self._held_marks[i] = {k: v for k, v in marks.items() if k.startswith("open:")}
-                    held = status + [r for r in rows if r[0] == "status"]
-                    self._status_lost[i] += max(0, len(held) - _HELD_STATUS)
-                    self._held_status[i] = held[-_HELD_STATUS:]
-                    self._held_gaps[i] = gaps
-                    return not any(r[0] != "status" and r[0] != "gap" for r in rows)
-                log.error("cannot store %d records, retrying: %s", len(all_rows), exc)
-                await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
-        self._held_gaps[i], self._held_status[i], self._status_lost[i], self._held_marks[i] = [], [], 0, {}
-        # What the quota dropped is reported once the episode is over (an add that dropped nothing), or
-        # every flush_s: one growing account per machine, kept in the buffer until reported.
-        drops = buf.drops()
-        if drops and (not dropped.count or loop.time() - self._drops_reported[i] >= self._flush_s):
-            try:
-                buf.add(self._quota_rows(drops), settle=list(drops))
-                self._drops_reported[i] = loop.time()
-            except BufferError as exc:
-                log.error("cannot store the report of the quota's drops yet (kept in the buffer): %s", exc)
-        return True
+        """Commit rows (and marks) to every buffer (committer.py); False if data or event rows were lost."""
+        return await self.committer.commit(rows, marks)

@@ -107,29 +107,9 @@ class Buffer:
         """(seq in the file, high-water mark) when the file was behind the seqs already handed out."""
         self.replaced: tuple[str, int] | None = None
         """(origin, seqs handed out) of an earlier file at this path that is gone: its undelivered records with it."""
-        found = self._high_water.read()
-        mark = found[1] if found is not None and found[0] == self.origin else None
-        if found is not None and found[0] != self.origin and self._store.created and found[1] > 0:
-            self.replaced = found
-            log.error(
-                "buffer %s is new, but a buffer with origin %s had handed out seqs up to %d here: that file was "
-                "lost (deleted, or its -wal lost before its first checkpoint), and its undelivered records with it",
-                self.path,
-                found[0],
-                found[1],
-            )
-        if mark is not None and mark > self._store.last_seq:
-            self.rolled_back = (self._store.last_seq, mark)
-            log.error(
-                "buffer %s: its records end at seq %d but seqs up to %d were handed out: the file lost "
-                "committed records (a lost -wal, a restored copy, or a write that failed at the very end). "
-                "Numbering continues after %d, so no id is given twice.",
-                self.path,
-                self._store.last_seq,
-                mark,
-                mark,
-            )
-            self._store.last_seq = mark
+        self.rolled_back, self.replaced = self._high_water.check(self._store.last_seq, new_file=self._store.created)
+        if self.rolled_back is not None:
+            self._store.last_seq = self.rolled_back[1]
         # Nothing is read yet: every pending record is in a chunk after the cursor.
         self._lanes = {
             name: Lane(name, pending=count, unread=count, done_at_open=self._store.done[name])

@@ -39,6 +39,37 @@ class HighWater:
             return None
         return text[0], int(text[1])
 
+    def check(self, last_seq: int, *, new_file: bool) -> tuple[tuple[int, int] | None, tuple[str, int] | None]:
+        """At open: ((file's seq, mark) if the file is behind its mark, (origin, mark) of a lost earlier file)."""
+        found = self.read()
+        if found is None:
+            return None, None
+        origin, mark = found
+        if origin != self.origin:
+            if new_file and mark > 0:
+                log.error(
+                    "buffer %s is new, but a buffer with origin %s had handed out seqs up to %d here: that file "
+                    "was lost (deleted, or its -wal lost before its first checkpoint), and its undelivered records "
+                    "with it",
+                    self.path.with_suffix(""),
+                    origin,
+                    mark,
+                )
+                return None, (origin, mark)
+            return None, None
+        if mark <= last_seq:
+            return None, None
+        log.error(
+            "buffer %s: its records end at seq %d but seqs up to %d were handed out: the file lost committed "
+            "records (a lost -wal, a restored copy, or a write that failed at the very end). Numbering continues "
+            "after %d, so no id is given twice.",
+            self.path.with_suffix(""),
+            last_seq,
+            mark,
+            mark,
+        )
+        return (last_seq, mark), None
+
     def write(self, seq: int) -> None:
         """Record `seq` as handed out; a failure is logged once (numbering itself goes on)."""
         line = f"{self.origin} {seq:020d}".ljust(_HWM_LEN - 1).encode("ascii") + b"\n"
