@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aas_models.live import LiveValues
+from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
 from agent.backoff import Backoff
@@ -26,7 +27,7 @@ from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
 from agent.supervisor import ComponentFailed, Supervisor
-from agent.wiring import endpoint, make_sink, plan
+from agent.wiring import application_uri, endpoint, make_sink, plan
 from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
@@ -97,6 +98,9 @@ class Agent:
         self.pipeline.restore_marks()
         self._first_connect: set[str] = set()
         self.started = datetime.now(UTC)
+        app_uri = application_uri(cfg)
+        self.pki = Pki(cfg.agent.data_dir / "pki")
+        self.own_certificate = self.pki.ensure_own(app_uri)
         for src in cfg.sources:
             items = self.plan.items.get(src.id, [])
             events = self.plan.event_items.get(src.id, [])
@@ -104,7 +108,7 @@ class Agent:
                 continue
             self.sources.append(
                 OpcUaSource(
-                    endpoint(src),
+                    endpoint(src, app_uri),
                     items,
                     events,
                     emit=self.pipeline.on_samples,
@@ -113,6 +117,8 @@ class Agent:
                     problem=self.pipeline.on_problem,
                     state=self._on_state,
                     delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
+                    pki=self.pki,
+                    own_certificate=self.own_certificate,
                 )
             )
         self.supervisor = Supervisor(

@@ -92,6 +92,44 @@ def export(config_path: Path, fmt: str, output: Path) -> None:
     click.echo(f"wrote {output} ({fmt})")
 
 
+@main.group()
+def cert() -> None:
+    """The agent's own OPC UA application instance certificate."""
+
+
+@cert.command("show")
+@CONFIG
+def cert_show(config_path: Path) -> None:
+    """Print the agent's certificate (created if absent): path, thumbprint, application URI, validity."""
+    from adapters.opcua.pki import Pki
+    from agent.wiring import application_uri
+
+    cfg = _load(config_path)
+    own = Pki(cfg.agent.data_dir / "pki").ensure_own(application_uri(cfg))
+    click.echo(f"certificate:     {own.cert}")
+    click.echo(f"private key:     {own.key}")
+    click.echo(f"thumbprint:      {own.thumbprint}")
+    click.echo(f"application URI: {own.application_uri}")
+    click.echo(f"valid until:     {own.not_after}")
+    click.echo("Give the certificate to the OPC UA server's administrator to trust (its 'trusted' folder).")
+
+
+@main.command()
+@CONFIG
+@click.argument("what")
+def trust(config_path: Path, what: str) -> None:
+    """Trust an OPC UA server certificate: a file, or the thumbprint of one the agent rejected."""
+    from adapters.opcua.pki import Pki
+
+    cfg = _load(config_path)
+    try:
+        path = Pki(cfg.agent.data_dir / "pki").trust(what)
+    except (ValueError, OSError) as e:
+        click.echo(f"cannot trust {what}: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"trusted: {path} (a running agent uses it at its next connection attempt)")
+
+
 @main.group("dead-letter")
 def dead_letter() -> None:
     """Records a far end refused for good: list them, or put them back into their sink's buffer."""

@@ -169,9 +169,20 @@ class Equipment(_Model):
 class Security(_Model):
     policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = "None"
     mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    certificate: Path | None = None
+    certificate: Path | None = Field(default=None, description="default: the agent's own, in {data_dir}/pki/own")
     private_key: Path | None = None
-    server_certificate: Path | None = None
+    private_key_password: SecretStr | None = None
+    server_certificate: Path | None = Field(default=None, description="pin: accept only this server certificate")
+
+    @model_validator(mode="after")
+    def _policy_and_mode(self) -> Security:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise ValueError(
+                "policy and mode go together: both None (no security), or a policy with Sign or SignAndEncrypt"
+            )
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("give both certificate and private_key, or neither (the agent's own is used)")
+        return self
 
 
 class Source(_Model):
@@ -179,6 +190,12 @@ class Source(_Model):
     endpoint: str = Field(pattern=r"^opc\.tcp://")
     username: str | None = None
     password: SecretStr | None = None
+    allow_plaintext_password: bool = Field(
+        default=False, description="send the password even where the server would not encrypt it (warned)"
+    )
+    user_certificate: Path | None = Field(default=None, description="X.509 user identity, instead of a user name")
+    user_private_key: Path | None = None
+    user_private_key_password: SecretStr | None = None
     security: Security = Security()
     publishing_interval_ms: float = Field(default=500, gt=0)
     poll_interval_ms: float = Field(default=1000, gt=0)
@@ -190,6 +207,16 @@ class Source(_Model):
     reconnect_max_s: float = Field(default=30, gt=0)
     max_items_per_call: int | None = Field(default=None, ge=1, description="default: the server's operation limits")
     max_notifications_per_publish: int = Field(default=10000, ge=0, description="0: as many as the server sends")
+
+    @model_validator(mode="after")
+    def _identity(self) -> Source:
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            raise ValueError("give both user_certificate and user_private_key for an X.509 user identity")
+        if self.user_certificate is not None and self.username is not None:
+            raise ValueError("one user identity: username/password or user_certificate, not both")
+        if self.password is not None and self.username is None:
+            raise ValueError("a password needs a username")
+        return self
 
 
 class BatchConfig(_Model):

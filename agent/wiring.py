@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from aas_models.build import ShellEnvironment
 from aas_models.types import xs_type
@@ -72,18 +75,37 @@ def _item(handle: int, p: Point) -> NodeItem:
     )
 
 
-def endpoint(s: Source) -> Endpoint:
+def application_uri(cfg: Config) -> str:
+    """The agent's OPC UA application URI: in its certificate, and sent in every session."""
+    return f"urn:edge-agent:{cfg.site.id}:{socket.gethostname()}"
+
+
+def _path(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+def _secret(s: SecretStr | None) -> str | None:
+    return s.get_secret_value() if s is not None else None
+
+
+def endpoint(s: Source, app_uri: str) -> Endpoint:
     sec = s.security
     return Endpoint(
         id=s.id,
         url=s.endpoint,
         username=s.username,
-        password=s.password.get_secret_value() if s.password else None,
+        password=_secret(s.password),
         security_policy=sec.policy,
         security_mode=sec.mode,
-        certificate=str(sec.certificate) if sec.certificate else None,
-        private_key=str(sec.private_key) if sec.private_key else None,
-        server_certificate=str(sec.server_certificate) if sec.server_certificate else None,
+        certificate=_path(sec.certificate),
+        private_key=_path(sec.private_key),
+        private_key_password=_secret(sec.private_key_password),
+        server_certificate=_path(sec.server_certificate),
+        user_certificate=_path(s.user_certificate),
+        user_private_key=_path(s.user_private_key),
+        user_private_key_password=_secret(s.user_private_key_password),
+        allow_plaintext_password=s.allow_plaintext_password,
+        application_uri=app_uri,
         publishing_interval_ms=s.publishing_interval_ms,
         poll_interval_ms=s.poll_interval_ms,
         timeout_s=s.timeout_s,
@@ -142,6 +164,9 @@ def default_client_id(site: str, origin: str) -> str:
 
 
 def secrets(cfg: Config) -> list[str]:
-    out = [s.password.get_secret_value() for s in cfg.sources if s.password]
-    out += [s.password.get_secret_value() for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.password]
-    return out
+    """Every secret in the config, for the log filter that masks them."""
+    found = [s.password for s in cfg.sources]
+    found += [s.user_private_key_password for s in cfg.sources]
+    found += [s.security.private_key_password for s in cfg.sources]
+    found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
+    return [v.get_secret_value() for v in found if v is not None]

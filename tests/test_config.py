@@ -16,6 +16,7 @@ site:
 sources:
   - id: plc1
     endpoint: opc.tcp://127.0.0.1:4840/
+    username: op
     password: hunter2-secret
 equipment:
   - id: cnc01
@@ -58,7 +59,7 @@ def test_typo_in_a_key_names_line_path_and_suggests(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load(p)
     msg = str(err.value)
-    assert f"{p}:19:" in msg
+    assert f"{p}:20:" in msg
     assert "equipment[0].points[0].unti" in msg
     assert "did you mean 'unit'" in msg
 
@@ -69,7 +70,7 @@ def test_wrong_value_type_names_key_and_value(tmp_path: Path) -> None:
         load(p)
     msg = str(err.value)
     assert "equipment[0].points[0].sampling_ms" in msg
-    assert "'fast'" in msg and ":20:" in msg
+    assert "'fast'" in msg and ":21:" in msg
 
 
 def test_unknown_opcua_type_lists_allowed_types() -> None:
@@ -194,3 +195,18 @@ def test_mqtt_reconnect_backoff_reaches_the_sink(tmp_path: Path) -> None:
     delays = list(islice(sink._delays(), 20))
     assert 0.1 <= delays[0] <= 0.2
     assert max(delays) <= 1.5 and delays[-1] >= 0.75
+
+
+@pytest.mark.parametrize(
+    ("security", "message"),
+    [
+        ("{policy: Basic256Sha256}", "policy and mode go together"),
+        ("{policy: None, mode: Sign}", "policy and mode go together"),
+        ("{policy: Basic256Sha256, mode: Sign, certificate: a.der}", "give both certificate and private_key"),
+        ("{policy: Basic128Rsa15, mode: Sign}", "Basic256Sha256"),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(tmp_path: Path, security: str, message: str) -> None:
+    text = GOOD.replace("    username: op\n", f"    username: op\n    security: {security}\n")
+    with pytest.raises(ConfigError, match=message):
+        load(write(tmp_path, text))

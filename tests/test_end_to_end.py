@@ -131,6 +131,7 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         log = agent.log()
 
     assert "Traceback" not in log
+    assert "sending the password for 'operator' unencrypted (allow_plaintext_password is set)" in log
     assert SECRET not in log and all(SECRET.encode() not in p for _, p in subscriber.messages())
     problems = {r["path"]: r for r in got.records("status") if r["kind"] == "node-problem"}
     assert "unknown on the server" in problems["Missing"]["message"]

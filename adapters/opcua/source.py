@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 
 from asyncua import Client, ua
 
-from adapters.opcua import conformance, lowlevel, requests
+from adapters.opcua import conformance, lowlevel, requests, security
+from adapters.opcua.pki import OwnCertificate, Pki
 from adapters.opcua.requests import chunks
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from adapters.opcua.values import NO_TIME_YEAR, PLAIN_TYPES, no_time, plain
@@ -61,8 +62,13 @@ class OpcUaSource:
         problem: ReportProblem,
         state: ReportState,
         delays: Callable[[], Iterator[float]],
+        pki: Pki | None = None,
+        own_certificate: OwnCertificate | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._pki = pki
+        self._own = own_certificate
+        self._refusal = ""  # the last SecurityRefused message logged
         self.items = tuple(items)
         self.events = tuple(events)
         self._emit = emit
@@ -93,6 +99,8 @@ class OpcUaSource:
         while True:
             client = self._client()
             try:
+                async with asyncio.timeout(self.endpoint.timeout_s * 2):
+                    await security.prepare(client, self.endpoint, self._pki, self._own)
                 await asyncio.wait_for(client.connect(), self.endpoint.timeout_s)
                 pollers = await self._setup(client)
                 self.connected = True
@@ -104,7 +112,7 @@ class OpcUaSource:
                     log.info("reconnected to %s after %d attempt(s)", self.endpoint.url, failures)
                 await self._state(SourceState(self.endpoint.id, "connected", now, self.endpoint.url))
                 down_since, failures, delays = None, 0, self._delays()
-                self._sessions_full = False
+                self._sessions_full, self._refusal = False, ""
                 try:
                     await self._watch(pollers)
                 finally:
@@ -118,6 +126,11 @@ class OpcUaSource:
                 reason = self._lost_reason or f"{type(exc).__name__}: {exc}".rstrip(": ")
                 if isinstance(exc, ua.uaerrors.BadTooManySessions):
                     reason = self._too_many_sessions(reason)
+                if isinstance(exc, security.SecurityRefused):
+                    reason = f"refused to connect: {exc}"
+                    if str(exc) != self._refusal:
+                        self._refusal = str(exc)
+                        log.error("%s: %s: %s", self.endpoint.id, self.endpoint.url, reason)
                 if down_since is None:
                     down_since = self._last_data or _now()
                     down_reason = reason
@@ -157,11 +170,7 @@ class OpcUaSource:
         client.name = client.description = "edge-agent"
         # A PLC allows few sessions, and one whose client died unclosed holds its slot this long.
         client.session_timeout = int(ep.session_timeout_s * 1000)
-        client.application_uri = "urn:edge-agent:client"
-        if ep.username:
-            client.set_user(ep.username)
-        if ep.password:
-            client.set_password(ep.password)
+        client.application_uri = ep.application_uri
         self._lost = asyncio.Event()
         self._lost_reason = ""
 
@@ -170,15 +179,6 @@ class OpcUaSource:
 
         client.connection_lost_callback = lost
         return client
-
-    async def _secure(self, client: Client) -> None:
-        ep = self.endpoint
-        if ep.security_policy == "None":
-            return
-        parts = [ep.security_policy, ep.security_mode, ep.certificate or "", ep.private_key or ""]
-        if ep.server_certificate:
-            parts.append(ep.server_certificate)
-        await client.set_security_string(",".join(parts))
 
     def _mark_lost(self, reason: str) -> None:
         if not self._lost.is_set():

@@ -33,11 +33,17 @@ class Endpoint:
     url: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    security_policy: str = "None"
-    security_mode: str = "None"
-    certificate: str | None = None
+    security_policy: str = "None"  # "None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"
+    security_mode: str = "None"  # "None", "Sign", "SignAndEncrypt"
+    certificate: str | None = None  # the agent's own, if not the one in the PKI folder
     private_key: str | None = None
-    server_certificate: str | None = None
+    private_key_password: str | None = field(default=None, repr=False)
+    server_certificate: str | None = None  # pinned: only this certificate is accepted
+    user_certificate: str | None = None  # X.509 user identity, instead of a user name
+    user_private_key: str | None = None
+    user_private_key_password: str | None = field(default=None, repr=False)
+    allow_plaintext_password: bool = False
+    application_uri: str = "urn:edge-agent:client"  # must be in the agent certificate's subjectAltName
     publishing_interval_ms: float = 500.0
     poll_interval_ms: float = 1000.0
     timeout_s: float = 10.0

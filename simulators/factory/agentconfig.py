@@ -9,6 +9,11 @@ from typing import Any
 from simulators.factory.catalogue import catalogue
 
 
+def _login(password: str) -> list[str]:
+    # The simulator serves unsecured by default: a password then needs the explicit permission.
+    return ["    username: operator", f'    password: "{password}"', "    allow_plaintext_password: true"]
+
+
 def path_for(name: str) -> str:
     """The idShort path a factory signal maps to: `Diagnostics.Byte` stays as is, `SpindleSpeed` too."""
     return name
@@ -47,7 +52,7 @@ def factory_config(
         f"    endpoint: opc.tcp://127.0.0.1:{opc_port}/",
         f"    publishing_interval_ms: {publishing_ms}",
         "    timeout_s: 4",
-        *([f'    username: operator\n    password: "{password}"'] if password else []),
+        *(_login(password) if password else []),
         "    reconnect_initial_s: 0.2",
         "    reconnect_max_s: 2",
         *source.splitlines(),

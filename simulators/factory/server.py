@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from asyncua import Node, Server, ua
+from asyncua.crypto.cert_gen import setup_self_signed_certificate
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.event_generator import EventGenerator
+from asyncua.server.user_managers import UserManager
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from simulators.factory.catalogue import (
     DIAGNOSTICS_FOLDER,
@@ -61,6 +65,35 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
+    """The simulator's certificate in `directory` (cert.der, key.pem), made on first use."""
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    cert, key = directory / "cert.der", directory / "key.pem"
+    await setup_self_signed_certificate(
+        key,
+        cert,
+        APPLICATION_URI,
+        host,
+        [ExtendedKeyUsageOID.SERVER_AUTH],
+        {"organizationName": "edge-agent simulators"},
+    )
+    return cert, key
+
+
+class _Users(UserManager):
+    """Name and password must match one of `users`."""
+
+    def __init__(self, users: Mapping[str, str]) -> None:
+        self.users = users
+
+    def get_user(
+        self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
+    ) -> User | None:
+        if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User)
+        return None
+
+
 class FactorySimulator:
     """asyncua server for a `Plant`, updated every `period` seconds.
 
@@ -83,10 +116,19 @@ class FactorySimulator:
         plant: Plant | None = None,
         recorder: ValueRecorder | None = None,
         clock_offset: float = 0.0,
+        security: Sequence[str] = ("NoSecurity",),
+        certificate_dir: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
+        """`security`: asyncua SecurityPolicyType names the server offers ("NoSecurity",
+        "Basic256Sha256_SignAndEncrypt", ...); a secured one needs `certificate_dir`, where the server's
+        certificate is made once and kept (cert.der, key.pem). `users`: name -> password; None takes anyone."""
         if period <= 0:
             raise ValueError("period must be > 0")
         self.clock_offset = timedelta(seconds=clock_offset)  # the device's clock minus the true time
+        self.security = tuple(security)
+        self.certificate_dir = certificate_dir
+        self.users = dict(users) if users is not None else None
         self.host = host
         self.port = port
         self.period = period
@@ -119,11 +161,17 @@ class FactorySimulator:
         self._nodes.clear()
         self._last.clear()
         self._generators.clear()
-        server = Server()
+        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("Edge agent factory simulator")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_security_policy([ua.SecurityPolicyType[name] for name in self.security])
+        if any(name != "NoSecurity" for name in self.security):
+            if self.certificate_dir is None:
+                raise ValueError("a secured simulator needs a certificate_dir")
+            cert, key = await server_certificate(self.certificate_dir, self.host)
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
         await server.set_application_uri(APPLICATION_URI)
         index = await server.register_namespace(NAMESPACE_URI)
         if index != NAMESPACE_INDEX:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -34,8 +35,14 @@ class FactoryThread:
         history: int = 1000,
         start_timeout: float = 60.0,
         clock_offset: float = 0.0,
+        security: Sequence[str] = ("NoSecurity",),
+        certificate_dir: Path | None = None,
+        users: Mapping[str, str] | None = None,
     ) -> None:
         self.clock_offset = clock_offset
+        self.security = tuple(security)
+        self.certificate_dir = certificate_dir
+        self.users = users
         self.host = host
         self.port = port
         self.period = period
@@ -127,6 +134,9 @@ class FactoryThread:
             plant=self.plant,
             recorder=self.recorder,
             clock_offset=self.clock_offset,
+            security=self.security,
+            certificate_dir=self.certificate_dir,
+            users=self.users,
         )
         stop = asyncio.Event()
         await simulator.start()
