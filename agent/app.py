@@ -67,6 +67,14 @@ class Agent:
             )
             self._note_buffer(s.id, buf, recovery)
             sink, batching = make_sink(cfg, s, buf.origin)
+            if isinstance(s, MqttSinkConfig) and s.password is not None and s.tls is None:
+                log.warning(
+                    "sink %r sends its MQTT password to %s:%d without TLS: anyone on the path can read it. "
+                    "Configure tls (the broker's TLS listener).",
+                    s.id,
+                    s.host,
+                    s.port,
+                )
             if isinstance(s, MqttSinkConfig) and s.protocol == "3.1.1":
                 log.warning(
                     "sink %r uses MQTT 3.1.1, which cannot tell a refused publish from a delivered one: a broker "

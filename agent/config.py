@@ -228,10 +228,11 @@ class BatchConfig(_Model):
 
 
 class Tls(_Model):
-    ca_file: Path | None = None
-    cert_file: Path | None = None
+    ca_file: Path | None = Field(default=None, description="default: the system's CAs")
+    cert_file: Path | None = Field(default=None, description="client certificate, for brokers that require one")
     key_file: Path | None = None
-    insecure: bool = False
+    key_password: SecretStr | None = Field(default=None, description="passphrase of an encrypted key_file")
+    insecure: bool = Field(default=False, description="skip only the host name check")
 
 
 class MqttSinkConfig(_Model):

@@ -135,6 +135,7 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig, origin: str = "")
             ca_file=str(s.tls.ca_file) if s.tls.ca_file else None,
             cert_file=str(s.tls.cert_file) if s.tls.cert_file else None,
             key_file=str(s.tls.key_file) if s.tls.key_file else None,
+            key_password=_secret(s.tls.key_password),
             insecure=s.tls.insecure,
         )
     settings = MqttSettings(
@@ -169,4 +170,5 @@ def secrets(cfg: Config) -> list[str]:
     found += [s.user_private_key_password for s in cfg.sources]
     found += [s.security.private_key_password for s in cfg.sources]
     found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
+    found += [s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.tls is not None]
     return [v.get_secret_value() for v in found if v is not None]

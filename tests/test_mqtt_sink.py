@@ -18,6 +18,7 @@ from agent.backoff import Backoff
 from simulators.ports import free_port
 from tests.helpers import unavailable
 from tests.mqtt_broker import MosquittoBroker, Subscriber
+from tests.tlsfiles import Ca, Issued
 from uploader.mqtt import MqttConfigError, MqttSettings, MqttSink, TlsSettings, status_topic
 from uploader.sink import Message
 
@@ -387,7 +388,7 @@ def test_tls_connects_with_the_right_ca_and_reports_verification_failure_with_an
         sink = sink_for(settings(port, tls=TlsSettings(ca_file=str(other_ca))))
         await sink.start()
         try:
-            assert await until(lambda: "certificate verify failed" in caplog.text, timeout=10)
+            assert await until(lambda: "not signed by a CA we trust" in caplog.text, timeout=10)
             assert not sink.connected
         finally:
             await sink.stop()
@@ -428,3 +429,87 @@ def test_a_silent_broker_costs_one_warning_and_no_tracebacks(tmp_path: Path, bro
     assert done.returncode == 0, err
     assert err.count("no connection within 0.5 s") == 1, err
     assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+# --- TLS: what goes wrong in the field, said so ---------------------------------------------------
+
+
+def tls_broker(tmp_path: Path, ca: Ca, server: Issued, *, require_client: bool = False) -> MosquittoBroker:
+    conf = [f"cafile {ca.cert}", f"certfile {server.cert}", f"keyfile {server.key}"]
+    if require_client:
+        conf += ["require_certificate true"]
+    return MosquittoBroker(tmp_path / "broker", extra_conf=conf)
+
+
+async def first_failure(sink: MqttSink, caplog: pytest.LogCaptureFixture, timeout: float = 15) -> str:
+    """The sink's first logged connection failure (it keeps retrying in the background)."""
+    await sink.start()
+    try:
+        assert await until(
+            lambda: any(r.name == LOGGER and r.levelno >= logging.WARNING for r in caplog.records), timeout
+        )
+        return next(r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno >= logging.WARNING)
+    finally:
+        await sink.stop()
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
+def test_mutual_tls_connects_with_a_client_certificate_and_says_when_one_is_missing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = Ca(tmp_path / "pki")
+    with tls_broker(tmp_path, ca, ca.issue("broker"), require_client=True) as broker:
+        client = ca.issue("gateway", host=None, client=True, passphrase="k3y-Pa55")
+        with_cert = TlsSettings(ca_file=str(ca.cert), cert_file=str(client.cert), key_file=str(client.key),
+                                key_password="k3y-Pa55")  # fmt: skip
+
+        async def connects() -> None:
+            sink = sink_for(settings(broker.port, tls=with_cert))
+            await sink.start()
+            try:
+                assert await sink.wait_connected(10)
+                assert await sink.send(batch(5), timeout=10) == [True] * 5
+            finally:
+                await sink.stop()
+
+        run(connects())
+        message = run(first_failure(sink_for(settings(broker.port, tls=TlsSettings(ca_file=str(ca.cert)))), caplog))
+    assert "client certificate" in message and "tls.cert_file" in message, message
+    assert "k3y-Pa55" not in caplog.text
+
+
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("expired", "the broker's certificate has expired"),
+        ("another host", "is not for 127.0.0.1"),
+        ("unknown CA", "not signed by a CA we trust"),
+    ],
+)
+def test_a_broker_certificate_that_cannot_be_trusted_is_refused_with_the_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str, expected: str
+) -> None:
+    ca = Ca(tmp_path / "pki")
+    server = {
+        "expired": lambda: ca.issue("broker", expired=True),
+        "another host": lambda: ca.issue("broker", host="10.9.8.7"),
+        "unknown CA": lambda: ca.issue("broker"),
+    }[case]()
+    trusted = Ca(tmp_path / "other", "other").cert if case == "unknown CA" else ca.cert
+    with tls_broker(tmp_path, ca, server) as broker:
+        message = run(first_failure(sink_for(settings(broker.port, tls=TlsSettings(ca_file=str(trusted)))), caplog))
+    assert expected in message, message
+    assert "Traceback" not in caplog.text
+
+
+def test_an_encrypted_key_without_its_passphrase_is_a_config_error_not_a_prompt(tmp_path: Path) -> None:
+    ca = Ca(tmp_path / "pki")
+    client = ca.issue("gateway", host=None, client=True, passphrase="k3y-Pa55")
+    tls = TlsSettings(ca_file=str(ca.cert), cert_file=str(client.cert), key_file=str(client.key))
+    with pytest.raises(MqttConfigError, match=r"is encrypted; give its passphrase as tls\.key_password"):
+        sink_for(settings(8883, tls=tls))
+    wrong = TlsSettings(ca_file=str(ca.cert), cert_file=str(client.cert), key_file=str(client.key), key_password="no")
+    with pytest.raises(MqttConfigError, match="cannot load TLS files") as failed:
+        sink_for(settings(8883, tls=wrong))
+    assert "k3y-Pa55" not in str(failed.value) and "'no'" not in str(failed.value)

@@ -27,7 +27,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from uploader import wire
 from uploader.mqtt.bridge import SocketBridge
-from uploader.mqtt.settings import MqttSettings, data_topic, status_topic, tls_context
+from uploader.mqtt.settings import MqttSettings, data_topic, explain_tls, status_topic, tls_context
 from uploader.sink import Message, Outcome, Rejected
 
 _log = logging.getLogger("uploader.mqtt")
@@ -154,7 +154,6 @@ class MqttSink:
     # -- connection management -------------------------------------------------------------
 
     async def _keep_connected(self) -> None:
-        s = self._settings
         delays = self._delays()
         # Log the first failure of an outage, each new refusal, and the recovery; retries at DEBUG.
         outage_logged = False
@@ -177,12 +176,7 @@ class MqttSink:
                 _log.warning("%s: connection lost: %s; reconnecting in the background", self._where, reason)
                 outage_logged = True
             elif refused and failure != refusal_logged:
-                _log.error(
-                    "%s: %s. Check the username, password, client id %r and the broker's ACL; retrying with backoff",
-                    self._where,
-                    failure,
-                    s.client_id,
-                )
+                _log.error("%s: %s; retrying with backoff", self._where, failure)
                 outage_logged, refusal_logged = True, failure
             elif not outage_logged:
                 _log.warning("%s: %s; retrying in the background", self._where, failure)
@@ -211,17 +205,25 @@ class MqttSink:
             return f"no connection within {timeout:g} s", False
         except OSError as exc:  # refused, unreachable, DNS, TLS verification
             self._abandon(client)
-            return f"cannot connect: {exc}", False
+            explained = explain_tls(exc, self._settings.tls, self._settings.host)
+            return f"cannot connect: {explained or exc}", explained is not None
         except BaseException:
             self._abandon(client)
             raise
         if result is None:
             self._abandon(client)
-            return "the broker closed the connection before CONNACK", False
+            why = "the broker closed the connection before CONNACK"
+            tls = self._settings.tls
+            if tls is not None and tls.cert_file is None:
+                why += " (does it require a client certificate? set tls.cert_file and tls.key_file)"
+            return why, False
         reason, receive_maximum = result
         if reason.is_failure:
             self._abandon(client)
-            refused = f"the broker refused the connection: {reason} (reason code {reason.value})"
+            refused = (
+                f"the broker refused the connection: {reason} (reason code {reason.value}). Check the username, "
+                f"password, client id {self._settings.client_id!r} and the broker's ACL"
+            )
             return refused, reason.value not in _TRANSIENT_REFUSALS
         if receive_maximum < client.max_inflight_messages:
             # paho ignores the v5 Receive Maximum and cannot shrink its window on an open
