@@ -38,6 +38,7 @@ def write_environment(env: ShellEnvironment, fmt: Format, path: str | os.PathLik
             _write_aasx(env, temporary)
         else:
             raise ValueError(f"unknown export format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        os.chmod(temporary, 0o644)  # an export is made to be shared, whatever the writer's umask
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
@@ -334,7 +335,11 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
             raise StartError(str(e)) from None
         await agent.run(stop)
 
+    # Buffers, dead letters, keys and the heartbeat hold the plant's data: for the service user only.
+    os.umask(0o077)
     try:
+        cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.agent.data_dir, 0o700)
         lock = DataDirLock(cfg.agent.data_dir).acquire()
     except (DataDirBusy, OSError) as e:
         raise StartError(str(e)) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import cast
@@ -14,8 +15,12 @@ from agent import logs
 
 
 def _load(path: Path) -> config_mod.Config:
+    return _load_noting(path)[0]
+
+
+def _load_noting(path: Path) -> tuple[config_mod.Config, list[str]]:
     try:
-        return config_mod.load(path)
+        return config_mod.load_noting(path)
     except config_mod.ConfigError as e:
         click.echo(f"configuration error:\n{e}", err=True)
         sys.exit(2)
@@ -61,11 +66,13 @@ def check(config_path: Path) -> None:
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def run(config_path: Path, seconds: float | None, log_format: str) -> None:
     """Collect, buffer and forward until SIGTERM/Ctrl-C."""
-    cfg = _load(config_path)
+    cfg, notes = _load_noting(config_path)
     from agent.app import ComponentFailed, StartError, run_agent
-    from agent.wiring import secrets
+    from agent.config import secrets
 
     logs.setup(cfg.agent.log_level, log_format, secrets(cfg))
+    for note in notes:
+        logging.getLogger("agent.config").warning("%s", note)
     _shells(cfg)
     try:
         run_agent(cfg, stop_after=seconds)

@@ -332,40 +332,93 @@ class Config(_Model):
         return e.asset_id or f"{self.site.aas_prefix}:asset:{self.site.id}:{e.id}"
 
 
-_ENV = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+_REFERENCE = re.compile(r"\$\{(?:(file|credential):([^}]+)|([A-Z_][A-Z0-9_]*))\}")
 
 
-def _expand_env(data: Any, file: str, lines: dict[tuple[str | int, ...], int], at: tuple[str | int, ...] = ()) -> Any:
-    """${NAME} in a value takes it from the environment, so secrets need not sit in the file."""
+def _expand_env(
+    data: Any,
+    file: str,
+    lines: dict[tuple[str | int, ...], int],
+    notes: list[str],
+    at: tuple[str | int, ...] = (),
+) -> Any:
+    """Secrets need not sit in the file: in a value, `${NAME}` takes environment variable NAME,
+    `${file:PATH}` the content of a file, `${credential:NAME}` systemd's credential NAME (the file
+    `$CREDENTIALS_DIRECTORY/NAME`). A trailing newline of a file is dropped."""
     if isinstance(data, dict):
-        return {k: _expand_env(v, file, lines, (*at, str(k))) for k, v in data.items()}
+        return {k: _expand_env(v, file, lines, notes, (*at, str(k))) for k, v in data.items()}
     if isinstance(data, list):
-        return [_expand_env(v, file, lines, (*at, i)) for i, v in enumerate(data)]
+        return [_expand_env(v, file, lines, notes, (*at, i)) for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
 
-    def sub(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if name not in os.environ:
-            line = nearest_line(at, lines)
-            where = ".".join(str(p) for p in at)
-            raise ConfigError(f"{file}:{line}: {where}: environment variable {name} is used but not set")
-        return os.environ[name]
+    def fail(problem: str) -> ConfigError:
+        where = ".".join(str(p) for p in at)
+        return ConfigError(f"{file}:{nearest_line(at, lines)}: {where}: {problem}")
 
-    return _ENV.sub(sub, data)
+    def sub(m: re.Match[str]) -> str:
+        kind, ref, name = m.group(1), m.group(2), m.group(3)
+        if name is not None:
+            if name not in os.environ:
+                raise fail(f"environment variable {name} is used but not set")
+            return os.environ[name]
+        if kind == "credential":
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise fail(f"credential {ref} is used but CREDENTIALS_DIRECTORY is not set (systemd LoadCredential=)")
+            path = Path(directory) / ref
+        else:
+            path = Path(ref)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise fail(f"cannot read the secret file {path}: {e.strerror}") from None
+        if path.stat().st_mode & 0o077:
+            notes.append(f"{file}: {where_of(at)}: the secret file {path} can be read by others than its owner")
+        notes.append(_SECRET_REFERENCED)
+        return text.removesuffix("\n")
+
+    return _REFERENCE.sub(sub, data)
+
+
+_SECRET_REFERENCED = ""  # a note without text: a secret came from a file, not from the config itself
+
+
+def where_of(at: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in at)
 
 
 def load(path: str | Path) -> Config:
     """Read and validate a config file; raises ConfigError with every problem found."""
+    return load_noting(path)[0]
+
+
+def load_noting(path: str | Path) -> tuple[Config, list[str]]:
+    """`load`, and warnings for the person who runs it (secrets readable by others)."""
     file = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
+        mode = Path(path).stat().st_mode
     except OSError as e:
         raise ConfigError(f"{file}: cannot read: {e.strerror}") from None
-    return parse(text, file)
+    notes: list[str] = []
+    cfg = parse(text, file, notes)
+    if mode & 0o004 and any(secret in text for secret in secrets(cfg)):
+        notes.append(f"{file} holds a password or passphrase and can be read by every user: chmod 600 it")
+    return cfg, [n for n in notes if n]
 
 
-def parse(text: str, file: str = "<config>") -> Config:
+def secrets(cfg: Config) -> list[str]:
+    """Every secret in the config, for the log filter that masks them (and the checks that look for them)."""
+    found = [s.password for s in cfg.sources]
+    found += [s.user_private_key_password for s in cfg.sources]
+    found += [s.security.private_key_password for s in cfg.sources]
+    found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
+    found += [s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.tls is not None]
+    return [v.get_secret_value() for v in found if v is not None]
+
+
+def parse(text: str, file: str = "<config>", notes: list[str] | None = None) -> Config:
     lines = key_lines(text)
     try:
         data = yaml.safe_load(text)
@@ -375,7 +428,7 @@ def parse(text: str, file: str = "<config>") -> Config:
         raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping with site, sources, equipment and sinks")
-    data = _expand_env(data, file, lines)
+    data = _expand_env(data, file, lines, notes if notes is not None else [])
     try:
         return Config.model_validate(data)
     except ValidationError as e:

@@ -102,9 +102,21 @@ def format_errors(
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
+            if _is_secret(root, loc):
+                shown = f" (got a {type(got).__name__}; the value is a secret and not shown)"
+            else:
+                shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
             msgs.append(f"{prefix}: {where or '(top level)'}: {msg}{shown}")
     return "\n".join(msgs)
+
+
+def _is_secret(root: type[BaseModel], loc: tuple[str | int, ...]) -> bool:
+    """Whether the value at `loc` is a secret (SecretStr): its value never goes into a message."""
+    if not loc or not isinstance(loc[-1], str):
+        return False
+    model = _model_at(root, loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model is not None else None
+    return field is not None and "SecretStr" in str(field.annotation)
 
 
 def _strip_tags(loc: tuple[Any, ...], data: Any) -> tuple[str | int, ...]:

@@ -162,13 +162,3 @@ def default_client_id(site: str, origin: str) -> str:
     The host name is cut, not the buffer's origin id, to stay within 64 characters."""
     tail = f"-{origin}" if origin else ""
     return f"edge-agent-{site}-{socket.gethostname()}"[: 64 - len(tail)] + tail
-
-
-def secrets(cfg: Config) -> list[str]:
-    """Every secret in the config, for the log filter that masks them."""
-    found = [s.password for s in cfg.sources]
-    found += [s.user_private_key_password for s in cfg.sources]
-    found += [s.security.private_key_password for s in cfg.sources]
-    found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
-    found += [s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.tls is not None]
-    return [v.get_secret_value() for v in found if v is not None]

@@ -179,7 +179,7 @@ def run_profiled_agent(config_path: Path, out: Path) -> None:
     from agent import config as config_mod
     from agent import logs
     from agent.app import Agent
-    from agent.wiring import secrets
+    from agent.config import secrets
 
     cfg = config_mod.load(config_path)
     logs.setup(cfg.agent.log_level, "json", secrets(cfg))

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -162,7 +163,12 @@ class Subscriber:
         topic: str,
         client_id: str = "test-subscriber",
         timeout: float = 10.0,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`username`/`password` and `tls` (a context with the CA and, for mutual TLS, a client
+        certificate) for a broker that asks for them."""
         self.port = port
         self.topic = topic
         self.timeout = timeout
@@ -171,6 +177,10 @@ class Subscriber:
         self._subscribed = False
         self._client = Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self._client.reconnect_delay_set(1, 2)
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls is not None:
+            self._client.tls_set_context(tls)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message

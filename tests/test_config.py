@@ -210,3 +210,42 @@ def test_security_settings_that_cannot_work_are_refused(tmp_path: Path, security
     text = GOOD.replace("    username: op\n", f"    username: op\n    security: {security}\n")
     with pytest.raises(ConfigError, match=message):
         load(write(tmp_path, text))
+
+
+def test_a_secret_that_fails_validation_is_not_echoed(tmp_path: Path) -> None:
+    """A numeric password is a YAML int, which pydantic refuses for a string: the message says where, not what."""
+    p = write(tmp_path, GOOD.replace("password: hunter2-secret", "password: 73915628"))
+    with pytest.raises(ConfigError) as err:
+        load(p)
+    assert "73915628" not in str(err.value)
+    assert "sources[0].password" in str(err.value) and "not shown" in str(err.value)
+
+
+def test_secrets_from_files_and_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.config import load_noting, secrets
+
+    secret_file = tmp_path / "opcua-password"
+    secret_file.write_text("from-a-file\n")
+    secret_file.chmod(0o600)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt").write_text("from-systemd")
+    (credentials / "mqtt").chmod(0o644)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    text = GOOD.replace("password: hunter2-secret", f"password: ${{file:{secret_file}}}")
+    text = text.replace(
+        "    host: 127.0.0.1\n", "    host: 127.0.0.1\n    username: gw\n    password: ${credential:mqtt}\n"
+    )
+    p = write(tmp_path, text)
+    p.chmod(0o644)
+    cfg, notes = load_noting(p)
+    assert secrets(cfg) == ["from-a-file", "from-systemd"]
+    assert any("can be read by others" in n and "mqtt" in n for n in notes), notes
+    assert not any("chmod 600" in n for n in notes), "the config itself holds no secret"
+    p.write_text(GOOD)
+    p.chmod(0o644)
+    _, notes = load_noting(p)
+    assert any("chmod 600" in n for n in notes), notes
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        load(write(tmp_path, text))

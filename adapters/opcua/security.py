@@ -19,6 +19,7 @@ from pathlib import Path
 
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
+from asyncua.crypto.uacrypto import CertProperties
 
 from adapters.opcua.pki import OwnCertificate, Pki, load_der, thumbprint
 from adapters.opcua.spec import Endpoint
@@ -106,9 +107,8 @@ async def _secure_channel(
         raise SecurityRefused("no application instance certificate for the agent (certificate, private_key)")
     await client.set_security(
         POLICIES[ep.security_policy],
-        cert,
-        key,
-        private_key_password=ep.private_key_password,
+        load_der(Path(cert)),
+        CertProperties(key, extension=_format(key), password=ep.private_key_password),
         server_certificate=server_der,
         mode=mode,
     )
@@ -118,8 +118,9 @@ async def _identity(client: Client, ep: Endpoint, chosen: ua.EndpointDescription
     if ep.user_certificate and ep.user_private_key:
         if not any(t.TokenType == ua.UserTokenType.Certificate for t in chosen.UserIdentityTokens):
             raise SecurityRefused("the server's endpoint takes no X.509 user certificate")
-        await client.load_client_certificate(ep.user_certificate)
-        await client.load_private_key(Path(ep.user_private_key), ep.user_private_key_password)
+        await client.load_client_certificate(ep.user_certificate, _format(ep.user_certificate))
+        key = Path(ep.user_private_key)
+        await client.load_private_key(key, ep.user_private_key_password, _format(ep.user_private_key))
         return
     if not ep.username:
         return
@@ -140,6 +141,12 @@ async def _identity(client: Client, ep: Endpoint, chosen: ua.EndpointDescription
     client.set_user(ep.username)
     if ep.password:
         client.set_password(ep.password)
+
+
+def _format(path: str) -> str:
+    """PEM or DER, by the file's content (asyncua would go by its name, and take a .crt for DER)."""
+    with open(path, "rb") as f:
+        return "pem" if f.read(64).lstrip().startswith(b"-----BEGIN") else "der"
 
 
 def _first_certificate(data: bytes | None) -> bytes:

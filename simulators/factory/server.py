@@ -81,7 +81,8 @@ async def server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
 
 
 class _Users(UserManager):
-    """Name and password must match one of `users`."""
+    """Name and password must match one of `users`; an X.509 user certificate is taken as it is (the
+    secure channel already proved that the client holds its key)."""
 
     def __init__(self, users: Mapping[str, str]) -> None:
         self.users = users
@@ -90,6 +91,8 @@ class _Users(UserManager):
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
         if username is not None and self.users.get(username) == password:
+            return User(role=UserRole.User)
+        if certificate is not None:
             return User(role=UserRole.User)
         return None
 
