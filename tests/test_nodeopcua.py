@@ -7,10 +7,12 @@ import asyncio
 import itertools
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from asyncua import Client
 
+from adapters.opcua.pki import OwnCertificate, Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
@@ -32,13 +34,19 @@ def quick() -> Iterator[float]:
 
 
 async def collect(
-    url: str, items: Sequence[NodeItem], until: Callable[[Collected], bool], timeout: float, **endpoint: object
+    url: str,
+    items: Sequence[NodeItem],
+    until: Callable[[Collected], bool],
+    timeout: float,
+    pki: Pki | None = None,
+    own: OwnCertificate | None = None,
+    **endpoint: object,
 ) -> tuple[Collected, OpcUaSource]:
     out = Collected()
     ep = Endpoint(id="node", url=url, timeout_s=20, **endpoint)  # type: ignore[arg-type]
     source = OpcUaSource(
         ep, items, emit=out.emit, emit_events=out.emit_events, interrupted=out.interrupted, problem=out.problem,
-        state=out.state, delays=quick,
+        state=out.state, delays=quick, pki=pki, own_certificate=own,
     )  # fmt: skip
     task = asyncio.create_task(source.run())
     try:
@@ -115,6 +123,7 @@ def test_5000_nodes_are_split_by_the_operation_limits() -> None:
 
 DOOMED_SOURCE = """
 import asyncio, itertools, sys
+from adapters.opcua.pki import OwnCertificate, Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
 from tests.helpers import Collected
@@ -180,3 +189,29 @@ def test_a_full_server_is_its_own_state_and_a_dead_session_frees_its_slot_after_
 
     with NodeOpcuaServer(port=free_port(), vars=10, max_sessions=1) as server:
         asyncio.run(scenario(server))
+
+
+@pytest.mark.parametrize("mode", ["Sign", "SignAndEncrypt"])
+def test_a_second_stack_secured_trusted_once_then_collected_from(tmp_path: Path, mode: str) -> None:
+    """node-opcua offers only signed endpoints: its certificate is refused (and kept) until trusted."""
+    pki = Pki(tmp_path / "pki")
+    own = pki.ensure_own("urn:edge-agent:test:host")
+    with NodeOpcuaServer(port=free_port(), vars=10, secure=True) as server:
+        items = [NodeItem(handle=1, node=server.fast_id, opcua_type="Double")]
+        secure = {
+            "security_policy": "Aes256_Sha256_RsaPss",
+            "security_mode": mode,
+            "application_uri": own.application_uri,
+        }
+
+        async def scenario() -> tuple[Collected, Collected]:
+            refused, _ = await collect(server.endpoint, items, lambda c: bool(c.states), 20, pki=pki, own=own, **secure)
+            rejected = sorted(pki.rejected.glob("*.der"))
+            assert len(rejected) == 1
+            pki.trust(rejected[0].stem)
+            got, _ = await collect(server.endpoint, items, lambda c: len(c.samples) > 3, 30, pki=pki, own=own, **secure)
+            return refused, got
+
+        refused, got = asyncio.run(scenario())
+    assert "not trusted" in refused.states[0].detail
+    assert len(got.samples) > 3

@@ -56,6 +56,7 @@ class NodeOpcuaServer:
         max_nodes_per_call: int = 1000,
         max_notifications_per_publish: int = 10000,
         max_sessions: int = 50,
+        secure: bool = False,
         start_timeout: float = 60.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -65,6 +66,7 @@ class NodeOpcuaServer:
         self.max_nodes_per_call = max_nodes_per_call
         self.max_notifications_per_publish = max_notifications_per_publish
         self.max_sessions = max_sessions
+        self.secure = secure
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.namespace_index = -1
@@ -118,6 +120,7 @@ class NodeOpcuaServer:
             f"--max-nodes-per-call={self.max_nodes_per_call}",
             f"--max-notifications-per-publish={self.max_notifications_per_publish}",
             f"--max-sessions={self.max_sessions}",
+            *(["--secure"] if self.secure else []),
             f"--pki={workdir / 'PKI'}",
         ]
         # Files rather than pipes: nobody has to keep draining them while the server runs.

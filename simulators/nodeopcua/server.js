@@ -53,6 +53,7 @@ function parseOptions(argv) {
             "max-nodes-per-call": { type: "string", default: "1000" },
             "max-notifications-per-publish": { type: "string", default: "10000" },
             "max-sessions": { type: "string", default: "50" },
+            secure: { type: "boolean", default: false },
             pki: { type: "string", default: path.join(os.homedir(), ".cache", "edge-agent-nodeopcua", "PKI") },
         },
         strict: true,
@@ -65,6 +66,7 @@ function parseOptions(argv) {
         maxNodesPerCall: positiveInt("max-nodes-per-call", values["max-nodes-per-call"]),
         maxNotificationsPerPublish: Math.max(1, positiveInt("max-notifications-per-publish", values["max-notifications-per-publish"])),
         maxSessions: positiveInt("max-sessions", values["max-sessions"]),
+        secure: values.secure,
         pki: values.pki,
     };
 }
@@ -155,8 +157,13 @@ async function main() {
         host: options.host, // bind only here; without it node-opcua listens on every interface
         hostname: options.host, // and advertise this in endpoint URLs
         port: options.port,
-        securityModes: [MessageSecurityMode.None],
-        securityPolicies: [SecurityPolicy.None],
+        // --secure: only signed and encrypted endpoints, with every policy the agent supports.
+        securityModes: options.secure
+            ? [MessageSecurityMode.Sign, MessageSecurityMode.SignAndEncrypt]
+            : [MessageSecurityMode.None],
+        securityPolicies: options.secure
+            ? [SecurityPolicy.Basic256Sha256, SecurityPolicy.Aes128_Sha256_RsaOaep, SecurityPolicy.Aes256_Sha256_RsaPss]
+            : [SecurityPolicy.None],
         allowAnonymous: true,
         serverCertificateManager: new OPCUACertificateManager({
             rootFolder: options.pki,
