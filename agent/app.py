@@ -41,7 +41,7 @@ MIB = 1024 * 1024
 
 
 class Agent:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.env = build_shells(cfg)
         self.live = LiveValues()
@@ -117,7 +117,7 @@ class Agent:
                 continue
             self.sources.append(
                 OpcUaSource(
-                    endpoint(src, app_uri),
+                    endpoint(src, app_uri, config_path),
                     items,
                     events,
                     emit=self.pipeline.on_samples,
@@ -315,7 +315,7 @@ class StartError(Exception):
     """The agent cannot start: a buffer file that is locked, foreign or unwritable, an unreadable TLS file."""
 
 
-def run_agent(cfg: Config, stop_after: float | None = None) -> None:
+def run_agent(cfg: Config, stop_after: float | None = None, config_path: Path | None = None) -> None:
     """Run until SIGTERM/SIGINT (or `stop_after` seconds).
 
     Raises StartError with a message for the operator, ComponentFailed when a part of the agent
@@ -330,7 +330,7 @@ def run_agent(cfg: Config, stop_after: float | None = None) -> None:
         if stop_after is not None:
             loop.call_later(stop_after, stop.set)
         try:
-            agent = Agent(cfg)
+            agent = Agent(cfg, config_path)
         except (BufferError, ValueError, OSError) as e:
             raise StartError(str(e)) from None
         await agent.run(stop)

@@ -75,7 +75,7 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
         logging.getLogger("agent.config").warning("%s", note)
     _shells(cfg)
     try:
-        run_agent(cfg, stop_after=seconds)
+        run_agent(cfg, stop_after=seconds, config_path=config_path.resolve())
     except StartError as e:
         click.echo(f"cannot start: {e}", err=True)
         sys.exit(2)

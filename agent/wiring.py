@@ -88,7 +88,7 @@ def _secret(s: SecretStr | None) -> str | None:
     return s.get_secret_value() if s is not None else None
 
 
-def endpoint(s: Source, app_uri: str) -> Endpoint:
+def endpoint(s: Source, app_uri: str, config_path: Path | None = None) -> Endpoint:
     sec = s.security
     return Endpoint(
         id=s.id,
@@ -106,6 +106,7 @@ def endpoint(s: Source, app_uri: str) -> Endpoint:
         user_private_key_password=_secret(s.user_private_key_password),
         allow_plaintext_password=s.allow_plaintext_password,
         application_uri=app_uri,
+        trust_command=f"edge-agent trust -c {config_path or '<config>'}",
         publishing_interval_ms=s.publishing_interval_ms,
         poll_interval_ms=s.poll_interval_ms,
         timeout_s=s.timeout_s,

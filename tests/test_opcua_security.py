@@ -16,10 +16,12 @@ import pytest
 from adapters.opcua.pki import Pki, load_der, thumbprint
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
+from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
+from simulators.factory.agentconfig import factory_config
 from simulators.factory.server import server_certificate
 from simulators.ports import free_port
-from tests.helpers import ROOT, Collected
+from tests.helpers import ROOT, Collected, wait_until
 
 POLICIES = ["Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"]
 SERVER_POLICY = {"Basic256Sha256": "Basic256Sha256", "Aes128_Sha256_RsaOaep": "Aes128Sha256RsaOaep",
@@ -96,7 +98,7 @@ def test_an_untrusted_server_is_refused_kept_in_rejected_and_trusted_by_thumbpri
         server = thumbprint(load_der(server_certs / "cert.der"))
         assert (pki.rejected / f"{server}.der").exists()
         assert f"not trusted (thumbprint {server})" in refusals(got)[0]
-        assert "edge-agent trust -c <config>" in caplog.text, "the log says how to trust it"
+        assert f"trust it: edge-agent trust -c <config> {pki.rejected / server}.der" in caplog.text, "says how"
         pki.trust(server[:12].lower())
         assert not (pki.rejected / f"{server}.der").exists()
         got, _ = asyncio.run(collect(fac.endpoint, pki, **secure))
@@ -204,3 +206,31 @@ def test_cert_show_and_trust_on_the_command_line(tmp_path: Path, server_certs: P
     assert trusted.returncode == 0 and "trusted:" in trusted.stdout, trusted.stderr
     unknown = cli("trust", "-c", str(config), "ABCDEF")
     assert unknown.returncode == 2 and "matches 0 rejected certificates" in unknown.stderr
+
+
+def test_the_command_the_log_gives_trusts_the_server_and_the_running_agent_connects(
+    tmp_path: Path, server_certs: Path
+) -> None:
+    """The operator's path: start the agent against a new secured PLC, read the log, run the command
+    it names, and see values arrive, without restarting anything."""
+    out = tmp_path / "records.jsonl"
+    offered = ("Basic256Sha256_SignAndEncrypt",)
+    with FactoryThread(port=free_port(), period=0.1, machines=1, security=offered, certificate_dir=server_certs) as fac:
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            factory_config(
+                opc_port=fac.port, data_dir=tmp_path / "data", machines=1, events=False,
+                sinks=f"- type: file\n  path: {out}\n  batch: {{max_delay_ms: 50}}",
+                source="    security: {policy: Basic256Sha256, mode: SignAndEncrypt}",
+                only=lambda s: s.name == "SpindleSpeed",
+            )
+        )  # fmt: skip
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            wait_until("the refusal", lambda: "trust it: edge-agent trust" in agent.log(), 60)
+            line = next(r["msg"] for r in agent.log_records() if "trust it: " in r["msg"])
+            command = line.split("trust it: ", 1)[1].split()
+            assert command[:3] == ["edge-agent", "trust", "-c"] and command[3] == str(config.resolve())
+            done = subprocess.run([sys.executable, "-m", "agent.cli", *command[1:]], cwd=ROOT, capture_output=True)
+            assert done.returncode == 0, done.stderr
+            wait_until("values", lambda: out.exists() and b'"lane":"data"' in out.read_bytes(), 60)
+            assert agent.stop() == 0

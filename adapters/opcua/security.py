@@ -99,7 +99,7 @@ async def _secure_channel(
             )
     elif pki is None or not pki.is_trusted(server_der):
         where = pki.reject(server_der) if pki is not None else None
-        hint = f"; if it is the right server, trust it: edge-agent trust -c <config> {where}" if where else ""
+        hint = f"; if it is the right server, trust it: {ep.trust_command} {where}" if where else ""
         raise SecurityRefused(f"the server's certificate is not trusted (thumbprint {thumbprint(server_der)}){hint}")
     cert = ep.certificate or (str(own.cert) if own else None)
     key = ep.private_key or (str(own.key) if own else None)

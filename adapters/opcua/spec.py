@@ -44,6 +44,7 @@ class Endpoint:
     user_private_key_password: str | None = field(default=None, repr=False)
     allow_plaintext_password: bool = False
     application_uri: str = "urn:edge-agent:client"  # must be in the agent certificate's subjectAltName
+    trust_command: str = "edge-agent trust -c <config>"  # how the operator trusts a refused server certificate
     publishing_interval_ms: float = 500.0
     poll_interval_ms: float = 1000.0
     timeout_s: float = 10.0
