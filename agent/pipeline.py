@@ -93,6 +93,12 @@ def _digest(value: Any) -> int:
     return zlib.crc32(orjson.dumps(value))
 
 
+def _bad_row(b: Binding, message: str, **extra: Any) -> Row:
+    now = _utcnow()
+    body = wire.status_body(now, "bad-value", message, shell=b.shell_id, path=b.path, node=b.node, **extra)
+    return ("status", b.equipment, now.timestamp(), body)
+
+
 class Pipeline:
     """Turns adapter callbacks into records in every sink's buffer. Never drops a record silently."""
 
@@ -334,30 +340,14 @@ class Pipeline:
         # The value is kept (as text) on the status lane: a wrong type is reported, not lost.
         shown = repr(s.value)[:_BAD_SHOWN]
         log.warning("%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc)
-        body = wire.status_body(
-            _utcnow(),
-            "bad-value",
-            f"value {shown} does not fit {b.value_type}: {exc}",
-            shell=b.shell_id,
-            path=b.path,
-            node=b.node,
-            sourceTime=s.source_time,
-        )
-        rows.append(("status", b.equipment, _utcnow().timestamp(), body))
+        rows.append(_bad_row(b, f"value {shown} does not fit {b.value_type}: {exc}", sourceTime=s.source_time))
 
     def _settle_bad(self, b: Binding, rows: list[Row]) -> None:
         count, since, latest = self._bad.pop(b.handle)
         if count:
-            body = wire.status_body(
-                _utcnow(),
-                "bad-value",
-                f"{count} more values did not fit {b.value_type} since {since}; latest {repr(latest)[:_BAD_SHOWN]}",
-                shell=b.shell_id,
-                path=b.path,
-                node=b.node,
-                count=count,
-            )
-            rows.append(("status", b.equipment, _utcnow().timestamp(), body))
+            latest_shown = repr(latest)[:_BAD_SHOWN]
+            message = f"{count} more values did not fit {b.value_type} since {since}; latest {latest_shown}"
+            rows.append(_bad_row(b, message, count=count))
 
     def _quota_rows(self, drops: dict[str, tuple[int, float, float]]) -> list[Row]:
         rows: list[Row] = []

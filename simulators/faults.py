@@ -178,6 +178,19 @@ def wait_for(what: str, check: Callable[[], object], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def finish(bed: Bed, agent: AgentProcess, after: datetime, what: str = "values after the fault") -> Report:
+    """Wait for a value produced after `after` (the device's clock), let the gap records follow, stop the
+    agent cleanly and account for every value up to the stop."""
+    wait_for(what, lambda: bed.data_after(after), 90)
+    time.sleep(1.0)  # the reconnect's gap records follow its first values
+    stopped_at = datetime.now(UTC) + bed.factory_offset()
+    code = agent.stop()
+    if code != 0:
+        raise RuntimeError(f"the agent exited with {code}:\n{agent.log()[-3000:]}")
+    time.sleep(1.0)  # the last PUBACKed messages reach the subscriber
+    return bed.account(until=stopped_at)
+
+
 def kills(bed: Bed, count: int, rng: random.Random, log: Callable[[str], None] = lambda _: None) -> Report:
     """SIGKILL the agent `count` times at random moments (every third one before it can have
     connected), then run it once more, stop it cleanly and account for every value."""
@@ -189,15 +202,7 @@ def kills(bed: Bed, count: int, rng: random.Random, log: Callable[[str], None] =
         agent.kill()
         log(f"kill {n + 1}/{count} {'right after the start' if early else 'while collecting'}")
         agent = bed.start_agent()
-    killed_at = datetime.now(UTC) + bed.factory_offset()
-    wait_for("values after the last kill", lambda: bed.data_after(killed_at), 60)
-    time.sleep(1.0)  # the restart's gap records follow its first values
-    stopped_at = datetime.now(UTC) + bed.factory_offset()
-    code = agent.stop()
-    if code != 0:
-        raise RuntimeError(f"the agent exited with {code}:\n{agent.log()[-3000:]}")
-    time.sleep(1.0)  # the last PUBACKed messages reach the subscriber
-    return bed.account(until=stopped_at)
+    return finish(bed, agent, datetime.now(UTC) + bed.factory_offset(), "values after the last kill")
 
 
 def link_drops(bed: Bed, every_s: float, duration_s: float, log: Callable[[str], None] = lambda _: None) -> Report:
@@ -212,12 +217,4 @@ def link_drops(bed: Bed, every_s: float, duration_s: float, log: Callable[[str],
         bed.proxy.reset()
         drops += 1
         log(f"connection dropped ({drops})")
-    dropped_at = datetime.now(UTC)
-    wait_for("values after the last drop", lambda: bed.data_after(dropped_at + bed.factory_offset()), 60)
-    time.sleep(1.0)
-    stopped_at = datetime.now(UTC) + bed.factory_offset()
-    code = agent.stop()
-    if code != 0:
-        raise RuntimeError(f"the agent exited with {code}:\n{agent.log()[-3000:]}")
-    time.sleep(1.0)
-    return bed.account(until=stopped_at)
+    return finish(bed, agent, datetime.now(UTC) + bed.factory_offset(), "values after the last drop")

@@ -79,13 +79,7 @@ def test_a_full_disk_with_the_broker_down_recovers_by_itself_and_loses_nothing_u
         assert agent.alive(), agent.log()[-3000:]
         filler.unlink()
         bed.broker.start()
-        restored = datetime.now(UTC)
-        faults.wait_for("values after the recovery", lambda: bed.data_after(restored), 90)
-        time.sleep(2)
-        stopped_at = datetime.now(UTC)
-        assert agent.stop() == 0
-        time.sleep(1)
-        report = bed.account(until=stopped_at)
+        report = faults.finish(bed, agent, datetime.now(UTC), "values after the recovery")
         log = agent.log()
     assert not report.missing, f"{report}: {report.missing[:5]}"
     assert report.gaps >= 1, "the full disk lost values: that must be a gap"
@@ -215,12 +209,7 @@ def test_sigterm_during_a_backlog_flushes_within_its_deadline_and_keeps_the_rest
         assert code == 0 and took < 30, (code, took)
         restarted = datetime.now(UTC)
         agent = bed.start_agent()
-        faults.wait_for("values after the restart", lambda: bed.data_after(restarted), 60)
-        time.sleep(3)
-        stopped_at = datetime.now(UTC)
-        assert agent.stop() == 0
-        time.sleep(1)
-        report = bed.account(until=stopped_at)
+        report = faults.finish(bed, agent, restarted, "values after the restart")
     assert not report.missing, f"{report}: {report.missing[:5]}"
 
 
@@ -236,13 +225,7 @@ def test_a_black_holed_link_is_noticed_within_a_bound_and_the_silence_is_a_gap(t
         faults.wait_for("the agent to notice", lambda: "lost opc.tcp" in agent.log(), 30)
         noticed = time.monotonic() - holed
         bed.proxy.set_blackhole(False)
-        back = datetime.now(UTC)
-        faults.wait_for("values after the link came back", lambda: bed.data_after(back), 60)
-        time.sleep(1)
-        stopped_at = datetime.now(UTC)
-        assert agent.stop() == 0
-        time.sleep(1)
-        report = bed.account(until=stopped_at)
+        report = faults.finish(bed, agent, datetime.now(UTC), "values after the link came back")
     assert noticed < 15, f"noticed after {noticed:.0f} s (publishing 100 ms x 10 keep-alives x 2 + 4 s time-out)"
     assert not report.missing, f"{report}: {report.missing[:5]}"
     gaps = [g for g in bed.ledger().unique("gap") if g["reason"] != "agent was stopped"]
@@ -257,13 +240,7 @@ def test_ten_server_restarts_in_a_minute_are_ten_gaps_and_nothing_unaccounted(tm
             bed.factory.stop()
             bed.factory.start()
             time.sleep(1.5)
-        back = datetime.now(UTC)
-        faults.wait_for("values after the last restart", lambda: bed.data_after(back), 60)
-        time.sleep(1)
-        stopped_at = datetime.now(UTC)
-        assert agent.stop() == 0
-        time.sleep(1)
-        report = bed.account(until=stopped_at)
+        report = faults.finish(bed, agent, datetime.now(UTC), "values after the last restart")
         log = agent.log()
     assert not report.missing, f"{report}: {report.missing[:5]}"
     gaps = [g for g in bed.ledger().unique("gap") if g["reason"] != "agent was stopped"]
@@ -332,12 +309,6 @@ def test_sessions_the_server_invalidates_are_noticed_and_replaced_within_a_bound
         purged = time.monotonic()
         faults.wait_for("the agent to notice", lambda: "lost opc.tcp" in agent.log(), 30)
         noticed = time.monotonic() - purged
-        back = datetime.now(UTC)
-        faults.wait_for("values in a new session", lambda: bed.data_after(back), 60)
-        time.sleep(1)
-        stopped_at = datetime.now(UTC)
-        assert agent.stop() == 0
-        time.sleep(1)
-        report = bed.account(until=stopped_at)
+        report = faults.finish(bed, agent, datetime.now(UTC), "values in a new session")
     assert noticed < 15, f"noticed after {noticed:.0f} s"
     assert not report.missing, f"{report}: {report.missing[:5]}"
