@@ -97,7 +97,7 @@ def test_an_untrusted_server_is_refused_kept_in_rejected_and_trusted_by_thumbpri
         assert got.samples == []
         server = thumbprint(load_der(server_certs / "cert.der"))
         assert (pki.rejected / f"{server}.der").exists()
-        assert f"not trusted (thumbprint {server})" in refusals(got)[0]
+        assert f"its certificate is not trusted (thumbprint {server})" in refusals(got)[0]
         assert f"trust it: edge-agent trust -c <config> {pki.rejected / server}.der" in caplog.text, "says how"
         pki.trust(server[:12].lower())
         assert not (pki.rejected / f"{server}.der").exists()
@@ -234,3 +234,35 @@ def test_the_command_the_log_gives_trusts_the_server_and_the_running_agent_conne
             assert done.returncode == 0, done.stderr
             wait_until("values", lambda: out.exists() and b'"lane":"data"' in out.read_bytes(), 60)
             assert agent.stop() == 0
+
+
+def test_a_plant_ca_vouches_for_its_servers_unless_expired_or_revoked_by_its_signed_crl(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    from tests.tlsfiles import Ca
+
+    plant, stranger = Ca(tmp_path / "plant", "plant"), Ca(tmp_path / "stranger", "stranger")
+    good, other = plant.issue("plc-good"), plant.issue("plc-other")
+    expired, outsider = plant.issue("plc-old", expired=True), stranger.issue("plc-foreign")
+    pki = pki_for(tmp_path)
+    pki.create_dirs()
+    shutil.copy(plant.cert, pki.issuers / "plant-ca.crt")
+
+    def verdict(issued: object) -> str | None:
+        return pki.verdict(load_der(issued.cert))  # type: ignore[attr-defined]
+
+    assert verdict(good) is None and verdict(other) is None, "signed by a CA in issuers/"
+    assert verdict(expired) is not None and "expired on" in verdict(expired)  # type: ignore[operator]
+    assert verdict(outsider) == "its certificate is not trusted"
+    impostor = Ca(tmp_path / "impostor", "plant")  # the plant CA's name, but not its key
+    shutil.copy(impostor.revoke(good), pki.crl / "forged.crl")
+    (pki.crl / "junk.crl").write_bytes(b"not a CRL")
+    with caplog.at_level(logging.WARNING):
+        assert verdict(good) is None, "a CRL the plant CA did not sign revokes nothing"
+        shutil.copy(plant.revoke(good), pki.crl / "revoked.crl")
+        assert verdict(good) == "its certificate was revoked by its issuer (CRL revoked.crl)"
+        assert verdict(other) is None, "only the revoked serial"
+    assert "forged.crl: no CA in trusted/ or issuers/ signed it" in caplog.text
+    assert "junk.crl: not a certificate revocation list" in caplog.text, "a broken CRL is named"

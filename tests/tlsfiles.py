@@ -85,3 +85,20 @@ class Ca:
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         )
         return Issued(cert_path, key_path)
+
+    def revoke(self, issued: Issued, name: str = "revoked") -> Path:
+        """A CRL signed by this CA that revokes `issued` (PEM, in the CA's directory)."""
+        cert = x509.load_pem_x509_certificate(issued.cert.read_bytes())
+        now = datetime.now(UTC)
+        entry = x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - timedelta(minutes=1))
+            .next_update(now + timedelta(days=7))
+            .add_revoked_certificate(entry)
+            .sign(self._key, hashes.SHA256())
+        )
+        path = self.directory / f"{name}.crl"
+        path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        return path

@@ -4,20 +4,24 @@
     {data_dir}/pki/trusted/                server certificates (or CAs) the agent trusts: .der or .pem
     {data_dir}/pki/issuers/                CA certificates that may sign a trusted server certificate
     {data_dir}/pki/rejected/               certificates of servers it refused, named by thumbprint
+    {data_dir}/pki/crl/                    certificate revocation lists (.crl, .pem or .der) of those CAs
 
 A server certificate is trusted when it is in `trusted/`, or signed by a certificate in `trusted/`
-or `issuers/` (one level: the usual plant CA). Anything else is refused and copied to `rejected/`,
-and `edge-agent trust` moves it to `trusted/`. Thumbprints are SHA-1 of the DER, in hex, as OPC UA
+or `issuers/` (one level: the usual plant CA), is within its validity period, and is not revoked
+by a CRL of its issuer in `crl/`. Anything else is refused; an untrusted one is copied to
+`rejected/`, and `edge-agent trust` moves it to `trusted/`. Thumbprints are SHA-1 of the DER, in hex, as OPC UA
 tools show them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from asyncua.crypto import cert_gen
@@ -26,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+log = logging.getLogger(__name__)
 
 CERT_DAYS = 5 * 365
 
@@ -51,6 +57,9 @@ class OwnCertificate:
     not_after: str
 
 
+NOT_TRUSTED = "its certificate is not trusted"
+
+
 class Pki:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -58,9 +67,10 @@ class Pki:
         self.trusted = root / "trusted"
         self.issuers = root / "issuers"
         self.rejected = root / "rejected"
+        self.crl = root / "crl"
 
     def create_dirs(self) -> None:
-        for d in (self.root, self.own, self.trusted, self.issuers, self.rejected):
+        for d in (self.root, self.own, self.trusted, self.issuers, self.rejected, self.crl):
             d.mkdir(parents=True, exist_ok=True)
             os.chmod(d, 0o700)
 
@@ -106,6 +116,48 @@ class Pki:
 
     # -- trust ---------------------------------------------------------------------------------------
 
+    def verdict(self, der: bytes) -> str | None:
+        """None if the server certificate may be used; else why not (for the refusal's message)."""
+        cert = x509.load_der_x509_certificate(der)
+        now = datetime.now(UTC)
+        if cert.not_valid_after_utc < now:
+            return f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+        if cert.not_valid_before_utc > now:
+            return f"its certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d}"
+        if not self.is_trusted(der):
+            return NOT_TRUSTED
+        revoked = self._revoked_by(cert)
+        if revoked is not None:
+            return f"its certificate was revoked by its issuer (CRL {revoked.name})"
+        return None
+
+    def _revoked_by(self, cert: x509.Certificate) -> Path | None:
+        """The CRL in `crl/` that revokes `cert`, if any. A CRL is believed only when a CA in `trusted/`
+        or `issuers/` signed it; one that cannot be read or checked is named in a warning, not skipped
+        in silence."""
+        if not self.crl.is_dir():
+            return None
+        cas = [x509.load_der_x509_certificate(der) for _, der in self._certificates(self.trusted, self.issuers)]
+        for path in sorted(self.crl.iterdir()):
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            try:
+                pem = data.lstrip().startswith(b"-----BEGIN")
+                crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
+            except ValueError as e:
+                log.warning("ignoring %s: not a certificate revocation list (%s)", path, e)
+                continue
+            if crl.issuer != cert.issuer:
+                continue
+            signers = [ca for ca in cas if ca.subject == crl.issuer and _crl_signed_by(crl, ca)]
+            if not signers:
+                log.warning("ignoring %s: no CA in trusted/ or issuers/ signed it", path)
+                continue
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                return path
+        return None
+
     def is_trusted(self, der: bytes) -> bool:
         print_ = thumbprint(der)
         cert = x509.load_der_x509_certificate(der)
@@ -133,7 +185,8 @@ class Pki:
             if len(found) != 1:
                 known = ", ".join(p.stem for p in self.rejected.glob("*.der")) or "none"
                 raise ValueError(
-                    f"{what!r} is no certificate file and matches {len(found)} rejected ones (rejected: {known})"
+                    f"{what!r} is no certificate file and matches {len(found)} rejected certificates "
+                    f"(rejected: {known})"
                 )
             source = found[0]
         der = load_der(source)
@@ -162,6 +215,11 @@ def _uris(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    key = issuer.public_key()
+    return isinstance(key, rsa.RSAPublicKey) and crl.is_signature_valid(key)
 
 
 def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -21,7 +21,7 @@ from asyncua import Client, ua
 from asyncua.crypto import security_policies
 from asyncua.crypto.uacrypto import CertProperties
 
-from adapters.opcua.pki import OwnCertificate, Pki, load_der, thumbprint
+from adapters.opcua.pki import NOT_TRUSTED, OwnCertificate, Pki, load_der, thumbprint
 from adapters.opcua.spec import Endpoint
 
 log = logging.getLogger(__name__)
@@ -97,10 +97,13 @@ async def _secure_channel(
                 f"the server's certificate (thumbprint {thumbprint(server_der)}) is not the pinned one "
                 f"({ep.server_certificate}, thumbprint {thumbprint(pinned)})"
             )
-    elif pki is None or not pki.is_trusted(server_der):
-        where = pki.reject(server_der) if pki is not None else None
-        hint = f"; if it is the right server, trust it: {ep.trust_command} {where}" if where else ""
-        raise SecurityRefused(f"the server's certificate is not trusted (thumbprint {thumbprint(server_der)}){hint}")
+    else:
+        why = pki.verdict(server_der) if pki is not None else NOT_TRUSTED
+        if why is not None:
+            hint = ""
+            if why == NOT_TRUSTED and pki is not None:
+                hint = f"; if it is the right server, trust it: {ep.trust_command} {pki.reject(server_der)}"
+            raise SecurityRefused(f"the server is refused: {why} (thumbprint {thumbprint(server_der)}){hint}")
     cert = ep.certificate or (str(own.cert) if own else None)
     key = ep.private_key or (str(own.key) if own else None)
     if cert is None or key is None:

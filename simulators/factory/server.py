@@ -90,8 +90,8 @@ class _Users(UserManager):
     def get_user(
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
-        if username is not None and self.users.get(username) == password:
-            return User(role=UserRole.User)
+        if username is not None:  # a name and password: they must match, whatever certificate came along
+            return User(role=UserRole.User) if self.users.get(username) == password else None
         if certificate is not None:
             return User(role=UserRole.User)
         return None
