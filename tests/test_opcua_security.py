@@ -166,6 +166,29 @@ def test_a_password_goes_encrypted_over_a_secured_endpoint(tmp_path: Path, serve
     assert len(got.samples) >= 3, refusals(got)
 
 
+def test_an_x509_user_certificate_logs_in_and_only_the_known_one(tmp_path: Path, server_certs: Path) -> None:
+    from tests.tlsfiles import Ca
+
+    ca = Ca(tmp_path / "users", "users")
+    known, unknown = ca.issue("operator", host=None, client=True), ca.issue("stranger", host=None, client=True)
+    offered = ("Basic256Sha256_SignAndEncrypt",)
+    secure = {"security_policy": "Basic256Sha256", "security_mode": "SignAndEncrypt"}
+    with FactoryThread(
+        port=free_port(), period=0.1, machines=1, security=offered, certificate_dir=server_certs,
+        user_certificates=[load_der(known.cert)],
+    ) as fac:  # fmt: skip
+        pki = pki_for(tmp_path)
+        pki.trust(str(server_certs / "cert.der"))
+        anonymous, _ = asyncio.run(collect(fac.endpoint, pki, timeout=3, **secure))
+        wrong, _ = asyncio.run(collect(fac.endpoint, pki, timeout=3, user_certificate=str(unknown.cert),
+                                       user_private_key=str(unknown.key), **secure))  # fmt: skip
+        right, _ = asyncio.run(collect(fac.endpoint, pki, user_certificate=str(known.cert),
+                                       user_private_key=str(known.key), **secure))  # fmt: skip
+    assert anonymous.samples == [] and "BadUserAccessDenied" in refusals(anonymous)[0], "the server checks users"
+    assert wrong.samples == [] and "BadUserAccessDenied" in refusals(wrong)[0]
+    assert len(right.samples) >= 3, refusals(right)
+
+
 def test_the_agents_own_certificate_is_made_once_with_its_application_uri_and_a_private_key(tmp_path: Path) -> None:
     from cryptography import x509
 

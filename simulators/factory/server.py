@@ -81,18 +81,20 @@ async def server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
 
 
 class _Users(UserManager):
-    """Name and password must match one of `users`; an X.509 user certificate is taken as it is (the
-    secure channel already proved that the client holds its key)."""
+    """Name and password must match one of `users`. A certificate (an X.509 user token's, or for an
+    anonymous token the secure channel's) must be one of `certificates` (DER) when those are given;
+    without them any certificate is taken (the secure channel already proved its key)."""
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], certificates: Sequence[bytes] | None) -> None:
         self.users = users
+        self.certificates = None if certificates is None else set(certificates)
 
     def get_user(
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
         if username is not None:  # a name and password: they must match, whatever certificate came along
             return User(role=UserRole.User) if self.users.get(username) == password else None
-        if certificate is not None:
+        if certificate is not None and (self.certificates is None or bytes(certificate) in self.certificates):
             return User(role=UserRole.User)
         return None
 
@@ -122,16 +124,19 @@ class FactorySimulator:
         security: Sequence[str] = ("NoSecurity",),
         certificate_dir: Path | None = None,
         users: Mapping[str, str] | None = None,
+        user_certificates: Sequence[bytes] | None = None,
     ) -> None:
         """`security`: asyncua SecurityPolicyType names the server offers ("NoSecurity",
         "Basic256Sha256_SignAndEncrypt", ...); a secured one needs `certificate_dir`, where the server's
-        certificate is made once and kept (cert.der, key.pem). `users`: name -> password; None takes anyone."""
+        certificate is made once and kept (cert.der, key.pem). `users`: name -> password;
+        `user_certificates`: the X.509 user certificates (DER) it accepts; with neither it takes anyone."""
         if period <= 0:
             raise ValueError("period must be > 0")
         self.clock_offset = timedelta(seconds=clock_offset)  # the device's clock minus the true time
         self.security = tuple(security)
         self.certificate_dir = certificate_dir
         self.users = dict(users) if users is not None else None
+        self.user_certificates = list(user_certificates) if user_certificates is not None else None
         self.host = host
         self.port = port
         self.period = period
@@ -164,7 +169,8 @@ class FactorySimulator:
         self._nodes.clear()
         self._last.clear()
         self._generators.clear()
-        server = Server(user_manager=_Users(self.users) if self.users is not None else None)
+        checked = self.users is not None or self.user_certificates is not None
+        server = Server(user_manager=_Users(self.users or {}, self.user_certificates) if checked else None)
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("Edge agent factory simulator")

@@ -38,11 +38,13 @@ class FactoryThread:
         security: Sequence[str] = ("NoSecurity",),
         certificate_dir: Path | None = None,
         users: Mapping[str, str] | None = None,
+        user_certificates: Sequence[bytes] | None = None,
     ) -> None:
         self.clock_offset = clock_offset
         self.security = tuple(security)
         self.certificate_dir = certificate_dir
         self.users = users
+        self.user_certificates = user_certificates
         self.host = host
         self.port = port
         self.period = period
@@ -137,6 +139,7 @@ class FactoryThread:
             security=self.security,
             certificate_dir=self.certificate_dir,
             users=self.users,
+            user_certificates=self.user_certificates,
         )
         stop = asyncio.Event()
         await simulator.start()
