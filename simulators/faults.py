@@ -43,11 +43,13 @@ class Report:
     missing: list[tuple[str, datetime]] = field(default_factory=list)  # neither arrived nor in a gap
     reissued: int = 0  # values that arrived under more than one id
     duplicates: int = 0  # records that arrived more than once (same id): what was in flight
+    invented: int = 0  # values that arrived with a source time the server never wrote to that node
 
     def __str__(self) -> str:
         return (
             f"{self.values:,} values produced, {self.delivered:,} delivered, {len(self.missing)} unaccounted, "
-            f"{self.reissued} under a second id, {self.duplicates} duplicate records (same id), {self.gaps} gap records"
+            f"{self.invented} never produced, {self.reissued} under a second id, "
+            f"{self.duplicates} duplicate records (same id), {self.gaps} gap records"
         )
 
 
@@ -72,7 +74,11 @@ class Bed:
         self.workdir = workdir
         self.only = only
         self.machines = machines
-        self.factory = FactoryThread(port=free_port(), period=period, machines=machines, clock_offset=clock_offset)
+        # Every write is kept (the recorder's default keeps the last 1,000 per node: at 20 rounds a
+        # second a minute's run would be checked only over its last 50 s).
+        self.factory = FactoryThread(
+            port=free_port(), period=period, machines=machines, clock_offset=clock_offset, history=10**7
+        )
         self.broker = MosquittoBroker(workdir / "broker", extra_conf=broker_conf)
         self._broker_up = broker_up
         self.proxy: ProxyThread | None = None
@@ -157,8 +163,9 @@ class Bed:
             return node in first and first[node] <= t and (last is None or t <= last)
 
         produced = sum(1 for n, times in written.items() for t in times if counted(n, t))
-        delivered = {(r["node"], ts(r["sourceTime"])) for r in data if r["sourceTime"]}
+        delivered = {(r["node"], ts(r["sourceTime"])) for r in data if r["sourceTime"] and r["node"] in written}
         delivered = {(n, t) for n, t in delivered if counted(n, t)}
+        produced_pairs = {(n, t) for n, times in written.items() for t in times}
         ids = [r["id"] for r in data]
         return Report(
             values=produced,
@@ -167,6 +174,7 @@ class Bed:
             missing=ledger.unaccounted(written, until=until),
             reissued=len(ledger.reissued()),
             duplicates=len(ids) - len(set(ids)),
+            invented=len(delivered - produced_pairs),
         )
 
 
