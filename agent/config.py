@@ -268,7 +268,43 @@ class FileSinkConfig(_Model):
     batch: BatchConfig = BatchConfig(max_delay_ms=200)
 
 
-SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig, Field(discriminator="type")]
+class HttpSinkConfig(_Model):
+    """POSTs batches to a KAMP-style ingest endpoint, `{url}/v1/ingest` (docs/cloud-api.md)."""
+
+    type: Literal["http"]
+    id: str = "http"
+    url: str = Field(
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", description="base URL, e.g. https://cloud.example.com"
+    )
+    token: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer <token>")
+    tls: Tls | None = None
+    gzip: bool = True
+    timeout_s: float = Field(default=10, gt=0, description="for the connect, and for the answer to one request")
+    max_body_bytes: int = Field(default=8 * 2**20, ge=16 * 1024, description="the largest request body, before gzip")
+    reconnect_initial_s: float = Field(default=1, gt=0)
+    reconnect_max_s: float = Field(default=30, gt=0)
+    batch: BatchConfig = BatchConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _token_is_text(cls, data: Any) -> Any:
+        # Checked before the field, so that the error carries the whole block, which is never shown,
+        # and not the token, which pydantic would report as the input that failed.
+        if isinstance(data, dict) and data.get("token") is not None and not isinstance(data["token"], str):
+            raise ValueError(
+                f"token must be text, not a YAML {type(data['token']).__name__} (the value is a secret and not shown): "
+                'quote it (token: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _tls_needs_https(self) -> HttpSinkConfig:
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls is set but the url is plain http://: use an https:// url")
+        return self
+
+
+SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig | HttpSinkConfig, Field(discriminator="type")]
 
 
 class Site(_Model):
@@ -418,7 +454,10 @@ def secrets(cfg: Config) -> list[str]:
     found += [s.user_private_key_password for s in cfg.sources]
     found += [s.security.private_key_password for s in cfg.sources]
     found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
-    found += [s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig) and s.tls is not None]
+    found += [s.token for s in cfg.sinks if isinstance(s, HttpSinkConfig)]
+    found += [
+        s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig | HttpSinkConfig) and s.tls is not None
+    ]
     return [v.get_secret_value() for v in found if v is not None]
 
 

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 # Tags pydantic inserts into error locations for the sink union (sinks.0.mqtt.host).
-_UNION_TAGS = frozenset({"mqtt", "file"})
+_UNION_TAGS = frozenset({"mqtt", "file", "http"})  # the `type` of each sink model
 # Keys that were accepted once and now live elsewhere (or nowhere): where to look instead.
 _MOVED: dict[tuple[str, ...], str] = {
     ("buffer", "path"): "did you mean 'agent.data_dir'? every sink has its own buffer file in the data directory",
@@ -50,18 +50,39 @@ def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
 
 
 def _model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The model class that owns the mapping at `loc` (for 'did you mean' on unknown keys)."""
+    """The model class that owns the mapping at `loc` (for 'did you mean' on unknown keys). A tagged
+    union (the sinks) is resolved by the tag pydantic puts in `loc`: ('sinks', 0, 'http', 'tokn')."""
     model: Any = root
+    pending: Any = None  # a field's annotation, resolved once we know whether a union tag follows
     for part in loc:
         if isinstance(part, int):
             continue
+        if pending is not None:
+            member = _union_member(pending, part)
+            model, pending = (member, None) if member is not None else (_inner_model(pending, loc), None)
+            if member is not None:
+                continue
         if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(part)
         if field is None:
             return None
-        model = _inner_model(field.annotation, loc)
+        pending = field.annotation
+    if pending is not None:
+        model = _inner_model(pending, loc)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _union_member(annotation: Any, tag: str) -> type[BaseModel] | None:
+    """The member of a tagged union whose `type` is `tag`, if `annotation` holds one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get("type")
+        return annotation if field is not None and tag in getattr(field.annotation, "__args__", ()) else None
+    for a in getattr(annotation, "__args__", None) or ():
+        found = _union_member(a, tag)
+        if found is not None:
+            return found
+    return None
 
 
 def _inner_model(annotation: Any, loc: tuple[str | int, ...]) -> Any:
@@ -89,12 +110,13 @@ def format_errors(
             o is not e and tuple(o["loc"][: len(e["loc"])]) == tuple(e["loc"]) for o in errors
         ):
             continue  # a list whose items failed looks empty to pydantic; the item errors say why
-        loc = _strip_tags(tuple(e["loc"]), data)
+        raw = tuple(e["loc"])  # with the union tags: they say which sink model applies
+        loc = _strip_tags(raw, data)
         where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
         line = nearest_line(loc, lines)
         prefix = f"{file}:{line}" if line else file
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(_model_at(root, loc[:-1]))
+            allowed = _allowed_keys(_model_at(root, raw[:-1]))
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             moved = _MOVED.get(tuple(str(p) for p in loc if not isinstance(p, int)))
             hint = f" ({moved})" if moved else f" (typo? did you mean {near[0]!r})" if near else ""
@@ -102,7 +124,7 @@ def format_errors(
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            if _is_secret(root, loc):
+            if _is_secret(root, raw):
                 shown = f" (got a {type(got).__name__}; the value is a secret and not shown)"
             else:
                 shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"

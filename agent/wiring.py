@@ -6,7 +6,7 @@ Plain functions, no running code: app.py builds the running agent from what thes
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -15,7 +15,7 @@ from aas_models.build import ShellEnvironment
 from aas_models.types import xs_type
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from agent.backoff import Backoff
-from agent.config import Config, FileSinkConfig, MqttSinkConfig, Point, Source
+from agent.config import Config, FileSinkConfig, HttpSinkConfig, MqttSinkConfig, Point, Source
 from agent.pipeline import Binding, EventBinding, make_binding
 from uploader import wire
 from uploader.file import FileSink
@@ -116,7 +116,9 @@ def endpoint(s: Source, app_uri: str, config_path: Path | None = None) -> Endpoi
     )
 
 
-def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig, origin: str = "") -> tuple[Sink, Batching]:
+def make_sink(
+    cfg: Config, s: MqttSinkConfig | FileSinkConfig | HttpSinkConfig, origin: str = ""
+) -> tuple[Sink, Batching]:
     """The sink and its batching; `origin` (the sink's buffer id) makes the default MQTT client id unique."""
     b = s.batch
     batching = Batching(
@@ -128,6 +130,8 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig, origin: str = "")
     )
     if isinstance(s, FileSinkConfig):
         return FileSink(s.path, name=s.id), batching
+    if isinstance(s, HttpSinkConfig):
+        return _http_sink(s), replace(batching, send_timeout=s.timeout_s)
     from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
 
     tls = None
@@ -155,6 +159,30 @@ def make_sink(cfg: Config, s: MqttSinkConfig | FileSinkConfig, origin: str = "")
     )
     delays = Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays
     return MqttSink(settings, name=s.id, delays=delays), batching
+
+
+def _http_sink(s: HttpSinkConfig) -> Sink:
+    from uploader.http import HttpSettings, HttpSink, TlsSettings
+
+    tls = None
+    if s.tls is not None:
+        tls = TlsSettings(
+            ca_file=_path(s.tls.ca_file),
+            cert_file=_path(s.tls.cert_file),
+            key_file=_path(s.tls.key_file),
+            key_password=_secret(s.tls.key_password),
+            insecure=s.tls.insecure,
+        )
+    settings = HttpSettings(
+        url=s.url,
+        token=_secret(s.token),
+        tls=tls,
+        gzip=s.gzip,
+        timeout=s.timeout_s,
+        max_body_bytes=s.max_body_bytes,
+    )
+    delays = Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays
+    return HttpSink(settings, name=s.id, delays=delays)
 
 
 def default_client_id(site: str, origin: str) -> str:

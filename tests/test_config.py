@@ -249,3 +249,18 @@ def test_secrets_from_files_and_systemd_credentials(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
         load(write(tmp_path, text))
+
+
+def test_a_typo_in_any_kind_of_sink_is_checked_against_that_kind() -> None:
+    text = GOOD + (
+        "  - {type: http, url: 'https://cloud.example.com', tokn: t0ken-Secret}\n"
+        "  - {type: file, path: out.jsonl, pth: x}\n"
+        "  - {type: http, id: h2, url: 'https://cloud.example.com', token: {nested: s3cret-Value}}\n"
+    )
+    with pytest.raises(ConfigError) as failed:
+        parse(text, "x.yaml")
+    said = str(failed.value)
+    assert "sinks[1].tokn: unknown key (typo? did you mean 'token'); allowed here: type, id, url, token" in said
+    assert "sinks[2].pth: unknown key (typo? did you mean 'path'); allowed here: type, id, path, batch" in said
+    assert "sinks[3]: token must be text" in said and "the value is a secret and not shown" in said, said
+    assert "s3cret-Value" not in said and "t0ken-Secret" not in said

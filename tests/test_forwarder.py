@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import resource
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
+import pytest
 
 from agent.backoff import Backoff
 from simulators.netproxy import TcpProxy
@@ -22,7 +24,7 @@ from uploader.deadletter import DeadLetters
 from uploader.file import FileSink
 from uploader.forwarder import Batching, Forwarder
 from uploader.mqtt import MqttSettings, MqttSink
-from uploader.sink import Message, Sink
+from uploader.sink import Message, Outcome, Partial, Sink
 
 BIG = 1 << 30
 
@@ -243,3 +245,78 @@ def test_the_file_sink_leaves_no_partial_line_when_a_write_fails(tmp_path: Path)
     asyncio.run(scenario())
     assert out.read_bytes() == b'{"n":1}\n' + second[0].payload + b"\n"
     assert os.path.getsize(out) > 4096
+
+
+class Answering:
+    """A sink whose far end answers each message as `answers` says, keyed by the message's first record
+    id (True when not listed): per-record outcomes without a receiver (tests/test_http_sink.py has one)."""
+
+    name = "answering"
+    connected = True
+    max_message_bytes = None
+
+    def __init__(self, answers: dict[str, Outcome]) -> None:
+        self.answers = answers
+
+    async def run(self) -> None:
+        await asyncio.Future()
+
+    def topic(self, lane: str, key: str) -> str:
+        return f"{key}/{lane}"
+
+    def announce(self, state: str, down: Sequence[str] = ()) -> None:
+        return
+
+    async def send(self, messages: Sequence[Message], *, timeout: float) -> list[Outcome]:
+        return [self.answers.pop(orjson.loads(m.payload)["records"][0]["id"], True) for m in messages]
+
+    async def stop(self) -> None:
+        return
+
+
+def test_a_partly_refused_message_deletes_the_confirmed_records_and_dead_letters_the_others_by_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        dead = DeadLetters(tmp_path / "dead.db")
+        buf.add(rows("data", "m1", 0, 30))
+        first, third = f"{buf.origin}-1", f"{buf.origin}-21"
+        sink = Answering({
+            first: Partial(((2, "too cold"), (5, "too hot"), (7, "too cold"))),
+            third: Partial(((9, "too hot"),)),
+        })  # fmt: skip
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_message_records=10), delays=quick, dead_letters=dead)
+        assert asyncio.run(fwd.flush_once())
+        assert not sum(buf.pending().values())
+        reasons = {d.record_id: d.reason for d in dead.list()}
+        dead.close()
+
+    def seq(n: int) -> str:
+        return f"{buf.origin}-{n}"
+
+    assert reasons == {seq(3): "too cold", seq(6): "too hot", seq(8): "too cold", seq(30): "too hot"}
+    s = fwd.stats
+    assert (s.sent_records, s.rejected_records, s.sent_messages, s.failed_sends) == (26, 4, 3, 0)
+    refusals = sorted(r.getMessage() for r in caplog.records if "refused for good" in r.getMessage())
+    assert [m.split(" (edge-agent")[0] for m in refusals] == [
+        "answering: 1 records refused for good on m1/data: too hot; moved to the dead letters",
+        "answering: 2 records refused for good on m1/data: too cold; moved to the dead letters",
+    ], "grouped by reason (and a reason repeated within a minute is counted, not logged again)"
+
+
+def test_a_partial_naming_records_the_message_does_not_have_loses_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR)
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        dead = DeadLetters(tmp_path / "dead.db")
+        buf.add(rows("data", "m1", 0, 10))
+        sink = Answering({f"{buf.origin}-1": Partial(((3, "x"), (10, "out of range")))})
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(), delays=quick, dead_letters=dead)
+        assert not asyncio.run(fwd.flush_once()), "a send the sink could not account for is not a success"
+        assert buf.pending()["data"] == 10 and dead.count() == 0
+        assert asyncio.run(fwd.flush_once())  # answered True this time
+        assert not sum(buf.pending().values())
+        dead.close()
+    assert fwd.stats.failed_sends == 1 and fwd.stats.sent_records == 10
+    assert any("does not fit a message of 10 records" in r.getMessage() for r in caplog.records)

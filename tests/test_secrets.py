@@ -10,8 +10,10 @@ more entry in `secrets_world` and in the config it writes; `outputs` already sea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from adapters.opcua.pki import Pki
 from simulators.agentproc import ROOT, AgentProcess
+from simulators.cloud import CloudReceiver
 from simulators.factory import FactoryThread
 from simulators.factory.server import server_certificate
 from simulators.mosquitto import Subscriber
@@ -43,11 +46,17 @@ class World:
     env: dict[str, str]
     secrets: dict[str, str]  # what -> the secret
     subscriber: Subscriber
+    cloud: CloudReceiver
     outputs: dict[str, bytes] = field(default_factory=dict)  # where -> what it said
 
     def delivered(self) -> set[str]:
         """Machines whose data reached the broker."""
         return {t.split("/")[3] for t, _ in self.subscriber.messages() if t.endswith("/data")}
+
+    def delivered_over_http(self) -> set[str]:
+        """Machines whose data the cloud receiver stored."""
+        with contextlib.closing(sqlite3.connect(self.cloud.db)) as c:
+            return {row[0] for row in c.execute("SELECT DISTINCT asset FROM records WHERE lane = 'data'")}
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         done = subprocess.run(
@@ -72,7 +81,8 @@ def encrypt_key(path: Path, passphrase: str) -> None:
 @pytest.fixture
 def secrets_world(tmp_path: Path) -> Iterator[World]:
     """Two OPC UA servers (one with users on an unsecured endpoint, one secured), an mTLS broker with a
-    password file, and an agent config that needs a secret for every connection."""
+    password file, a cloud receiver that wants a bearer token, and an agent config that needs a secret
+    for every connection."""
     passwd = subprocess.run(["which", "mosquitto_passwd"], capture_output=True, text=True).stdout.strip()
     if not passwd:
         unavailable("mosquitto_passwd not found: install it with apt-get install -y mosquitto")
@@ -82,6 +92,7 @@ def secrets_world(tmp_path: Path) -> Iterator[World]:
         "MQTT client key passphrase (from the environment)": "tls-Key-3c6a0f",
         "agent certificate key passphrase (in the config)": "own-Key-9d1b5e",
         "OPC UA user certificate key passphrase (in the config)": "usr-Key-2a7c4b",
+        "HTTP sink bearer token (from the environment)": "http-Tok-6e1f3b",
     }
     s = list(secrets.values())
     data_dir = tmp_path / "data"
@@ -110,6 +121,7 @@ def secrets_world(tmp_path: Path) -> Iterator[World]:
         **os.environ,
         "CREDENTIALS_DIRECTORY": str(credentials),
         "MQTT_KEY_PASSWORD": s[2],
+        "CLOUD_TOKEN": s[5],
         "PYTHONUNBUFFERED": "1",
     }
     with (
@@ -122,6 +134,7 @@ def secrets_world(tmp_path: Path) -> Iterator[World]:
             certificate_dir=server_dir,
         ) as secured,
         MosquittoBroker(tmp_path / "broker", extra_conf=conf) as broker,
+        CloudReceiver(tmp_path / "cloud", tokens=[s[5]]) as cloud,
     ):
         point = "nameplate: {manufacturer_name: M, product_designation: P, uri_of_product: 'https://x', order_code: O}"
         config = tmp_path / "agent.yaml"
@@ -167,6 +180,11 @@ sinks:
       key_file: {client.key}
       key_password: "${{MQTT_KEY_PASSWORD}}"
     batch: {{max_delay_ms: 100}}
+  - type: http
+    id: cloud
+    url: {cloud.url}
+    token: ${{CLOUD_TOKEN}}
+    batch: {{max_delay_ms: 100}}
 """
         )
         config.chmod(0o600)
@@ -179,7 +197,7 @@ sinks:
         with Subscriber(
             port=broker.port, topic="kamp/v1/#", username="reader", password="reader-pw", tls=context
         ) as sub:
-            yield World(config, data_dir, env, secrets, sub)
+            yield World(config, data_dir, env, secrets, sub, cloud)
 
 
 def test_no_secret_appears_in_any_output(secrets_world: World, tmp_path: Path) -> None:
@@ -193,9 +211,12 @@ def test_no_secret_appears_in_any_output(secrets_world: World, tmp_path: Path) -
     try:
         # Both sources collect and the broker takes their records: every secret was used for real.
         wait_until("both machines delivered over mutual TLS", lambda: world.delivered() == {"cnc01", "cnc01b"}, 90)
+        wait_until("both machines delivered over HTTP", lambda: world.delivered_over_http() == {"cnc01", "cnc01b"}, 30)
     finally:
         assert agent.stop() == 0, agent.log()[-3000:]
     world.outputs["agent log"] = (tmp_path / "agent.log").read_bytes()
+    world.outputs["cloud receiver log"] = world.cloud.log().encode()
+    world.outputs["cloud receiver store"] = world.cloud.db.read_bytes()
     for n, (topic, payload) in enumerate(world.subscriber.messages()):
         world.outputs[f"MQTT message {n} on {topic}"] = payload
     for fmt, suffix in (("json", "json"), ("xml", "xml"), ("aasx", "aasx")):
@@ -221,6 +242,11 @@ def test_no_secret_appears_in_any_output(secrets_world: World, tmp_path: Path) -
     )
     world.outputs["numeric secret config error"] = world.cli("check", "-c", str(numeric)).stderr
     world.secrets["a numeric passphrase"] = "4815162342"
+    numeric_token = tmp_path / "numeric-token.yaml"
+    numeric_token.write_text(world.config.read_text().replace("token: ${CLOUD_TOKEN}", "token: 6023817495"))
+    world.outputs["numeric token config error"] = world.cli("check", "-c", str(numeric_token)).stderr
+    assert b"token must be text" in world.outputs["numeric token config error"]
+    world.secrets["a numeric token"] = "6023817495"
 
     # What the agent writes is for its own user; what it exports is for sharing.
     assert world.data_dir.stat().st_mode & 0o777 == 0o700

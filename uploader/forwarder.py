@@ -5,9 +5,10 @@ data), turns each into messages (one per asset, split by count and size and by t
 message the far end takes), and keeps up to `Batching.in_flight` batches in flight at once, so a
 long round trip does not cap throughput (stop-and-wait moved ~3,300 records/s at 300 ms). Each
 batch is ended with exactly the records the far end confirmed (deleted), the ones it refused for
-good (moved to the dead letters first, then deleted), and the rest given back to the front of
-its lane. After a failed send it lets the window empty and waits (capped backoff with jitter)
-before trying again, so a dead endpoint is not hammered.
+good, as whole messages or one by one (moved to the dead letters first, grouped by reason, then
+deleted), and the rest given back to the front of its lane. After a failed send it lets the
+window empty and waits (capped backoff with jitter) before trying again, so a dead endpoint is
+not hammered.
 
 Order: within a lane and asset, records leave in the order they entered the buffer, and the
 sink keeps that order on one connection. A record that was not confirmed is sent again later,
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from uploader import wire
 from uploader.buffer import Batch, Buffer, StoredRecord
 from uploader.deadletter import DeadLetters
-from uploader.sink import Message, Outcome, Rejected, Sink
+from uploader.sink import Message, Outcome, Partial, Rejected, Sink
 
 log = logging.getLogger(__name__)
 
@@ -238,20 +239,31 @@ class Forwarder:
             log.exception("%s: send failed", self.sink.name)
             results = [False] * len(messages)
             self.stats.last_error = repr(exc)
-        accepted = [i.seq for ok, part in zip(results, parts, strict=True) if ok is True for i in part]
-        refused: list[tuple[list[StoredRecord], str]] = [
-            (part, r.reason) for r, part in zip(results, parts, strict=True) if isinstance(r, Rejected)
-        ]
+        accepted: list[int] = []
+        refused: list[tuple[list[StoredRecord], str]] = []
+        n_ok = unconfirmed = 0
+        for r, part in zip(results, parts, strict=True):
+            if r is True:
+                accepted += [i.seq for i in part]
+                n_ok += 1
+            elif isinstance(r, Rejected):
+                refused.append((part, r.reason))
+            elif isinstance(r, Partial) and (split := _partial(r, part)) is not None:
+                accepted += split[0]
+                refused += split[1]
+                n_ok += 1
+            else:
+                if r is not False:  # a Partial naming records the message does not have: a sink bug
+                    log.error("%s: %r does not fit a message of %d records; kept", self.sink.name, r, len(part))
+                unconfirmed += 1
         if too_large:
             limit = self.sink.max_message_bytes
             refused.append((too_large, f"record larger than the far end takes ({limit} bytes per message)"))
         rejected = self._dead_letter(batch.lane, refused)
         self.buffer.end(batch, accepted, rejected)
-        n_ok = sum(r is True for r in results)
         self.stats.sent_messages += n_ok
         self.stats.sent_records += len(accepted)
         self.stats.rejected_records += len(rejected)
-        unconfirmed = sum(r is False for r in results)
         if unconfirmed == 0 and len(rejected) == sum(len(part) for part, _ in refused):
             self.stats.last_success = datetime.now(UTC)
             return True
@@ -303,6 +315,19 @@ class Forwarder:
 
 
 _REFUSAL_LOG_S = 60.0  # a refusal that keeps happening is logged once a minute, with a count
+
+
+def _partial(r: Partial, part: list[StoredRecord]) -> tuple[list[int], list[tuple[list[StoredRecord], str]]] | None:
+    """The seqs a Partial confirms, and its refused records grouped by reason; None if it names a record
+    the message does not have (or one twice)."""
+    reasons = dict(r.refused)
+    if len(reasons) != len(r.refused) or not all(0 <= n < len(part) for n in reasons):
+        return None
+    by_reason: dict[str, list[StoredRecord]] = {}
+    for n, reason in r.refused:
+        by_reason.setdefault(reason, []).append(part[n])
+    confirmed = [item.seq for n, item in enumerate(part) if n not in reasons]
+    return confirmed, [(records, reason) for reason, records in by_reason.items()]
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:

@@ -28,8 +28,20 @@ class Rejected:
     reason: str
 
 
-Outcome = bool | Rejected
-"""Per message: True, confirmed; Rejected, refused for good; False, not confirmed (send again later)."""
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The far end stored the message except some of its records, which it refused for good.
+
+    `refused` holds (index of the record within the message, reason) pairs, indexes ascending and
+    each at most once; every record not named is confirmed. A sink that finds nothing refused
+    reports True, and one that finds every record refused for one reason may report Rejected."""
+
+    refused: tuple[tuple[int, str], ...]
+
+
+Outcome = bool | Rejected | Partial
+"""Per message: True, confirmed; Rejected, refused for good; Partial, confirmed except the records
+it names, which are refused for good; False, not confirmed (send again later)."""
 
 
 class Sink(Protocol):
@@ -61,7 +73,8 @@ class Sink(Protocol):
 
     async def send(self, messages: Sequence[Message], *, timeout: float) -> list[Outcome]:
         """Write `messages`; element i is True only if the far end confirmed message i within `timeout`,
-        Rejected if it refused it for good, False otherwise.
+        Rejected if it refused it for good, Partial if it confirmed it except records it refused for
+        good (a far end that answers per record), False otherwise.
 
         Never raises for an unreachable far end: unconfirmed messages are simply False.
         """

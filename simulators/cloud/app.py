@@ -245,6 +245,9 @@ class Receiver:
             body = await request.read()
         except web.RequestPayloadError as e:
             return _refused(key, 400, "bad-request", f"the body could not be read: {e}")
+        except ConnectionResetError:  # the sender gave up (its time-out) before we read: nothing stored
+            log.info("ingest %s: the sender closed the connection before its body was read", key or "(no key)")
+            return web.Response(status=499)
         if action is not None:
             return self._fault(action)
         if not key or len(key) > _MAX_KEY_CHARS:

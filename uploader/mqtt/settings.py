@@ -6,21 +6,13 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Literal
 
+from uploader.tls import TlsSettings
+from uploader.tls import explain_tls as explain
+from uploader.tls import tls_context as tls_context_for
+
 
 class MqttConfigError(ValueError):
     """The sink's settings cannot work (for example a TLS file that cannot be read)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class TlsSettings:
-    """TLS towards the broker. `insecure` skips only the host-name check, as paho's does;
-    the broker's certificate chain is still verified against `ca_file` (or the system CAs)."""
-
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    key_password: str | None = field(default=None, repr=False)
-    insecure: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,60 +48,8 @@ def status_topic(s: MqttSettings) -> str:
 
 
 def tls_context(tls: TlsSettings, where: str) -> ssl.SSLContext:
-    """Built once, up front, so a missing or unreadable file stops start-up with a clear message.
-
-    The key's passphrase comes from `key_password` only: OpenSSL would otherwise ask for it on the
-    terminal, where nobody answers a service.
-    """
-    try:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-        if tls.cert_file is not None:
-            if tls.key_password is None and _encrypted(tls.key_file or tls.cert_file):
-                raise MqttConfigError(
-                    f"{where}: the private key {tls.key_file or tls.cert_file} is encrypted; give its passphrase "
-                    "as tls.key_password (e.g. key_password: ${MQTT_KEY_PASSWORD})"
-                )
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=tls.key_password or "")
-    except OSError as exc:  # ssl.SSLError included: a file that is not PEM, a wrong passphrase
-        files = ", ".join(
-            f"{key}={value!r}"
-            for key, value in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file))
-            if value is not None
-        )
-        raise MqttConfigError(f"{where}: cannot load TLS files ({files}): {exc}") from exc
-    context.check_hostname = not tls.insecure
-    return context
-
-
-def _encrypted(key_file: str) -> bool:
-    try:
-        with open(key_file, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False  # load_cert_chain says what is wrong with the file
-    return b"ENCRYPTED" in head
+    return tls_context_for(tls, where, password_hint="MQTT_KEY_PASSWORD", error=MqttConfigError)
 
 
 def explain_tls(exc: BaseException, tls: TlsSettings | None, host: str) -> str | None:
-    """What a TLS failure means for the person who configured it; None if it is no TLS failure."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = getattr(exc, "verify_code", None)
-        if code == 10:  # X509_V_ERR_CERT_HAS_EXPIRED
-            return f"the broker's certificate has expired ({exc.verify_message})"
-        if code == 62 or "hostname" in str(exc).lower() or "IP address mismatch" in str(exc):
-            return (
-                f"the broker's certificate is not for {host} ({exc.verify_message}); connect by the name in its "
-                "certificate, or set tls.insecure to skip only this check"
-            )
-        ca = tls.ca_file if tls and tls.ca_file else "the system's CAs"
-        return f"the broker's certificate is not signed by a CA we trust ({ca}): {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        reason = (exc.reason or "").upper()
-        if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not (tls and tls.cert_file)):
-            return "the broker requires a client certificate (mutual TLS): set tls.cert_file and tls.key_file"
-        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
-            return f"the broker refused our client certificate ({exc.reason}): is it signed by a CA the broker trusts?"
-        if "EXPIRED" in reason:
-            return f"the broker says our client certificate has expired ({exc.reason})"
-        return f"TLS failed: {exc.reason or exc}"
-    return None
+    return explain(exc, tls, host, peer="broker", by_name="connect by the name in its certificate")
