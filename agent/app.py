@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,19 +21,22 @@ from aas_models.live import LiveValues
 from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
+from agent import usage
 from agent.backoff import Backoff
-from agent.config import Config, MqttSinkConfig
+from agent.config import Config
+from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
 from agent.supervisor import ComponentFailed, Supervisor
-from agent.wiring import application_uri, endpoint, make_sink, plan
+from agent.wiring import application_uri, endpoint, lanes, make_sink, plan
 from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
+from uploader.sflog.sink import SfLogSink
 from uploader.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -101,6 +105,7 @@ class Agent:
             self.live,
             delays=self.backoff.delays,
             on_stored=self._wake,
+            lanes=[lanes(s) for s in cfg.sinks],
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
@@ -228,6 +233,7 @@ class Agent:
                 for f in self.forwarders
             },
             "dead_letters": self.dead_letters.count(),
+            "usage_log": {s.name: asdict(s.sender.stats) for s in self.sinks if isinstance(s, SfLogSink)},
         }
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
@@ -257,6 +263,7 @@ class Agent:
         for f in self.forwarders:
             sup.start(f"forwarder-{f.sink.name}", f.run)
         sup.start("heartbeat", self._heartbeat)
+        sup.start("usage-spool", self._usage_spool)
         try:
             await sup.wait(stop)
         finally:
@@ -265,7 +272,7 @@ class Agent:
     async def _shutdown(self, drain_timeout: float) -> None:
         sup = self.supervisor
         log.info("stopping: collection first, then flushing buffers")
-        await sup.stop(*sup.names("source-"), "heartbeat")
+        await sup.stop(*sup.names("source-"), "heartbeat", "usage-spool")
         self.runstate.beat()
         try:
             await self.pipeline.flush(everything=True)
@@ -298,6 +305,14 @@ class Agent:
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
+
+    async def _usage_spool(self, every: float = 1.0) -> None:
+        """Usage events of CLI commands (agent/usage.py) onto the usage lane, then their spool files go."""
+        while True:
+            taken = usage.take(self.cfg.agent.data_dir)
+            if taken.files and (not taken.records or await self.pipeline.usage(taken.records)):
+                taken.done()
+            await asyncio.sleep(every)
 
 
 def open_dead_letters(path: Path) -> DeadLetters:

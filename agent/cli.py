@@ -11,7 +11,8 @@ import click
 
 from aas_models.build import ShellEnvironment
 from agent import config as config_mod
-from agent import logs
+from agent import logs, usage
+from agent.config_sinks import SfLogSinkConfig
 
 
 def _load(path: Path) -> config_mod.Config:
@@ -34,6 +35,13 @@ def _shells(cfg: config_mod.Config) -> ShellEnvironment:
     except ValueError as e:
         click.echo(f"configuration error: {e}", err=True)
         sys.exit(2)
+
+
+def _used(cfg: config_mod.Config, use: str, data_bytes: int, action: str) -> None:
+    """A person used the agent: record it for the usage log (agent/usage.py)."""
+    problem = usage.note(cfg.agent.data_dir, use, data_bytes, action)
+    if problem:
+        click.echo(problem, err=True)
 
 
 CONFIG = click.option(
@@ -97,6 +105,7 @@ def export(config_path: Path, fmt: str, output: Path) -> None:
     env = _shells(cfg)
     write_environment(env, cast(Format, fmt), output)  # click.Choice admits only Format's values
     click.echo(f"wrote {output} ({fmt})")
+    _used(cfg, usage.CREATE, output.stat().st_size, f"edge-agent export --format {fmt}")
 
 
 @main.group()
@@ -135,6 +144,7 @@ def trust(config_path: Path, what: str) -> None:
         click.echo(f"cannot trust {what}: {e}", err=True)
         sys.exit(2)
     click.echo(f"trusted: {path} (a running agent uses it at its next connection attempt)")
+    _used(cfg, usage.CREATE, path.stat().st_size, "edge-agent trust")
 
 
 @main.group("dead-letter")
@@ -164,6 +174,62 @@ def dead_letter_replay(config_path: Path, sink: str | None) -> None:
 
     cfg = _load(config_path)
     sys.exit(deadletters.replay(cfg, sink))
+
+
+@main.group("usage")
+def usage_group() -> None:
+    """The usage log (사후관리): what the agent recorded, and resuming after the API said AP1030."""
+
+
+def _sflog_sinks(cfg: config_mod.Config) -> list[SfLogSinkConfig]:
+    found = [s for s in cfg.sinks if isinstance(s, SfLogSinkConfig)]
+    if not found:
+        click.echo("the config has no usage-log sink (a sink with type: sflog)", err=True)
+        sys.exit(2)
+    return found
+
+
+@usage_group.command("show")
+@CONFIG
+def usage_show(config_path: Path) -> None:
+    """Where each usage-log sink stands: state, calls today, windows pending, last answer."""
+    from agent.wiring import sflog_dir
+    from uploader.sflog import WindowStore
+
+    cfg = _load(config_path)
+    for s in _sflog_sinks(cfg):
+        directory = sflog_dir(cfg, s)
+        if not (directory / "sflog.db").exists():
+            click.echo(f"{s.id}: nothing recorded yet ({directory})")
+            continue
+        store = WindowStore(directory)
+        try:
+            ledger = store.ledger
+            stopped = ledger.stopped
+            click.echo(f"{s.id}: {'STOPPED (' + stopped + ')' if stopped else 'sending'}")
+            click.echo(f"  paused until: {ledger.paused_until or '-'}")
+            click.echo(f"  windows pending: {store.pending_windows()}")
+        finally:
+            store.close()
+    pending = len(list((cfg.agent.data_dir / usage.SPOOL_DIR).glob("spool*")))
+    click.echo(f"spool files not yet taken by the agent: {pending}")
+
+
+@usage_group.command("resume")
+@CONFIG
+def usage_resume(config_path: Path) -> None:
+    """Send again after the API answered AP1030 (not collected): a running agent notices within a minute."""
+    from agent.wiring import sflog_dir
+    from uploader.sflog import WindowStore
+
+    cfg = _load(config_path)
+    for s in _sflog_sinks(cfg):
+        store = WindowStore(sflog_dir(cfg, s))
+        try:
+            was = store.ledger.resume()
+        finally:
+            store.close()
+        click.echo(f"{s.id}: {'resumed: sending again' if was else 'was not stopped'}")
 
 
 if __name__ == "__main__":

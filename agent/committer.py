@@ -1,6 +1,8 @@
 """Committing records to every sink's buffer, and what to do while a buffer refuses (a full disk).
 
-Each `commit` writes the same rows (and marks) to every buffer, one transaction each. A buffer that
+Each `commit` writes the same rows (and marks) to every buffer, one transaction each; a buffer
+given a set of lanes takes only rows of those lanes (the usage-log sink's takes `usage`), and
+every mark. A buffer that
 refuses is retried with backoff for up to `timeout` seconds; meanwhile the caller (an OPC UA
 callback) waits, so the server holds its queue: backpressure. After that:
 - data and event rows are lost: `commit` returns False and the caller reports them as a gap;
@@ -55,8 +57,10 @@ class Committer:
         report_s: float,
         quota_report: QuotaReport,
         on_stored: Callable[[], None],
+        lanes: Sequence[frozenset[str] | None] = (),
     ) -> None:
         self.buffers = tuple(buffers)
+        self._lanes = tuple(lanes) or (None,) * len(self.buffers)
         self._delays = delays
         self._timeout = timeout
         self._report_s = report_s
@@ -73,13 +77,18 @@ class Committer:
     async def commit(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
         """Commit rows and marks to every buffer; False if one refused data or event rows for good."""
         ok = True
-        for buf, held in zip(self.buffers, self._held, strict=True):
-            ok = await self._commit_one(buf, held, rows, marks or {}) and ok
+        for buf, held, lanes in zip(self.buffers, self._held, self._lanes, strict=True):
+            mine = rows if lanes is None else [r for r in rows if r[0] in lanes]
+            ok = await self._commit_one(buf, held, mine, marks or {}, lanes) and ok
         self._on_stored()
         return ok
 
-    async def _commit_one(self, buf: Buffer, held: _Held, rows: list[Row], marks: dict[str, str]) -> bool:
+    async def _commit_one(
+        self, buf: Buffer, held: _Held, rows: list[Row], marks: dict[str, str], lanes: frozenset[str] | None
+    ) -> bool:
         all_rows = [("gap", r.equipment, r.ts, r.body) for r in held.gaps] + held.status + rows
+        if lanes is not None:
+            all_rows = [r for r in all_rows if r[0] in lanes]
         if held.status_lost:
             lost = f"{held.status_lost} status records could not be stored (disk full)"
             now = datetime.now(UTC)

@@ -4,9 +4,9 @@ Every error names the file, the line, the key path and what is allowed; an unkno
 error with a "did you mean" when a known key is close. Secrets are `SecretStr`, so they never
 show in a repr, a log line or an error message.
 
-Longer than our other modules (~430 lines) on purpose: it is the schema of one YAML document, a
-model per block in the order of docs/configuration.md, so a key is found where the docs put it;
-error wording lives in `config_errors.py`.
+One model per block in the order of docs/configuration.md, so a key is found where the docs put
+it; the `sinks:` blocks are in `config_sinks.py`, the shared base in `config_base.py`, error
+wording in `config_errors.py`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,10 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -30,36 +27,15 @@ from pydantic import (
 )
 
 from aas_models.types import OPCUA_TYPES
-from adapters.opcua.values import node_id_problem
+from agent.config_base import ID_SHORT, ConfigError, NodeId, PlainId
+from agent.config_base import Model as _Model
 from agent.config_errors import format_errors, key_lines, nearest_line
-
-ID_SHORT = re.compile(r"^[A-Za-z][A-Za-z0-9_]+$")
-PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used. The message is for the person who wrote the file."""
-
-
-def _plain_id(v: str) -> str:
-    if not PLAIN_ID.match(v):
-        raise ValueError("use letters, digits, '_', '-' or '.', starting with a letter or digit")
-    return v
-
-
-def _node_id(v: str) -> str:
-    problem = node_id_problem(v)
-    if problem:
-        raise ValueError(problem)
-    return v
-
-
-PlainId = Annotated[str, AfterValidator(_plain_id)]
-NodeId = Annotated[str, AfterValidator(_node_id)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+from agent.config_sinks import (
+    HttpSinkConfig,
+    MqttSinkConfig,
+    SfLogSinkConfig,
+    SinkConfig,
+)
 
 
 class Deadband(_Model):
@@ -223,90 +199,6 @@ class Source(_Model):
         return self
 
 
-class BatchConfig(_Model):
-    max_records: int = Field(default=1000, ge=1, le=100000)
-    max_delay_ms: int = Field(default=1000, ge=0)
-    max_message_records: int = Field(default=500, ge=1)
-    max_message_bytes: int = Field(default=256 * 1024, ge=1024)
-    in_flight: int = Field(default=4, ge=1, le=64, description="batches sent and not yet confirmed, at most")
-
-
-class Tls(_Model):
-    ca_file: Path | None = Field(default=None, description="default: the system's CAs")
-    cert_file: Path | None = Field(default=None, description="client certificate, for brokers that require one")
-    key_file: Path | None = None
-    key_password: SecretStr | None = Field(default=None, description="passphrase of an encrypted key_file")
-    insecure: bool = Field(default=False, description="skip only the host name check")
-
-
-class MqttSinkConfig(_Model):
-    type: Literal["mqtt"]
-    id: str = "mqtt"
-    host: str
-    port: int = Field(default=1883, ge=1, le=65535)
-    client_id: str | None = None
-    protocol: Literal["3.1.1", "5"] = "5"
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: Tls | None = None
-    topic_prefix: str = "kamp/v1"
-    max_packet_bytes: int | None = Field(
-        default=None, ge=1024, description="the broker's largest PUBLISH, if it does not announce it (MQTT 5 does)"
-    )
-    keepalive_s: int = Field(default=30, ge=5)
-    reconnect_initial_s: float = Field(default=1, gt=0)
-    reconnect_max_s: float = Field(default=30, gt=0)
-    batch: BatchConfig = BatchConfig()
-
-
-class FileSinkConfig(_Model):
-    """Appends each message as one JSON line to a local file: the demo's receiver, or an air-gapped export."""
-
-    type: Literal["file"]
-    id: str = "file"
-    path: Path
-    batch: BatchConfig = BatchConfig(max_delay_ms=200)
-
-
-class HttpSinkConfig(_Model):
-    """POSTs batches to a KAMP-style ingest endpoint, `{url}/v1/ingest` (docs/cloud-api.md)."""
-
-    type: Literal["http"]
-    id: str = "http"
-    url: str = Field(
-        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$", description="base URL, e.g. https://cloud.example.com"
-    )
-    token: SecretStr | None = Field(default=None, description="sent as Authorization: Bearer <token>")
-    tls: Tls | None = None
-    gzip: bool = True
-    timeout_s: float = Field(default=10, gt=0, description="for the connect, and for the answer to one request")
-    max_body_bytes: int = Field(default=8 * 2**20, ge=16 * 1024, description="the largest request body, before gzip")
-    reconnect_initial_s: float = Field(default=1, gt=0)
-    reconnect_max_s: float = Field(default=30, gt=0)
-    batch: BatchConfig = BatchConfig()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _token_is_text(cls, data: Any) -> Any:
-        # Checked before the field, so that the error carries the whole block, which is never shown,
-        # and not the token, which pydantic would report as the input that failed.
-        if isinstance(data, dict) and data.get("token") is not None and not isinstance(data["token"], str):
-            raise ValueError(
-                f"token must be text, not a YAML {type(data['token']).__name__} (the value is a secret and not shown): "
-                'quote it (token: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
-            )
-        return data
-
-    @model_validator(mode="after")
-    def _tls_needs_https(self) -> HttpSinkConfig:
-        if self.tls is not None and not self.url.startswith("https://"):
-            raise ValueError("tls is set but the url is plain http://: use an https:// url")
-        return self
-
-
-SinkConfig = Annotated[MqttSinkConfig | FileSinkConfig | HttpSinkConfig, Field(discriminator="type")]
-
-
 class Site(_Model):
     id: PlainId
     name: str | None = None
@@ -455,6 +347,7 @@ def secrets(cfg: Config) -> list[str]:
     found += [s.security.private_key_password for s in cfg.sources]
     found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
     found += [s.token for s in cfg.sinks if isinstance(s, HttpSinkConfig)]
+    found += [s.crtfc_key for s in cfg.sinks if isinstance(s, SfLogSinkConfig)]
     found += [
         s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig | HttpSinkConfig) and s.tls is not None
     ]
@@ -476,3 +369,6 @@ def parse(text: str, file: str = "<config>", notes: list[str] | None = None) -> 
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_errors(Config, file, e, lines, data)) from None
+
+
+__all__ = ["Config", "ConfigError", "Equipment", "Point", "Source", "load", "load_noting", "parse", "secrets"]

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 # Tags pydantic inserts into error locations for the sink union (sinks.0.mqtt.host).
-_UNION_TAGS = frozenset({"mqtt", "file", "http"})  # the `type` of each sink model
+_UNION_TAGS = frozenset({"mqtt", "file", "http", "sflog"})  # the `type` of each sink model
 # Keys that were accepted once and now live elsewhere (or nowhere): where to look instead.
 _MOVED: dict[tuple[str, ...], str] = {
     ("buffer", "path"): "did you mean 'agent.data_dir'? every sink has its own buffer file in the data directory",

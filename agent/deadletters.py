@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import click
 import orjson
 
+from agent import usage
 from agent.config import Config
 from agent.lock import DataDirBusy, DataDirLock
 from uploader.buffer import Buffer, BufferError
@@ -49,7 +50,15 @@ def show(cfg: Config, sink: str | None, limit: int, as_json: bool) -> int:
             click.echo(f"{d.id:>6} {when} {d.sink}/{d.key}/{d.lane} {d.record_id}: {d.reason} ({len(d.body)} bytes)")
     if not as_json:
         click.echo(f"{len(letters)} shown of {total} dead letters in {path}")
+    if letters:
+        _note(cfg, usage.READ, sum(len(d.body) for d in letters), "edge-agent dead-letter list")
     return 0
+
+
+def _note(cfg: Config, use: str, data_bytes: int, action: str) -> None:
+    problem = usage.note(cfg.agent.data_dir, use, data_bytes, action)
+    if problem:
+        click.echo(problem, err=True)
 
 
 def replay(cfg: Config, sink: str | None) -> int:
@@ -66,7 +75,7 @@ def replay(cfg: Config, sink: str | None) -> int:
     except DataDirBusy as e:
         click.echo(f"cannot replay while the agent runs: {e}", err=True)
         return 2
-    replayed = 0
+    replayed = replayed_bytes = 0
     try:
         store = DeadLetters(path)
         quota = int(cfg.buffer.quota_mb * MIB / len(cfg.sinks))
@@ -85,6 +94,7 @@ def replay(cfg: Config, sink: str | None) -> int:
                 buf.add([(d.lane, d.key, d.ts, d.body) for d in letters])
             store.remove([d.id for d in letters])  # after the buffer committed: a crash between only duplicates
             replayed += len(letters)
+            replayed_bytes += sum(len(d.body) for d in letters)
             click.echo(f"{sink_id}: {len(letters)} records back in the buffer, sent at the next start (new ids)")
         orphans = [d for d in store.list() if d.sink not in sinks]
         store.close()
@@ -96,6 +106,8 @@ def replay(cfg: Config, sink: str | None) -> int:
     if orphans:
         click.echo(f"{len(orphans)} dead letters belong to sinks no longer in the config; left as they are", err=True)
     click.echo(f"replayed {replayed} dead letters")
+    if replayed:
+        _note(cfg, usage.UPDATE, replayed_bytes, "edge-agent dead-letter replay")
     return 0
 
 

@@ -114,6 +114,7 @@ class Pipeline:
         gap_wait_s: float = 10.0,
         flush_s: float = 60.0,
         on_stored: Callable[[], None] = lambda: None,
+        lanes: Sequence[frozenset[str] | None] = (),
     ) -> None:
         self.bindings: dict[int, Binding] = {b.handle: b for b in bindings}
         self.events: dict[int, EventBinding] = {e.handle: e for e in events}
@@ -138,6 +139,7 @@ class Pipeline:
             report_s=flush_s,
             quota_report=self._quota_rows,
             on_stored=on_stored,
+            lanes=lanes,
         )
         self._last_flush = 0.0
         # A resubscribe or restart re-reports each current value with its old source time: that is
@@ -278,6 +280,10 @@ class Pipeline:
     async def status(self, kind: str, message: str, **extra: Any) -> None:
         body = wire.status_body(_utcnow(), kind, message, **extra)
         await self.store([("status", AGENT_KEY, _utcnow().timestamp(), body)])
+
+    async def usage(self, records: Sequence[tuple[float, bytes]]) -> bool:
+        """Usage records (time, body) on the usage lane; False if a buffer could not store them."""
+        return await self.store([("usage", AGENT_KEY, ts, body) for ts, body in records])
 
     def restore_marks(self) -> None:
         """After a restart: each element's last stored stamp, and the gaps an earlier run left open."""

@@ -15,7 +15,8 @@ from aas_models.build import ShellEnvironment
 from aas_models.types import xs_type
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from agent.backoff import Backoff
-from agent.config import Config, FileSinkConfig, HttpSinkConfig, MqttSinkConfig, Point, Source
+from agent.config import Config, Point, Source
+from agent.config_sinks import FileSinkConfig, HttpSinkConfig, MqttSinkConfig, SfLogSinkConfig
 from agent.pipeline import Binding, EventBinding, make_binding
 from uploader import wire
 from uploader.file import FileSink
@@ -116,9 +117,20 @@ def endpoint(s: Source, app_uri: str, config_path: Path | None = None) -> Endpoi
     )
 
 
-def make_sink(
-    cfg: Config, s: MqttSinkConfig | FileSinkConfig | HttpSinkConfig, origin: str = ""
-) -> tuple[Sink, Batching]:
+AnySink = MqttSinkConfig | FileSinkConfig | HttpSinkConfig | SfLogSinkConfig
+
+
+def lanes(s: AnySink) -> frozenset[str] | None:
+    """The lanes a sink's buffer takes; None: all of them."""
+    return s.lanes if isinstance(s, SfLogSinkConfig) else None
+
+
+def sflog_dir(cfg: Config, s: SfLogSinkConfig) -> Path:
+    """Where a usage-log sink keeps its windows and calls (`sflog.db`)."""
+    return cfg.agent.data_dir / ("sflog" if s.id == "sflog" else f"sflog-{s.id}")
+
+
+def make_sink(cfg: Config, s: AnySink, origin: str = "") -> tuple[Sink, Batching]:
     """The sink and its batching; `origin` (the sink's buffer id) makes the default MQTT client id unique."""
     b = s.batch
     batching = Batching(
@@ -132,6 +144,8 @@ def make_sink(
         return FileSink(s.path, name=s.id), batching
     if isinstance(s, HttpSinkConfig):
         return _http_sink(s), replace(batching, send_timeout=s.timeout_s)
+    if isinstance(s, SfLogSinkConfig):
+        return _sflog_sink(cfg, s), batching
     from uploader.mqtt import MqttSettings, MqttSink, TlsSettings
 
     tls = None
@@ -183,6 +197,24 @@ def _http_sink(s: HttpSinkConfig) -> Sink:
     )
     delays = Backoff(initial=s.reconnect_initial_s, maximum=s.reconnect_max_s).delays
     return HttpSink(settings, name=s.id, delays=delays)
+
+
+def _sflog_sink(cfg: Config, s: SfLogSinkConfig) -> Sink:
+    from datetime import timedelta
+
+    from uploader.sflog import SfLogClient, SfLogSender
+    from uploader.sflog.sink import SfLogSink
+
+    client = SfLogClient(s.url, s.crtfc_key, timeout=s.timeout_s, ca_file=s.ca_file)
+    sender = SfLogSender(
+        sflog_dir(cfg, s),
+        client,
+        delays=Backoff(initial=5.0, maximum=300.0).delays,
+        max_calls_per_day=s.max_calls_per_day,
+        settle=timedelta(seconds=s.settle_s),
+        keep_days=s.keep_days,
+    )
+    return SfLogSink(sender, client, name=s.id)
 
 
 def default_client_id(site: str, origin: str) -> str:

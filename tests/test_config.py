@@ -264,3 +264,22 @@ def test_a_typo_in_any_kind_of_sink_is_checked_against_that_kind() -> None:
     assert "sinks[2].pth: unknown key (typo? did you mean 'path'); allowed here: type, id, path, batch" in said
     assert "sinks[3]: token must be text" in said and "the value is a secret and not shown" in said, said
     assert "s3cret-Value" not in said and "t0ken-Secret" not in said
+
+
+def test_a_usage_log_sink_names_what_is_wrong_and_never_shows_its_key() -> None:
+    text = GOOD + (
+        "  - {type: sflog, url: 'https://log.example.kr/apisvc', crtfc_kye: k3y-Secret}\n"
+        "  - {type: sflog, id: s2, url: 'https://log.example.kr', crtfc_key: k3y-Secret, max_calls_per_day: 6000}\n"
+        "  - {type: sflog, id: s3, url: 'log.example.kr', crtfc_key: k3y-Secret}\n"
+    )
+    with pytest.raises(ConfigError) as failed:
+        parse(text, "x.yaml")
+    said = str(failed.value)
+    assert "sinks[1].crtfc_kye: unknown key (typo? did you mean 'crtfc_key')" in said, said
+    assert "sinks[2].max_calls_per_day: " in said and "5000" in said, said
+    assert "sinks[3].url: " in said, said
+    assert "k3y-Secret" not in said
+    cfg = parse(GOOD + "  - {type: sflog, url: 'https://log.example.kr/apisvc', crtfc_key: k3y-Secret}\n")
+    from agent.config import secrets
+
+    assert "k3y-Secret" in secrets(cfg)  # masked in every log line

@@ -93,6 +93,7 @@ def secrets_world(tmp_path: Path) -> Iterator[World]:
         "agent certificate key passphrase (in the config)": "own-Key-9d1b5e",
         "OPC UA user certificate key passphrase (in the config)": "usr-Key-2a7c4b",
         "HTTP sink bearer token (from the environment)": "http-Tok-6e1f3b",
+        "usage-log crtfcKey (from a file)": "sflog-Key-7c3d9e",
     }
     s = list(secrets.values())
     data_dir = tmp_path / "data"
@@ -117,6 +118,8 @@ def secrets_world(tmp_path: Path) -> Iterator[World]:
     credentials.mkdir()
     (credentials / "mqtt").write_text(s[1])
     (credentials / "mqtt").chmod(0o600)
+    (tmp_path / "crtfc-key").write_text(s[6] + "\n")
+    (tmp_path / "crtfc-key").chmod(0o600)
     env = {
         **os.environ,
         "CREDENTIALS_DIRECTORY": str(credentials),
@@ -185,6 +188,9 @@ sinks:
     url: {cloud.url}
     token: ${{CLOUD_TOKEN}}
     batch: {{max_delay_ms: 100}}
+  - type: sflog
+    url: http://127.0.0.1:{free_port()}/apisvc
+    crtfc_key: ${{file:{tmp_path / "crtfc-key"}}}
 """
         )
         config.chmod(0o600)
@@ -229,6 +235,7 @@ def test_no_secret_appears_in_any_output(secrets_world: World, tmp_path: Path) -
                     world.outputs[f"export aasx: {name}"] = z.read(name)
     world.cli("cert", "show", "-c", str(world.config))
     world.cli("dead-letter", "list", "-c", str(world.config))
+    world.cli("usage", "show", "-c", str(world.config))
     for path in world.data_dir.rglob("*"):
         if path.is_file():
             world.outputs[f"data dir: {path.relative_to(world.data_dir)}"] = path.read_bytes()
@@ -247,6 +254,13 @@ def test_no_secret_appears_in_any_output(secrets_world: World, tmp_path: Path) -
     world.outputs["numeric token config error"] = world.cli("check", "-c", str(numeric_token)).stderr
     assert b"token must be text" in world.outputs["numeric token config error"]
     world.secrets["a numeric token"] = "6023817495"
+    numeric_key = tmp_path / "numeric-key.yaml"
+    numeric_key.write_text(
+        world.config.read_text().replace(f"crtfc_key: ${{file:{tmp_path / 'crtfc-key'}}}", "crtfc_key: 7301928465")
+    )
+    world.outputs["numeric crtfcKey config error"] = world.cli("check", "-c", str(numeric_key)).stderr
+    assert b"crtfc_key must be text" in world.outputs["numeric crtfcKey config error"]
+    world.secrets["a numeric crtfcKey"] = "7301928465"
 
     # What the agent writes is for its own user; what it exports is for sharing.
     assert world.data_dir.stat().st_mode & 0o777 == 0o700

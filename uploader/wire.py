@@ -311,6 +311,15 @@ def status_body(time: datetime, kind: str, message: str, **extra: Any) -> bytes:
     return dumps({"time": time, "kind": kind, "message": message, **jsonable(extra)})
 
 
+def usage_body(*, event: str, time: datetime, use: str, user: str, ip: str, data_bytes: int, action: str = "") -> bytes:
+    """A usage record (사후관리): one real use of the agent by a person. `event` is the event's own id,
+    the same in every copy of it, so the usage-log sender and receivers count it once."""
+    rec: dict[str, Any] = {"event": event, "time": time, "use": use, "user": user, "ip": ip, "bytes": data_bytes}
+    if action:
+        rec["action"] = action
+    return dumps(rec)
+
+
 def agent_state(state: str, down: Sequence[str] = ()) -> bytes:
     """The agent's health on a status channel (MQTT: retained): "online", "degraded" (with the parts
     that are down) or "offline"."""

@@ -127,7 +127,6 @@ def _problem(index: int, e: ValidationError) -> str:
 
 
 _TIME_FIELDS: dict[str, tuple[str, ...]] = {"data": ("sourceTime", "serverTime"), "gap": ("start",)}
-_UNDESCRIBED_LANES = frozenset({"usage"})  # the schema does not describe their records (yet)
 
 
 def _row(msg: dict[str, Any], rec: dict[str, Any], rid: str) -> Row:
@@ -139,8 +138,7 @@ def _row(msg: dict[str, Any], rec: dict[str, Any], rid: str) -> Row:
             try:
                 time_us = micros(value)
             except ValueError as e:
-                if msg["lane"] not in _UNDESCRIBED_LANES:
-                    raise ValueError(f"{name}: {e}") from None
+                raise ValueError(f"{name}: {e}") from None
             break
     submodel, path = rec.get("submodel"), rec.get("path")
     return Row(
