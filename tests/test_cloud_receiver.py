@@ -31,7 +31,7 @@ from referencing.jsonschema import DRAFT202012
 from simulators.cloud.__main__ import main as receiver_main
 from simulators.cloud.app import make_app
 from simulators.cloud.process import CloudReceiver
-from simulators.cloud.store import SQLiteStore, StoreError, open_store
+from simulators.cloud.store import SQLiteStore
 from uploader import wire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -665,11 +665,7 @@ def test_the_openapi_document_lists_exactly_the_routes_the_app_registers(tmp_pat
     assert not validator.is_valid(orjson.loads(batch(_envelope(lane="bogus"))))
 
 
-def test_a_postgresql_dsn_is_refused_until_it_is_built(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(StoreError, match="PostgreSQL support is not built yet"):
-        open_store("postgresql://receiver@db.example/cloud")
+def test_a_receiver_without_a_token_does_not_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="simulators.cloud"):
-        assert receiver_main(["--db", "postgresql://receiver@db.example/cloud", "--token", TOKEN]) == 2
         assert receiver_main(["--db", str(tmp_path / "cloud.sqlite3")]) == 2
-    assert "PostgreSQL support is not built yet" in caplog.text
     assert "no bearer token" in caplog.text

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from simulators.cloud.app import DEFAULT_MAX_BODY_BYTES, make_app
 from simulators.cloud.faults import DEFAULT_REJECT_REASON, Faults
-from simulators.cloud.store import StoreError, open_store
+from simulators.cloud.store import POSTGRESQL_SCHEMES, StoreError, open_store
 
 log = logging.getLogger("simulators.cloud")
 
@@ -30,7 +30,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--db",
         default="cloud-receiver.sqlite3",
-        help="SQLite file (created if missing; several receivers may share one) (default %(default)s)",
+        help="SQLite file (created if missing; several receivers on one machine may share one), or a PostgreSQL "
+        "DSN postgresql://user@host:5432/dbname (any number of receivers; password from PGPASSWORD or ~/.pgpass, "
+        "not the command line) (default %(default)s)",
     )
     parser.add_argument(
         "--token",
@@ -81,6 +83,15 @@ def tokens_of(args: argparse.Namespace) -> list[str]:
     return tokens
 
 
+def shown(db: str) -> str:
+    """The --db value as it may be logged: a PostgreSQL DSN without its password."""
+    if db.startswith(POSTGRESQL_SCHEMES):
+        from simulators.cloud.pgstore import redact
+
+        return redact(db)
+    return db
+
+
 def faults_of(args: argparse.Namespace) -> Faults:
     return Faults(
         delay_ms=args.delay_ms,
@@ -115,7 +126,7 @@ async def serve(args: argparse.Namespace, tokens: list[str]) -> None:
             "listening on http://%s:%d, storing into %s%s",
             args.host,
             args.port,
-            args.db,
+            shown(args.db),
             ", test controls on" if args.test_controls else "",
         )
         await stop.wait()

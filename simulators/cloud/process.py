@@ -3,7 +3,8 @@
 with CloudReceiver(tmp_path / "cloud", tokens=["secret"]) as cloud:
     ... cloud.url, cloud.db, cloud.set_faults(throttle_next=2, retry_after=3) ...
 
-Tokens reach the process through a 0600 file, never its command line.
+Tokens reach the process through a 0600 file, never its command line; so does a PostgreSQL
+`db` DSN's password (through the PGPASSWORD environment variable).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulators.cloud.store import POSTGRESQL_SCHEMES
 from simulators.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +35,8 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class CloudReceiver:
     """The receiver as a real process: start, stop (SIGTERM), kill (SIGKILL); its log in `directory`.
 
-    `db` defaults to `directory/cloud.sqlite3`; give several receivers the same `db` to share it.
+    `db` defaults to `directory/cloud.sqlite3`; give several receivers the same `db` to share it, a file
+    or a PostgreSQL DSN (a `str` starting with postgresql://).
     `args` are further command-line flags (e.g. ["--throttle-next", "1"]).
     """
 
@@ -42,7 +45,7 @@ class CloudReceiver:
         directory: Path,
         *,
         tokens: Sequence[str] = ("test-token",),
-        db: Path | None = None,
+        db: Path | str | None = None,
         port: int | None = None,
         test_controls: bool = True,
         args: Sequence[str] = (),
@@ -51,7 +54,7 @@ class CloudReceiver:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.tokens = list(tokens)
-        self.db = db if db is not None else self.dir / "cloud.sqlite3"
+        self.db: Path | str = db if db is not None else self.dir / "cloud.sqlite3"
         self.port = port if port is not None else free_port()
         self.test_controls = test_controls
         self.args = list(args)
@@ -79,6 +82,13 @@ class CloudReceiver:
         fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("".join(f"{t}\n" for t in self.tokens))
+        db, env = str(self.db), {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if db.startswith(POSTGRESQL_SCHEMES):
+            from simulators.cloud.pgstore import without_password
+
+            db, password = without_password(db)
+            if password is not None:
+                env["PGPASSWORD"] = password
         cmd = [
             sys.executable,
             "-m",
@@ -88,13 +98,12 @@ class CloudReceiver:
             "--port",
             str(self.port),
             "--db",
-            str(self.db),
+            db,
             "--token-file",
             str(self.token_file),
             *(["--test-controls"] if self.test_controls else []),
             *self.args,
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         deadline = time.monotonic() + _START_TIMEOUT

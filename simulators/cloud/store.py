@@ -9,8 +9,8 @@ Invariants, for every implementation:
 - Times are integers, microseconds since the Unix epoch (`micros`), so ranges compare numerically
   whatever number of fraction digits a sender wrote.
 
-SQLite (one file, WAL, a busy timeout) is the implementation here; a `postgresql://` DSN is
-reserved for the PostgreSQL one, the way past one machine.
+SQLite (one file, WAL, a busy timeout) is the implementation here, for one machine; a
+`postgresql://` DSN opens the PostgreSQL one (pgstore.py), the way past one machine.
 """
 
 from __future__ import annotations
@@ -174,14 +174,16 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+
+
 def open_store(location: str | Path) -> Store:
-    """The store a `--db` value names: a PostgreSQL DSN (not built yet) or an SQLite file path."""
+    """The store a `--db` value names: a PostgreSQL DSN (postgresql://...) or an SQLite file path."""
     text = str(location)
-    if text.startswith(("postgresql://", "postgres://")):
-        raise StoreError(
-            "PostgreSQL support is not built yet: the receiver stores into SQLite for now; "
-            "give --db a file path (several receiver processes on one machine can share it)"
-        )
+    if text.startswith(POSTGRESQL_SCHEMES):
+        from simulators.cloud.pgstore import PostgresStore  # only deployments that use it load psycopg
+
+        return PostgresStore(text)
     return SQLiteStore(Path(text))
 
 
