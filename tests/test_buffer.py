@@ -146,7 +146,7 @@ def test_added_records_come_back_in_order_and_are_deleted_when_accepted(path: Pa
 
 
 def test_lanes_are_isolated_and_listed_in_priority_order(buf: Buffer) -> None:
-    assert Buffer.LANES == ("status", "gap", "event", "usage", "data")
+    assert Buffer.LANES == ("status", "gap", "event", "usage", "analysis", "data")
     mixed = [row for n in range(3) for lane in Buffer.LANES for row in rows(lane, n, 1, keys=(lane,))]
     buf.add(mixed)
 
@@ -435,7 +435,7 @@ def test_open_batches_are_forgotten_at_restart_so_everything_is_pending_again(pa
         buf.end(partly, accepted=[6])
 
     with Buffer(path, quota_bytes=BIG) as buf:
-        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 1, "data": 5}
+        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 1, "analysis": 0, "data": 5}
         assert [i.seq for i in drain(buf, "data")] == [1, 2, 3, 4, 5]
         assert [i.seq for i in drain(buf, "usage")] == [7]
 
@@ -576,7 +576,7 @@ def test_quota_drops_the_oldest_data_first_and_reports_it_per_key(path: Path) ->
         dropped_seqs = set(data_seqs) - set(remaining)
         stats = buf.stats()
         assert len(dropped_seqs) > 1000
-        assert stats.dropped == {"status": 0, "gap": 0, "event": 0, "usage": 0, "data": len(dropped_seqs)}
+        assert stats.dropped == {"status": 0, "gap": 0, "event": 0, "usage": 0, "analysis": 0, "data": len(dropped_seqs)}
         assert reported == expected_by_key(added, dropped_seqs)
         assert {lane: stats.pending[lane] for lane in ("status", "gap", "event", "usage")} == {
             "status": 20,
@@ -620,7 +620,7 @@ def test_quota_drops_events_after_data_and_never_protected_records(
         stats = buf.stats()
         assert stats.over_quota
         assert stats.used_bytes > 300_000
-        assert stats.pending == {"status": 0, "gap": 800, "event": 0, "usage": 700, "data": 0}
+        assert stats.pending == {"status": 0, "gap": 800, "event": 0, "usage": 700, "analysis": 0, "data": 0}
         assert stats.dropped["event"] == 200 and stats.dropped["data"] == 300
         assert any("over its quota" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
 
@@ -701,14 +701,14 @@ def test_full_disk_raises_a_clear_error_and_writes_nothing(path: Path) -> None:
 
         message = str(failed.value)
         assert str(path) in message and "full" in message and "Nothing was written" in message
-        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 0, "data": 100}
+        assert buf.pending() == {"status": 0, "gap": 0, "event": 0, "usage": 0, "analysis": 0, "data": 100}
         assert buf.last_seq == 100
         buf._store.conn.execute("PRAGMA max_page_count = 1073741823")
         buf.add(rows("gap", 100, 10))
         assert [i.seq for i in drain(buf, "gap")] == list(range(101, 111))
 
     with Buffer(path, quota_bytes=BIG) as buf:
-        assert buf.pending() == {"status": 0, "gap": 10, "event": 0, "usage": 0, "data": 100}
+        assert buf.pending() == {"status": 0, "gap": 10, "event": 0, "usage": 0, "analysis": 0, "data": 100}
     with sqlite3.connect(path) as check:
         assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
@@ -790,8 +790,36 @@ def test_a_buffer_of_the_first_schema_one_row_per_record_is_refused(path: Path) 
     older = sqlite3.connect(path)
     older.execute("PRAGMA user_version = 1")
     older.close()
-    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 2\); move the file aside"):
+    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 3\); move the file aside"):
         Buffer(path, quota_bytes=BIG)
+
+
+def test_a_buffer_of_schema_2_is_upgraded_in_place_and_keeps_its_records(path: Path) -> None:
+    """Schema 2 had no analysis lane. A file written then (made here by taking the lane out again)
+    opens as schema 3 with every record, its origin and its numbering as they were."""
+    with Buffer(path, quota_bytes=BIG) as b:
+        b.add(rows("data", 0, 5) + rows("gap", 0, 2))
+        origin, first = b.origin, b.begin("data", 1)
+        assert first is not None
+        b.end(first, accepted=[first.items[0].seq])
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE lane_analysis")
+    old.execute("ALTER TABLE state DROP COLUMN pending_analysis")
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    with Buffer(path, quota_bytes=BIG) as b:
+        assert b.origin == origin
+        assert b.pending()["data"] + b.pending()["gap"] == 6 and b.pending()["analysis"] == 0
+        b.add(rows("analysis", 0, 1) + rows("data", 5, 1))
+        seqs = []
+        for lane in Buffer.LANES:
+            while batch := b.begin(lane, 100):
+                seqs += [r.seq for r in batch.items]
+                b.end(batch, accepted=[r.seq for r in batch.items])
+        assert len(seqs) == 8 and len(set(seqs)) == 8 and first.items[0].seq not in seqs
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def test_a_second_buffer_on_the_same_file_is_refused_while_the_first_is_open(buf: Buffer, path: Path) -> None:
@@ -933,4 +961,4 @@ def test_protected_records_over_their_ceiling_refuse_new_data_not_drop_protected
         while (batch := buf.begin("gap", 100)) is not None:
             buf.end(batch, [i.seq for i in batch.items])
         buf.add(rows("data", 1000, 10))
-        assert buf.pending() == {"status": 5, "gap": 0, "event": 0, "usage": 0, "data": 10}
+        assert buf.pending() == {"status": 5, "gap": 0, "event": 0, "usage": 0, "analysis": 0, "data": 10}

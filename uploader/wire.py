@@ -320,6 +320,12 @@ def usage_body(*, event: str, time: datetime, use: str, user: str, ip: str, data
     return dumps(rec)
 
 
+def analysis_body(*, shell: str, summary: dict[str, Any]) -> bytes:
+    """An analysis record: one machine's period summary from the edge analysis (docs/analysis.md),
+    as the analyzer made it, with the period's end as `time` and the machine's shell."""
+    return dumps({"time": summary["end"], "shell": shell, **jsonable(summary)})
+
+
 def agent_state(state: str, down: Sequence[str] = ()) -> bytes:
     """The agent's health on a status channel (MQTT: retained): "online", "degraded" (with the parts
     that are down) or "offline"."""

@@ -76,7 +76,7 @@ class Buffer:
         with `BufferLockedError`. `chunk_records` is the most records stored in one row; the
         forwarder's records per message is a good value. The file does not grow into the last
         `min_free_bytes` of its disk (older data is dropped instead, as for the quota), and
-        `reserve_bytes` are kept aside for a full disk (safety.py). Gap, usage and status records
+        `reserve_bytes` are kept aside for a full disk (safety.py). Gap, usage, status and analysis records
         are never dropped; once they alone take `protected_ceiling` bytes (default: a tenth of
         the quota), `add()` refuses rows of other lanes (`BufferCeilingError`) until they are
         delivered, rather than let them grow without bound.
@@ -248,12 +248,12 @@ class Buffer:
         held = sum(self._lanes[name].bytes for name in PROTECTED)
         if held <= self.protected_ceiling or all(lane in PROTECTED for lane in chunks):
             if self._ceiling_hit and held <= self.protected_ceiling:
-                log.info("buffer %s: gap/usage/status records are below their ceiling again", self.path)
+                log.info("buffer %s: gap/usage/status/analysis records are below their ceiling again", self.path)
                 self._ceiling_hit = False
             return
         if not self._ceiling_hit:
             log.error(
-                "buffer %s: gap, usage and status records waiting to be sent take %d bytes, over their "
+                "buffer %s: gap, usage, status and analysis records waiting to be sent take %d bytes, over their "
                 "ceiling of %d; new values are refused (and reported as a gap) until they are delivered",
                 self.path,
                 held,
@@ -262,7 +262,7 @@ class Buffer:
             self._ceiling_hit = True
         raise BufferCeilingError(
             self.path,
-            f"gap, usage and status records take {held} bytes (ceiling {self.protected_ceiling}); they are "
+            f"gap, usage, status and analysis records take {held} bytes (ceiling {self.protected_ceiling}); they are "
             "never dropped, so new values are refused until the far end takes them",
         )
 
@@ -286,7 +286,7 @@ class Buffer:
     def _note_quota(self, short: bool) -> None:
         if short and not self._over_quota:
             log.warning(
-                "buffer %s: over its quota of %d bytes with nothing left to drop (only gap/usage/status "
+                "buffer %s: over its quota of %d bytes with nothing left to drop (only gap/usage/status/analysis "
                 "records and records being sent remain); storing new records anyway",
                 self.path,
                 self.quota_bytes,

@@ -26,7 +26,7 @@ class BufferFullError(BufferError):
 
 
 class BufferCeilingError(BufferFullError):
-    """Records that are never dropped (gap, usage, status) fill their share of the quota: other
+    """Records that are never dropped (gap, usage, status, analysis) fill their share of the quota: other
     records are refused until those are delivered."""
 
 

@@ -1,7 +1,7 @@
 """The disk quota: which records `add()` drops to make room, inside its own transaction.
 
 Invariant (6 of the buffer's): the quota drops only `data`, then `event`, records, oldest chunk
-first; never a protected lane (gap, usage, status), never a record in an open batch, never the
+first; never a protected lane (gap, usage, status, analysis), never a record in an open batch, never the
 rows being added. Of a chunk read already it drops every record not in an open batch; a chunk
 not read yet goes whole. If that is not enough the rows are stored anyway, over quota, and
 `stats().over_quota` says so. Every dropped record is counted in the `Dropped` that `add()`

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Final, NamedTuple, cast
 
-LANES: Final = ("status", "gap", "event", "usage", "data")
+LANES: Final = ("status", "gap", "event", "usage", "analysis", "data")
 """Priority order for sending."""
-PROTECTED: Final = frozenset({"gap", "usage", "status"})
+PROTECTED: Final = frozenset({"gap", "usage", "status", "analysis"})
 """Never dropped by the quota. `event` is dropped only when no `data` is left to drop."""
 
 Row = tuple[str, str, float, bytes]

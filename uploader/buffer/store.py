@@ -58,7 +58,9 @@ from uploader.buffer.records import LANES, ChunkRow
 
 log = logging.getLogger("uploader.buffer")
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+# Version 3 added the `analysis` lane (a table and a pending column); a version 2 file is upgraded at open.
+_UPGRADABLE: Final = {2}
 # Marks the file as ours, so another application's SQLite database is refused, not written into.
 APPLICATION_ID: Final = 0x45414246
 
@@ -91,6 +93,16 @@ _FOREIGN: Final = (
 
 
 _Sizes = tuple[int, str, int, float, float, int]
+
+
+def _lane_table(name: str) -> str:
+    # Small columns first: reading n or the sizes does not touch the bodies' pages.
+    # CHECK keeps a wrongly typed row out (a non-str key would come back as something else).
+    return (
+        f"CREATE TABLE {name} (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL, "
+        "ts_min REAL NOT NULL, ts_max REAL NOT NULL, ts BLOB NOT NULL, bodies BLOB NOT NULL, "
+        "CHECK (typeof(key) = 'text' AND n >= 1 AND length(ts) = 8 * n AND typeof(bodies) = 'blob'))"
+    )
 
 
 class Store:
@@ -147,6 +159,8 @@ class Store:
                 f"written by a newer agent (buffer schema {version}; this agent knows up to {SCHEMA_VERSION}). "
                 "Run the newer agent until the buffer is drained, or move the file aside.",
             )
+        elif version in _UPGRADABLE:
+            self._upgrade(version)
         elif version != SCHEMA_VERSION:
             raise BufferFormatError(
                 self.path, f"unknown buffer schema {version} (this agent knows {SCHEMA_VERSION}); move the file aside."
@@ -193,13 +207,7 @@ class Store:
                 f"created REAL NOT NULL, last_seq INTEGER NOT NULL, {pending_columns})"
             )
             for name in self._table.values():
-                # Small columns first: reading n or the sizes does not touch the bodies' pages.
-                # CHECK keeps a wrongly typed row out (a non-str key would come back as something else).
-                conn.execute(
-                    f"CREATE TABLE {name} (seq INTEGER PRIMARY KEY, key TEXT NOT NULL, n INTEGER NOT NULL, "
-                    "ts_min REAL NOT NULL, ts_max REAL NOT NULL, ts BLOB NOT NULL, bodies BLOB NOT NULL, "
-                    "CHECK (typeof(key) = 'text' AND n >= 1 AND length(ts) = 8 * n AND typeof(bodies) = 'blob'))"
-                )
+                conn.execute(_lane_table(name))
             conn.execute(_SQL_DONE_TABLE)
             conn.execute(_SQL_MARKS_TABLE)
             conn.execute(
@@ -213,6 +221,27 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _upgrade(self, version: int) -> None:
+        """A buffer of schema 2 (no analysis lane) becomes schema 3, in one transaction; its records stay."""
+        conn = self.conn
+        with self.errors("upgrade"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(state)")}
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                for lane, name in self._table.items():
+                    if name not in tables:
+                        conn.execute(_lane_table(name))
+                    if f"pending_{lane}" not in columns:
+                        conn.execute(f"ALTER TABLE state ADD COLUMN pending_{lane} INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        log.info("buffer %s: upgraded from schema %d to %d", self.path, version, SCHEMA_VERSION)
 
     # -- transactions -----------------------------------------------------------------------------
 
