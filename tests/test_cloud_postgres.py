@@ -32,13 +32,16 @@ import pytest
 from psycopg import sql
 
 import tests.test_cloud_receiver as sqlite_tests
+import tests.test_http_sink as http_tests
 from simulators.cloud.__main__ import main as receiver_main
 from simulators.cloud.pgstore import PostgresStore, redact, without_password
 from simulators.cloud.process import CloudReceiver
 from simulators.cloud.store import Row, StoreBusy, StoreError, open_store
+from simulators.factory import FactoryThread
 from simulators.ports import free_port
-from tests.helpers import unavailable, until
+from tests.helpers import unavailable, until, wait_until
 from tests.test_cloud_receiver import ORIGIN, TOKEN, Answer, batch, ids, post, speeds
+from uploader import wire
 
 DSN_VARIABLE = "EDGE_AGENT_TEST_PG_DSN"
 _SERVER_START_S = 60
@@ -390,3 +393,50 @@ def test_a_deadlock_between_two_receivers_is_run_again_and_both_are_answered(
     assert [x.json["accepted"] + x.json["duplicates"] for x in answers] == [3, 2]
     assert re.search(r"PostgreSQL aborted it \(deadlock detected.*running it again \(1 of 5\)", logs)
     assert stored_ids(pg_dsn) == ids([1, 2, 3])
+
+
+# -- the agent, over HTTP, into PostgreSQL ------------------------------------------------------------------
+
+
+class _PgBench(http_tests.Bench):
+    """test_http_sink's bench with the receiver's records read from PostgreSQL."""
+
+    def __init__(self, dsn: str, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.dsn = dsn
+
+    def count(self) -> int:
+        with psycopg.connect(self.dsn) as c:
+            row = c.execute("SELECT count(*) FROM records").fetchone()
+            return int(row[0]) if row else 0
+
+
+def test_the_agent_stores_every_record_once_in_postgresql_through_failures_drops_and_lost_answers(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    with (
+        CloudReceiver(tmp_path / "cloud", db=pg_dsn, tokens=[TOKEN]) as cloud,
+        http_tests.Hop(cloud.port) as hop,
+        FactoryThread(port=free_port(), period=0.1, machines=1) as factory,
+    ):
+        bench = _PgBench(pg_dsn, tmp_path, cloud, factory.port, TOKEN, url=f"http://127.0.0.1:{hop.port}")
+        with bench.agent() as agent:
+            http_tests.grows(bench, 100, 60)
+            mark = len(cloud.log())
+            hop.eating = True  # stored, but the answers are lost: sent again, and not stored twice
+            wait_until("requests whose answers were lost", lambda: len(http_tests.requests(cloud, mark)) >= 2, 20)
+            hop.eating = False
+            cloud.set_faults(fail_next=3)
+            http_tests.grows(bench)
+            mark = len(cloud.log())
+            cloud.set_faults(drop_next=3)
+            wait_until("dropped connections", lambda: cloud.log()[mark:].count("dropping the connection") == 3, 20)
+            cloud.set_faults(throttle_next=1, retry_after=1)
+            http_tests.grows(bench)
+            assert agent.stop() == 0, agent.log()[-3000:]
+        origin, last, pending = bench.buffer()
+    assert pending == 0
+    with psycopg.connect(pg_dsn) as c:
+        ids = [r[0] for r in c.execute("SELECT id FROM records WHERE origin = %s", (origin,))]
+    assert len(ids) == len(set(ids)), "a record stored twice"
+    assert set(ids) == {wire.record_id(origin, n) for n in range(1, last + 1)}, "every record, once"

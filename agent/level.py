@@ -1,0 +1,973 @@
+"""Smart-factory level evidence (KS X 9001) from what the agent measured: agent/stats.py's file.
+
+`build` reads the statistics file (read-only; the agent may be running) and returns a plain dict
+(JSON-ready); `render_json` and `render_html` write it out. docs/level-evidence.md explains every
+figure for a reader of the report; the rules are these.
+
+Period. Figures are stored per UTC hour, so a given `since` is floored and a given `until` ceiled
+to whole hours. The period never starts before the file's `covered_from` (its first open, or the
+retention cutoff) and never ends after its last flush (the time after it is not measured yet).
+Without `since`/`until` it is exactly that covered range. Hour rows count when their hour starts
+at or after the floored start and before the end; gaps, analysis summaries and control writes by
+their own times.
+
+Figures.
+- Coverage: configured machines (`machines`, plus any machine of `configured`) and elements
+  (`configured`, by machine and path) against those delivering. An element is *delivering* when
+  it had at least one value stored in the period AND its machine had records confirmed by a sink
+  in the period (in a value lane: any lane but `gap`, `status` and `usage`); a machine is
+  delivering when one of its elements is. Share = delivering / configured, in %. Records confirmed
+  without a machine (`delivered(machine=None)`) count for the sink's figures, not for coverage.
+  Elements with data in the period that are no longer configured are listed with their figures,
+  but counted neither in coverage nor in the sampling summary below.
+- Sampling per element: achieved mean period = sum of intervals / number of intervals between
+  consecutive source times; jitter = their population standard deviation; both in ms. Flagged
+  (`slow`) when the configured sampling is > 0 and the achieved mean is > 1.5 x configured; an
+  element *meets its configured sampling* when it is > 0 and the mean is <= 1.5 x configured.
+- Gaps: every gap overlapping the period, clipped to it (an open gap runs to the period end);
+  seconds per machine are the union of its gaps (overlaps counted once).
+- Uptime per machine: connected seconds in the period / period seconds, in %.
+- Latency per sink: p50/p95/p99 of source time to far-end confirmation, read from the merged
+  histograms (within one bucket: 20 buckets per decade, about 12 %).
+- Analysis per machine: the summaries overlapping the period, the last three, and totals: sums of
+  cycles, alarms (a number, or the length of a list), running seconds and seconds per state
+  (`state_seconds`, or `state_s` as agent/analysis.py names it); means of availability,
+  performance, quality and OEE weighted by each summary's observed seconds (`observed_s`, else its
+  duration); the cycle-weighted mean cycle time.
+- Control writes in the period: count, successful, failed, by user.
+
+Levels (cumulative: each needs the one below). Each criterion is stated with its figure in Korean
+and English, under `supporting` when met, `missing` when not; `supported` = all met.
+- 기초 (Basic, production data digitised): `elements_delivering`: at least one configured element
+  delivering; `coverage`: a coverage figure (at least one element configured).
+- 중간1 (Intermediate 1, real-time collection and analysis): `basic` supported; `realtime`: the
+  median of the delivering elements' achieved mean periods is <= 1000 ms, or at least half of the
+  delivering elements that have a configured sampling meet it; `latency`: a p95 latency measured
+  for at least one sink; `analysis`: at least one edge-analysis summary in the period.
+- 중간2 (Intermediate 2, real-time control): `intermediate1` supported; `control_enabled`: control
+  writes enabled in the configuration; `control_write`: at least one successful control write
+  logged in the period.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from agent.stats import (
+    HOUR,
+    LAT_BUCKETS,
+    NO_SAMPLING,
+    SCHEMA_VERSION,
+    ElementInfo,
+    Hist,
+    StatsError,
+    hist_from_blob,
+    percentile,
+)
+
+FORMAT: Final = "edge-agent/level-evidence/1"
+SLOW_FACTOR: Final = 1.5
+REALTIME_MS: Final = 1000.0
+NON_VALUE_LANES: Final = frozenset({"gap", "status", "usage"})
+LAST_SUMMARIES: Final = 3
+
+LEVELS: Final = (
+    ("basic", "기초", "Basic", "생산 데이터 디지털화", "production data digitised"),
+    ("intermediate1", "중간1", "Intermediate 1", "실시간 수집·분석", "real-time collection and analysis"),
+    ("intermediate2", "중간2", "Intermediate 2", "실시간 제어", "real-time control"),
+)
+
+LIMITS: Final = (
+    (
+        "이 보고서는 에이전트가 직접 측정한 데이터 수집·전달·제어 기록만 근거로 합니다. 수준 평가는 MES/ERP 연계, "
+        "공정·품질 관리, 데이터 활용, 조직과 업무 프로세스 등 에이전트가 볼 수 없는 항목도 함께 봅니다.",
+        "This report rests only on what the agent itself measured: data collection, delivery and control "
+        "writes. A level assessment also looks at what the agent cannot see: MES/ERP integration, process "
+        "and quality management, how the data is used, organisation and work processes.",
+    ),
+    (
+        "수치는 UTC 시간 단위로 저장되므로 기간은 정시 단위로 맞춰지며, 마지막 저장(flush) 이후와 보존 기간 "
+        "이전은 포함되지 않습니다.",
+        "Figures are stored per UTC hour, so the period is widened to whole hours; it excludes what came "
+        "after the last flush and what is older than the retention.",
+    ),
+    (
+        "지연 시간과 주기는 설비·서버의 source time 기준이므로 시계 동기화(NTP)에 따라 달라집니다. 구독(subscribe) "
+        "요소는 값이 바뀔 때만 보고되므로 달성 주기가 설정 주기보다 길 수 있습니다.",
+        "Latency and periods use the devices' and servers' source times, so they depend on clock "
+        "synchronisation (NTP). Subscribed elements report on change, so their achieved period can be "
+        "longer than the configured sampling without anything being lost.",
+    ),
+    (
+        "전달 확인은 싱크(MQTT/HTTP 등)의 수신 확인까지이며, 수신 측에서 데이터를 어떻게 쓰는지는 알 수 없습니다. "
+        "제어 쓰기는 에이전트를 거친 것만 기록됩니다.",
+        "Delivery is confirmed up to the sink's acknowledgement (MQTT/HTTP...); what the far end does with "
+        "the data is not seen. Only control writes made through the agent are logged.",
+    ),
+)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _epoch(d: datetime) -> float:
+    return (d if d.tzinfo else d.replace(tzinfo=UTC)).timestamp()
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+def _whole(v: float | None) -> float | int | None:
+    """A sum as an int when it is whole (counts), else rounded."""
+    if v is None:
+        return None
+    return int(v) if v.is_integer() else round(v, 3)
+
+
+def _pct(part: float, whole: float) -> float | None:
+    return None if whole <= 0 else round(100.0 * part / whole, 1)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise StatsError(f"statistics file {path} does not exist (has the agent flushed its statistics yet?)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as e:
+        raise StatsError(f"statistics file {path} cannot be read: {e}") from e
+    if version != SCHEMA_VERSION:
+        db.close()
+        raise StatsError(f"{path} is not a statistics file of version {SCHEMA_VERSION} (user_version {version})")
+    return db
+
+
+def _union_seconds(spans: Iterable[tuple[float, float]]) -> float:
+    total = 0.0
+    cur_a = cur_b = None
+    for a, b in sorted(spans):
+        if cur_b is None or a > cur_b:
+            if cur_a is not None and cur_b is not None:
+                total += cur_b - cur_a
+            cur_a, cur_b = a, b
+        else:
+            cur_b = max(cur_b, b)
+    if cur_a is not None and cur_b is not None:
+        total += cur_b - cur_a
+    return total
+
+
+def build(
+    stats_path: Path,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    configured: Sequence[ElementInfo],
+    machines: Sequence[str],
+    control_enabled: bool,
+) -> dict[str, Any]:
+    """The level-evidence report for the period, from the statistics file (see the module docstring)."""
+    stats_path = Path(stats_path)
+    db = _connect(stats_path)
+    try:
+        return _build(db, stats_path, since, until, configured, machines, control_enabled)
+    except sqlite3.Error as e:
+        raise StatsError(f"statistics file {stats_path} cannot be read: {e}") from e
+    finally:
+        db.close()
+
+
+def _build(
+    db: sqlite3.Connection,
+    stats_path: Path,
+    since: datetime | None,
+    until: datetime | None,
+    configured: Sequence[ElementInfo],
+    machines: Sequence[str],
+    control_enabled: bool,
+) -> dict[str, Any]:
+    now = time.time()
+    meta = {k: float(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    last_flush = meta.get("last_flush")
+    data_until = last_flush if last_flush is not None else now
+    data_from = meta.get("covered_from", meta.get("first_open", data_until))
+    start = data_from
+    if since is not None:
+        start = max(start, math.floor(_epoch(since) / HOUR) * HOUR)
+    end = data_until
+    if until is not None:
+        end = min(end, math.ceil(_epoch(until) / HOUR) * HOUR)
+    end = max(end, start)
+    period_s = end - start
+    h_from = math.floor(start / HOUR) * HOUR
+
+    # what was measured
+    samples: dict[tuple[str, str], tuple[Any, ...]] = {
+        (r[0], r[1]): r[2:]
+        for r in db.execute(
+            "SELECT machine, path, sum(n_values), sum(intervals), sum(isum), sum(isumsq), min(imin), max(imax), "
+            "min(first_t), max(last_t) FROM samples WHERE hour >= ? AND hour < ? GROUP BY machine, path",
+            (h_from, end),
+        )
+    }
+    deliv: dict[tuple[str, str, str], list[Any]] = {}
+    for sink, machine, lane, records, n, blob in db.execute(
+        "SELECT sink, machine, lane, records, samples, hist FROM delivered WHERE hour >= ? AND hour < ?",
+        (h_from, end),
+    ):
+        acc = deliv.setdefault((sink, machine, lane), [0, 0, np.zeros(LAT_BUCKETS, dtype=np.int64)])
+        acc[0] += records
+        acc[1] += n
+        acc[2] += hist_from_blob(blob)
+    connected = dict(
+        db.execute(
+            "SELECT machine, sum(seconds) FROM connected WHERE hour >= ? AND hour < ? GROUP BY machine",
+            (h_from, end),
+        ).fetchall()
+    )
+    gap_rows = db.execute(
+        "SELECT machine, start_t, end_t, reason, elements FROM gaps "
+        "WHERE start_t < ? AND (end_t IS NULL OR end_t > ?) ORDER BY start_t, machine",
+        (end, start),
+    ).fetchall()
+    analysis_rows = db.execute(
+        "SELECT machine, start_t, end_t, summary FROM analysis WHERE start_t < ? AND end_t >= ? ORDER BY start_t",
+        (end, start),
+    ).fetchall()
+    control_rows = db.execute(
+        "SELECT at, machine, element, user, ok, detail FROM control_writes WHERE at >= ? AND at < ? ORDER BY at",
+        (start, end),
+    ).fetchall()
+    history: dict[tuple[str, str], list[tuple[str, float, float, float]]] = {}
+    for machine, path, mode, ms, first_c, last_c in db.execute(
+        "SELECT machine, path, mode, sampling_ms, first_configured, last_configured FROM elements "
+        "ORDER BY last_configured"
+    ):
+        history.setdefault((machine, path), []).append((mode, ms, first_c, last_c))
+
+    # machines whose records a sink confirmed (value lanes)
+    confirmed: dict[str, int] = {}
+    for (_, machine, lane), (records, _, _) in deliv.items():
+        if lane not in NON_VALUE_LANES and machine:
+            confirmed[machine] = confirmed.get(machine, 0) + records
+
+    elements = _elements(configured, samples, history, confirmed)
+    all_machines = list(dict.fromkeys([*machines, *(e.machine for e in configured)]))
+    coverage = _coverage(all_machines, elements, confirmed)
+    sampling = _sampling(elements)
+    gaps = _gaps(gap_rows, start, end, all_machines)
+    uptime = [
+        {
+            "machine": m,
+            "connected_s": round(float(connected.get(m, 0.0)), 1),
+            "period_s": round(period_s, 1),
+            "uptime_pct": _pct(min(float(connected.get(m, 0.0)), period_s), period_s),
+        }
+        for m in list(dict.fromkeys([*all_machines, *sorted(connected)]))
+    ]
+    latency = _latency(deliv)
+    analysis = _analysis(analysis_rows)
+    control = _control(control_rows, control_enabled)
+    report: dict[str, Any] = {
+        "format": FORMAT,
+        "generated_at": _iso(now),
+        "stats_file": str(stats_path),
+        "period": {
+            "since": _iso(start),
+            "until": _iso(end),
+            "seconds": round(period_s, 1),
+            "requested_since": _iso(_epoch(since)) if since is not None else None,
+            "requested_until": _iso(_epoch(until)) if until is not None else None,
+            "file_first_open": _iso(meta.get("first_open")),
+            "file_covered_from": _iso(meta.get("covered_from")),
+            "file_last_flush": _iso(last_flush),
+        },
+        "coverage": coverage,
+        "sampling": sampling,
+        "elements": elements,
+        "gaps": gaps,
+        "uptime": uptime,
+        "latency": latency,
+        "analysis": analysis,
+        "control": control,
+    }
+    report["levels"] = _levels(report)
+    report["limits"] = [{"ko": ko, "en": en} for ko, en in LIMITS]
+    return report
+
+
+def _elements(
+    configured: Sequence[ElementInfo],
+    samples: dict[tuple[str, str], tuple[Any, ...]],
+    history: dict[tuple[str, str], list[tuple[str, float, float, float]]],
+    confirmed: dict[str, int],
+) -> list[dict[str, Any]]:
+    now_cfg: dict[tuple[str, str], ElementInfo] = {}
+    for e in configured:
+        now_cfg.setdefault((e.machine, e.path), e)
+    keys = list(now_cfg) + sorted(k for k in samples if k not in now_cfg)
+    out = []
+    for key in keys:
+        machine, path = key
+        info = now_cfg.get(key)
+        hist = history.get(key, [])
+        if info is not None:
+            mode: str | None = info.mode
+            cfg_ms = None if info.sampling_ms is None else float(info.sampling_ms)
+        elif hist:
+            mode, ms = hist[-1][0], hist[-1][1]
+            cfg_ms = None if ms == NO_SAMPLING else ms
+        else:
+            mode, cfg_ms = None, None
+        n_values, k, s, ss, lo, hi, first_t, last_t = samples.get(key, (0, 0, 0.0, 0.0, None, None, None, None))
+        mean = s / k if k else None
+        jitter = math.sqrt(max(ss / k - mean * mean, 0.0)) if k and mean is not None else None
+        mean_ms = _ms(mean)
+        meets = None
+        if cfg_ms is not None and cfg_ms > 0 and mean_ms is not None:
+            meets = mean_ms <= SLOW_FACTOR * cfg_ms
+        out.append(
+            {
+                "machine": machine,
+                "path": path,
+                "mode": mode,
+                "configured_now": info is not None,
+                "configured_ms": cfg_ms,
+                "values": int(n_values or 0),
+                "intervals": int(k or 0),
+                "achieved_mean_ms": mean_ms,
+                "jitter_ms": _ms(jitter),
+                "min_ms": _ms(lo),
+                "max_ms": _ms(hi),
+                "slow": meets is False,
+                "meets_configured": meets,
+                "delivering": bool(n_values) and confirmed.get(machine, 0) > 0,
+                "first_seen": _iso(first_t),
+                "last_seen": _iso(last_t),
+                "configured_from": _iso(min(h[2] for h in hist)) if hist else None,
+                "configured_until": _iso(max(h[3] for h in hist)) if hist else None,
+            }
+        )
+    return out
+
+
+def _coverage(machines: list[str], elements: list[dict[str, Any]], confirmed: dict[str, int]) -> dict[str, Any]:
+    cfg = [e for e in elements if e["configured_now"]]
+    per_machine = []
+    for m in machines:
+        mine = [e for e in cfg if e["machine"] == m]
+        per_machine.append(
+            {
+                "machine": m,
+                "elements_configured": len(mine),
+                "elements_delivering": sum(e["delivering"] for e in mine),
+                "records_confirmed": confirmed.get(m, 0),
+                "delivering": any(e["delivering"] for e in mine),
+            }
+        )
+    n_el = len(cfg)
+    n_el_d = sum(e["delivering"] for e in cfg)
+    n_m_d = sum(m["delivering"] for m in per_machine)
+    return {
+        "machines_configured": len(machines),
+        "machines_delivering": n_m_d,
+        "machines_pct": _pct(n_m_d, len(machines)),
+        "elements_configured": n_el,
+        "elements_delivering": n_el_d,
+        "elements_pct": _pct(n_el_d, n_el),
+        "machines": per_machine,
+    }
+
+
+def _sampling(elements: list[dict[str, Any]]) -> dict[str, Any]:
+    configured = [e for e in elements if e["configured_now"]]
+    delivering = [e for e in configured if e["delivering"] and e["achieved_mean_ms"] is not None]
+    median = statistics.median(e["achieved_mean_ms"] for e in delivering) if delivering else None
+    with_cfg = [e for e in delivering if e["meets_configured"] is not None]
+    meeting = sum(bool(e["meets_configured"]) for e in with_cfg)
+    return {
+        "elements_measured": len(delivering),
+        "median_period_ms": None if median is None else round(median, 3),
+        "elements_with_configured": len(with_cfg),
+        "elements_meeting_configured": meeting,
+        "meeting_configured_pct": _pct(meeting, len(with_cfg)),
+        "slow": sum(e["slow"] for e in configured),
+    }
+
+
+def _gaps(rows: list[Any], start: float, end: float, machines: list[str]) -> dict[str, Any]:
+    listed = []
+    spans: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+    for machine, a, b, reason, n in rows:
+        lo, hi = max(a, start), min(end if b is None else b, end)
+        seconds = max(hi - lo, 0.0)
+        spans.setdefault(machine, []).append((lo, max(hi, lo)))
+        counts[machine] = counts.get(machine, 0) + 1
+        listed.append(
+            {
+                "machine": machine,
+                "start": _iso(a),
+                "end": _iso(b),
+                "open": b is None,
+                "seconds_in_period": round(seconds, 1),
+                "reason": reason,
+                "elements": n,
+            }
+        )
+    by_machine = [
+        {"machine": m, "gaps": counts.get(m, 0), "seconds": round(_union_seconds(spans.get(m, [])), 1)}
+        for m in list(dict.fromkeys([*machines, *sorted(spans)]))
+    ]
+    return {"by_machine": by_machine, "list": listed}
+
+
+def _latency(deliv: dict[tuple[str, str, str], list[Any]]) -> list[dict[str, Any]]:
+    sinks: dict[str, list[Any]] = {}
+    for (sink, _, lane), (records, n, hist) in sorted(deliv.items(), key=lambda kv: kv[0]):
+        acc = sinks.setdefault(sink, [0, 0, np.zeros(LAT_BUCKETS, dtype=np.int64), {}])
+        acc[0] += records
+        acc[1] += n
+        acc[2] = acc[2] + hist
+        acc[3][lane] = acc[3].get(lane, 0) + records
+    out = []
+    for sink, (records, n, hist, lanes) in sinks.items():
+        merged: Hist = hist
+        out.append(
+            {
+                "sink": sink,
+                "records": int(records),
+                "latency_samples": int(n),
+                "p50_ms": _ms(percentile(merged, 0.50)),
+                "p95_ms": _ms(percentile(merged, 0.95)),
+                "p99_ms": _ms(percentile(merged, 0.99)),
+                "records_by_lane": lanes,
+            }
+        )
+    return out
+
+
+def _analysis(rows: list[Any]) -> list[dict[str, Any]]:
+    per: dict[str, list[tuple[float, float, dict[str, Any]]]] = {}
+    for machine, a, b, text in rows:
+        try:
+            summary = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(summary, dict):
+            per.setdefault(machine, []).append((a, b, summary))
+    out = []
+    for machine, items in per.items():
+        sums: dict[str, float | None] = {"cycles": None, "alarms": None, "running_s": None}
+        states: dict[str, float] = {}
+        weighted: dict[str, list[float]] = {k: [0.0, 0.0] for k in ("availability", "performance", "quality", "oee")}
+        cycle_w = [0.0, 0.0]
+        for a, b, s in items:
+            observed = _num(s.get("observed_s"))
+            weight = observed if observed is not None and observed > 0 else (max(b - a, 0.0) or 1.0)
+            cycles = _num(s.get("cycles"))
+            if cycles is not None:
+                sums["cycles"] = (sums["cycles"] or 0.0) + cycles
+                mean_cycle = _num(s.get("mean_cycle_s"))
+                if mean_cycle is not None and cycles > 0:
+                    cycle_w[0] += mean_cycle * cycles
+                    cycle_w[1] += cycles
+            alarms = s.get("alarms")
+            n_alarms = float(len(alarms)) if isinstance(alarms, list | dict) else _num(alarms)
+            if n_alarms is not None:
+                sums["alarms"] = (sums["alarms"] or 0.0) + n_alarms
+            running = _num(s.get("running_s"))
+            if running is not None:
+                sums["running_s"] = (sums["running_s"] or 0.0) + running
+            st = s.get("state_seconds", s.get("state_s"))
+            if isinstance(st, dict):
+                for state, sec in st.items():
+                    if (v := _num(sec)) is not None:
+                        states[str(state)] = states.get(str(state), 0.0) + v
+            for key, w in weighted.items():
+                if (v := _num(s.get(key))) is not None:
+                    w[0] += v * weight
+                    w[1] += weight
+        totals: dict[str, Any] = {k: _whole(v) for k, v in sums.items()}
+        for key, w in weighted.items():
+            totals[key] = round(w[0] / w[1], 4) if w[1] else None
+        totals["mean_cycle_s"] = round(cycle_w[0] / cycle_w[1], 3) if cycle_w[1] else None
+        totals["state_seconds"] = {k: round(v, 1) for k, v in states.items()}
+        out.append(
+            {
+                "machine": machine,
+                "summaries": len(items),
+                "first_start": _iso(items[0][0]),
+                "last_end": _iso(max(b for _, b, _ in items)),
+                "totals": totals,
+                "last": [s for _, _, s in items[-LAST_SUMMARIES:]],
+            }
+        )
+    return out
+
+
+def _control(rows: list[Any], enabled: bool) -> dict[str, Any]:
+    users: dict[str, list[int]] = {}
+    for _, _, _, user, ok, _ in rows:
+        u = users.setdefault(user, [0, 0])
+        u[0 if ok else 1] += 1
+    ok_n = sum(1 for r in rows if r[4])
+    return {
+        "enabled": enabled,
+        "writes": len(rows),
+        "ok": ok_n,
+        "failed": len(rows) - ok_n,
+        "by_user": [{"user": u, "ok": c[0], "failed": c[1]} for u, c in sorted(users.items())],
+        "list": [
+            {"at": _iso(at), "machine": m, "element": el, "user": u, "ok": bool(ok), "detail": d}
+            for at, m, el, u, ok, d in rows
+        ],
+    }
+
+
+# -- levels ------------------------------------------------------------------------------------
+
+
+def _c(cid: str, met: bool, ko: str, en: str) -> dict[str, Any]:
+    return {"id": cid, "met": met, "ko": ko, "en": en}
+
+
+def _f(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    text = f"{v:,.1f}" if abs(v) < 1e6 else f"{v:,.0f}"
+    return f"{text}{unit}"
+
+
+def _levels(r: dict[str, Any]) -> list[dict[str, Any]]:
+    cov, smp, lat, ana, ctl = r["coverage"], r["sampling"], r["latency"], r["analysis"], r["control"]
+    n_cfg, n_del, pct = cov["elements_configured"], cov["elements_delivering"], cov["elements_pct"]
+
+    basic = [
+        _c(
+            "elements_delivering",
+            n_del >= 1,
+            f"설정된 요소 {n_cfg}개 중 {n_del}개가 기간 중 값을 전달함 (값 저장 + 해당 설비 레코드의 싱크 수신 확인)",
+            f"{n_del} of {n_cfg} configured elements delivered values in the period "
+            "(values stored and their machine's records confirmed by a sink)",
+        ),
+        _c(
+            "coverage",
+            n_cfg >= 1,
+            f"커버리지: 설비 {cov['machines_delivering']}/{cov['machines_configured']}대 "
+            f"({_f(cov['machines_pct'], ' %')}), 요소 {n_del}/{n_cfg}개 ({_f(pct, ' %')})"
+            if n_cfg
+            else "설정된 요소가 없어 커버리지를 계산할 수 없음",
+            f"coverage: machines {cov['machines_delivering']} of {cov['machines_configured']} "
+            f"({_f(cov['machines_pct'], ' %')}), elements {n_del} of {n_cfg} ({_f(pct, ' %')})"
+            if n_cfg
+            else "no element configured: coverage cannot be computed",
+        ),
+    ]
+    basic_ok = all(c["met"] for c in basic)
+
+    median, share = smp["median_period_ms"], smp["meeting_configured_pct"]
+    by_median = median is not None and median <= REALTIME_MS
+    by_config = share is not None and share >= 50.0
+    sinks_p95 = [s for s in lat if s["p95_ms"] is not None]
+    p95_text = ", ".join(f"{s['sink']} {_f(s['p95_ms'], ' ms')}" for s in sinks_p95)
+    n_sum = sum(a["summaries"] for a in ana)
+    inter1 = [
+        _c(
+            "basic",
+            basic_ok,
+            "기초 수준의 근거 충족" if basic_ok else "기초 수준의 근거가 부족함",
+            "the Basic level is supported" if basic_ok else "the Basic level is not supported",
+        ),
+        _c(
+            "realtime",
+            by_median or by_config,
+            f"실시간 수집 (평균 주기 중앙값 ≤ 1000 ms 또는 설정 주기 달성 50 % 이상): 값을 전달한 요소 "
+            f"{smp['elements_measured']}개의 평균 주기 중앙값 {_f(median, ' ms')}, 설정 주기 달성 "
+            f"{smp['elements_meeting_configured']}/{smp['elements_with_configured']}개 ({_f(share, ' %')})",
+            "real-time collection (median achieved period ≤ 1000 ms, or at least 50 % meeting their configured "
+            f"sampling): median achieved mean period of the {smp['elements_measured']} delivering elements "
+            f"{_f(median, ' ms')}; configured sampling met by {smp['elements_meeting_configured']} of "
+            f"{smp['elements_with_configured']} ({_f(share, ' %')})",
+        ),
+        _c(
+            "latency",
+            bool(sinks_p95),
+            f"종단 간 지연 p95 측정됨: {p95_text}" if sinks_p95 else "종단 간 지연(p95) 측정값이 없음",
+            f"end-to-end latency p95 measured: {p95_text}"
+            if sinks_p95
+            else "no end-to-end latency (p95) measured: no confirmed records with latency samples",
+        ),
+        _c(
+            "analysis",
+            n_sum >= 1,
+            f"엣지 분석 요약 {n_sum}건 (설비 {len(ana)}대)" if n_sum else "기간 중 엣지 분석 요약이 없음",
+            f"{n_sum} edge-analysis summar{'y' if n_sum == 1 else 'ies'} from {len(ana)} machine(s)"
+            if n_sum
+            else "no edge-analysis summary in the period",
+        ),
+    ]
+    inter1_ok = all(c["met"] for c in inter1)
+
+    inter2 = [
+        _c(
+            "intermediate1",
+            inter1_ok,
+            "중간1 수준의 근거 충족" if inter1_ok else "중간1 수준의 근거가 부족함",
+            "the Intermediate 1 level is supported" if inter1_ok else "the Intermediate 1 level is not supported",
+        ),
+        _c(
+            "control_enabled",
+            bool(ctl["enabled"]),
+            "설정에서 제어 쓰기가 활성화됨" if ctl["enabled"] else "설정에서 제어 쓰기가 비활성화됨",
+            "control writes are enabled in the configuration"
+            if ctl["enabled"]
+            else "control writes are disabled in the configuration",
+        ),
+        _c(
+            "control_write",
+            ctl["ok"] >= 1,
+            f"기간 중 성공한 제어 쓰기 {ctl['ok']}건 기록됨 (실패 {ctl['failed']}건)"
+            if ctl["ok"]
+            else f"기간 중 성공한 제어 쓰기 기록이 없음 (실패 {ctl['failed']}건)",
+            f"{ctl['ok']} successful control write(s) logged in the period ({ctl['failed']} failed)"
+            if ctl["ok"]
+            else f"no successful control write logged in the period ({ctl['failed']} failed)",
+        ),
+    ]
+    out = []
+    for (lid, ko, en, mean_ko, mean_en), crit in zip(LEVELS, (basic, inter1, inter2), strict=True):
+        out.append(
+            {
+                "level": lid,
+                "ko": ko,
+                "en": en,
+                "meaning_ko": mean_ko,
+                "meaning_en": mean_en,
+                "supported": all(c["met"] for c in crit),
+                "supporting": [c for c in crit if c["met"]],
+                "missing": [c for c in crit if not c["met"]],
+            }
+        )
+    return out
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def render_json(report: dict[str, Any]) -> bytes:
+    """The report as indented JSON (UTF-8)."""
+    return orjson.dumps(
+        report, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str
+    )
+
+
+def _e(v: Any) -> str:
+    return html.escape("" if v is None else str(v), quote=True)
+
+
+def _n(v: Any, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "✓" if v else "✗"
+    if isinstance(v, int):
+        return f"{v:,}{_e(unit)}"
+    if isinstance(v, float):
+        return _e(_f(v, unit)) if abs(v) >= 10 else f"{v:.3g}{_e(unit)}"
+    return _e(v)
+
+
+def _table(head: Sequence[tuple[str, str]], rows: Iterable[Sequence[str]]) -> str:
+    """Headers are (ko, en) constants; cells must already be escaped."""
+    th = "".join(f"<th>{ko}<br><span class=en>{en}</span></th>" for ko, en in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    if not body:
+        body = f"<tr><td colspan={len(head)} class=none>없음 · none</td></tr>"
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _h(ko: str, en: str) -> str:
+    return f"<h2>{ko} <span class=en>· {en}</span></h2>"
+
+
+_CSS: Final = """
+body{font-family:"Noto Sans KR","Malgun Gothic",system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ccc}
+.en{color:#555;font-weight:normal}table{border-collapse:collapse;margin:.5em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}th{background:#f3f3f3}
+td.none{color:#888}.level{border:1px solid #ccc;border-radius:6px;padding:.5em 1em;margin:.8em 0}
+.ok{border-left:6px solid #2a7}.no{border-left:6px solid #c33}.badge{font-weight:bold}
+.two{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+ul{margin:.3em 0}pre{white-space:pre-wrap;font-size:.85em;margin:0}
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """One self-contained HTML page (inline CSS, no external assets), Korean and English side by side."""
+    r = report
+    p, cov, smp = r["period"], r["coverage"], r["sampling"]
+    parts: list[str] = [
+        "<!DOCTYPE html><html lang=ko><head><meta charset=utf-8>",
+        "<title>스마트공장 수준 근거 · Smart-factory level evidence</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>스마트공장 수준 근거 (KS X 9001) <span class=en>· Smart-factory level evidence</span></h1>",
+        f"<p>기간 · Period: <b>{_e(p['since'])}</b> — <b>{_e(p['until'])}</b> (UTC, {_n(p['seconds'], ' s')}); "
+        f"생성 · generated {_e(r['generated_at'])}; 파일 · file {_e(r['stats_file'])}</p>",
+        _h("수준별 근거", "Evidence per level"),
+    ]
+    for lv in r["levels"]:
+        cls = "ok" if lv["supported"] else "no"
+        verdict = "근거 있음 · supported" if lv["supported"] else "근거 부족 · not supported"
+        parts.append(
+            f"<div class='level {cls}'><h3>{_e(lv['ko'])} <span class=en>· {_e(lv['en'])}</span> — "
+            f"{_e(lv['meaning_ko'])} <span class=en>· {_e(lv['meaning_en'])}</span>: "
+            f"<span class=badge>{verdict}</span></h3>"
+        )
+        for key, ko, en in (
+            ("supporting", "뒷받침하는 측정값", "supporting figures"),
+            ("missing", "부족한 항목", "missing"),
+        ):
+            items = lv[key]
+            if not items:
+                continue
+            ko_li = "".join(f"<li>{_e(c['ko'])}</li>" for c in items)
+            en_li = "".join(f"<li>{_e(c['en'])}</li>" for c in items)
+            parts.append(
+                f"<div class=two><div><b>{ko}</b><ul>{ko_li}</ul></div>"
+                f"<div><b class=en>{en}</b><ul class=en>{en_li}</ul></div></div>"
+            )
+        parts.append("</div>")
+
+    parts.append(_h("커버리지", "Coverage"))
+    parts.append(
+        f"<p>설비 · machines {cov['machines_delivering']}/{cov['machines_configured']} "
+        f"({_n(cov['machines_pct'], ' %')}); 요소 · elements {cov['elements_delivering']}/"
+        f"{cov['elements_configured']} ({_n(cov['elements_pct'], ' %')})</p>"
+    )
+    parts.append(
+        _table(
+            [
+                ("설비", "machine"),
+                ("설정 요소", "configured"),
+                ("전달 요소", "delivering"),
+                ("확인된 레코드", "records confirmed"),
+            ],
+            (
+                [
+                    _e(m["machine"]),
+                    _n(m["elements_configured"]),
+                    _n(m["elements_delivering"]),
+                    _n(m["records_confirmed"]),
+                ]
+                for m in cov["machines"]
+            ),
+        )
+    )
+
+    parts.append(_h("요소별 수집 주기", "Sampling per element"))
+    parts.append(
+        f"<p>평균 주기 중앙값 · median achieved period {_n(smp['median_period_ms'], ' ms')}; "
+        f"설정 주기 달성 · meeting configured sampling {smp['elements_meeting_configured']}/"
+        f"{smp['elements_with_configured']} ({_n(smp['meeting_configured_pct'], ' %')}); "
+        f"느림 표시 · flagged slow (&gt; 1.5 × configured) {smp['slow']}</p>"
+    )
+    rows = []
+    for el in r["elements"]:
+        cells = [
+            _e(el["machine"]),
+            _e(el["path"]),
+            _e(el["mode"]),
+            _n(el["configured_ms"]),
+            _n(el["achieved_mean_ms"]),
+            _n(el["jitter_ms"]),
+            _n(el["values"]),
+            _n(el["delivering"]),
+            "⚠ 느림 · slow" if el["slow"] else "",
+            _e(el["first_seen"]),
+            _e(el["last_seen"]),
+            f"{_e(el['configured_from'])} — {_e(el['configured_until'])}" if el["configured_from"] else "",
+        ]
+        rows.append(cells)
+    parts.append(
+        _table(
+            [
+                ("설비", "machine"),
+                ("요소", "element"),
+                ("방식", "mode"),
+                ("설정 주기 ms", "configured ms"),
+                ("달성 평균 ms", "achieved mean ms"),
+                ("지터 ms", "jitter ms"),
+                ("값 수", "values"),
+                ("전달", "delivering"),
+                ("표시", "flag"),
+                ("처음 수신", "first seen"),
+                ("마지막 수신", "last seen"),
+                ("설정 기간", "configured"),
+            ],
+            rows,
+        )
+    )
+
+    parts.append(_h("수집 중단(갭)", "Gaps"))
+    parts.append(
+        _table(
+            [("설비", "machine"), ("건수", "gaps"), ("합계 초", "total seconds")],
+            ([_e(g["machine"]), _n(g["gaps"]), _n(g["seconds"])] for g in r["gaps"]["by_machine"]),
+        )
+    )
+    parts.append(
+        _table(
+            [
+                ("설비", "machine"),
+                ("시작", "start"),
+                ("끝", "end"),
+                ("기간 내 초", "seconds"),
+                ("원인", "reason"),
+                ("요소 수", "elements"),
+            ],
+            (
+                [
+                    _e(g["machine"]),
+                    _e(g["start"]),
+                    "진행 중 · open" if g["open"] else _e(g["end"]),
+                    _n(g["seconds_in_period"]),
+                    _e(g["reason"]),
+                    _n(g["elements"]),
+                ]
+                for g in r["gaps"]["list"]
+            ),
+        )
+    )
+
+    parts.append(_h("가동(연결) 시간", "Uptime (connected)"))
+    parts.append(
+        _table(
+            [("설비", "machine"), ("연결 초", "connected s"), ("기간 초", "period s"), ("가동률 %", "uptime %")],
+            ([_e(u["machine"]), _n(u["connected_s"]), _n(u["period_s"]), _n(u["uptime_pct"])] for u in r["uptime"]),
+        )
+    )
+
+    parts.append(_h("종단 간 지연", "End-to-end latency"))
+    parts.append(
+        _table(
+            [
+                ("싱크", "sink"),
+                ("레코드", "records"),
+                ("표본", "samples"),
+                ("p50 ms", "p50 ms"),
+                ("p95 ms", "p95 ms"),
+                ("p99 ms", "p99 ms"),
+            ],
+            (
+                [
+                    _e(s["sink"]),
+                    _n(s["records"]),
+                    _n(s["latency_samples"]),
+                    _n(s["p50_ms"]),
+                    _n(s["p95_ms"]),
+                    _n(s["p99_ms"]),
+                ]
+                for s in r["latency"]
+            ),
+        )
+    )
+
+    parts.append(_h("엣지 분석", "Edge analysis"))
+    ana_rows = []
+    for a in r["analysis"]:
+        t = a["totals"]
+        last = "".join(f"<pre>{_e(orjson.dumps(s, option=orjson.OPT_SORT_KEYS).decode())}</pre>" for s in a["last"])
+        ana_rows.append(
+            [
+                _e(a["machine"]),
+                _n(a["summaries"]),
+                _n(t["availability"]),
+                _n(t["performance"]),
+                _n(t["quality"]),
+                _n(t["oee"]),
+                _n(t["cycles"]),
+                _n(t["alarms"]),
+                last,
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                ("설비", "machine"),
+                ("요약 수", "summaries"),
+                ("가용성", "availability"),
+                ("성능", "performance"),
+                ("품질", "quality"),
+                ("OEE", "OEE"),
+                ("사이클", "cycles"),
+                ("알람", "alarms"),
+                ("최근 요약", "last summaries"),
+            ],
+            ana_rows,
+        )
+    )
+
+    ctl = r["control"]
+    parts.append(_h("제어 쓰기", "Control writes"))
+    parts.append(
+        f"<p>설정 · enabled: {_n(ctl['enabled'])}; 전체 · writes {ctl['writes']}, 성공 · ok {ctl['ok']}, "
+        f"실패 · failed {ctl['failed']}</p>"
+    )
+    parts.append(
+        _table(
+            [("사용자", "user"), ("성공", "ok"), ("실패", "failed")],
+            ([_e(u["user"]), _n(u["ok"]), _n(u["failed"])] for u in ctl["by_user"]),
+        )
+    )
+    parts.append(
+        _table(
+            [
+                ("시각", "at"),
+                ("설비", "machine"),
+                ("요소", "element"),
+                ("사용자", "user"),
+                ("결과", "ok"),
+                ("내용", "detail"),
+            ],
+            (
+                [_e(w["at"]), _e(w["machine"]), _e(w["element"]), _e(w["user"]), _n(w["ok"]), _e(w["detail"])]
+                for w in ctl["list"][-200:]
+            ),
+        )
+    )
+
+    parts.append(_h("한계", "Limits"))
+    parts.append(
+        "<div class=two><div><ul>"
+        + "".join(f"<li>{_e(x['ko'])}</li>" for x in r["limits"])
+        + "</ul></div><div><ul class=en>"
+        + "".join(f"<li>{_e(x['en'])}</li>" for x in r["limits"])
+        + "</ul></div></div>"
+    )
+    parts.append("</body></html>\n")
+    return "".join(parts)
