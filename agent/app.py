@@ -307,7 +307,8 @@ class Agent:
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
 
     async def _usage_spool(self, every: float = 1.0) -> None:
-        """Usage events of CLI commands (agent/usage.py) onto the usage lane, then their spool files go."""
+        """Usage events of CLI commands (agent/usage.py) onto the usage lane, and control writes' outcomes
+        onto the status lane; then their spool files go."""
         while True:
             taken = usage.take(self.cfg.agent.data_dir)
             if taken.files and (not taken.records or await self.pipeline.usage(taken.records)):

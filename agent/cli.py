@@ -1,4 +1,4 @@
-"""The `edge-agent` command: run, check, export."""
+"""The `edge-agent` command: run, check, export, write, ..."""
 
 from __future__ import annotations
 
@@ -145,6 +145,36 @@ def trust(config_path: Path, what: str) -> None:
         sys.exit(2)
     click.echo(f"trusted: {path} (a running agent uses it at its next connection attempt)")
     _used(cfg, usage.CREATE, path.stat().st_size, "edge-agent trust")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})  # VALUE may be negative: -5
+@CONFIG
+@click.argument("machine")
+@click.argument("element")
+@click.argument("value")
+def write(config_path: Path, machine: str, element: str, value: str) -> None:
+    """Write VALUE to a machine's point, if control.allow allows it (docs/control.md); logged.
+
+    Exit status: 0 written, 1 the server refused or could not be reached, 2 the guard refused.
+    """
+    import asyncio
+
+    from agent import control
+    from agent.config import secrets
+
+    cfg = _load(config_path)
+    logs.setup("critical", "text", secrets(cfg))  # everything the person needs is printed below
+    result = asyncio.run(control.write(cfg, machine, element, value, user=usage.os_user(), ip=usage.CLI_IP))
+    if result.outcome == "not-allowed":
+        click.echo(f"refused: {result.message}", err=True)
+        sys.exit(2)
+    click.echo(result.message, err=not result.ok)
+    if result.write is not None:
+        ms = [round(t * 1000) for t in (result.write.total_s, result.write.connect_s, result.write.write_s)]
+        click.echo(f"took {ms[0]} ms (connect {ms[1]} ms, write {ms[2]} ms)")
+    if result.warning:
+        click.echo(result.warning, err=True)
+    sys.exit(0 if result.ok else 1)
 
 
 @main.group("dead-letter")

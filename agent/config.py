@@ -29,6 +29,7 @@ from pydantic import (
 from aas_models.types import OPCUA_TYPES
 from agent.config_base import ID_SHORT, ConfigError, NodeId, PlainId
 from agent.config_base import Model as _Model
+from agent.config_control import Control, allow_problem
 from agent.config_errors import format_errors, key_lines, nearest_line
 from agent.config_sinks import (
     HttpSinkConfig,
@@ -213,7 +214,7 @@ class BufferConfig(_Model):
     min_free_mb: float = Field(default=32, ge=0, description="the buffers never grow into the disk's last MiB")
     reserve_mb: float = Field(default=16, ge=0, description="disk space kept aside for a full disk")
     protected_share: float = Field(
-        default=0.1, gt=0, le=1, description="share of the quota that gap, usage and status records may take"
+        default=0.1, gt=0, le=1, description="share of the quota that gap, usage, status and analysis records may take"
     )
 
 
@@ -235,6 +236,7 @@ class Config(_Model):
     sources: tuple[Source, ...] = Field(min_length=1)
     equipment: tuple[Equipment, ...] = Field(min_length=1)
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
+    control: Control = Control()
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -255,6 +257,24 @@ class Config(_Model):
         sink_ids = [s.id for s in self.sinks]
         if len(set(sink_ids)) != len(sink_ids):
             raise ValueError("sink ids must be unique (give each sink an 'id')")
+        points = {e.id: {p.path: p for p in e.points} for e in self.equipment}
+        for a in self.control.allow:
+            where = f"control.allow {a.machine} {a.element}"
+            if a.machine not in points:
+                near = difflib.get_close_matches(a.machine, points, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"{where}: no equipment {a.machine!r}{hint}; defined: {', '.join(sorted(points))}")
+            point = points[a.machine].get(a.element)
+            if point is None:
+                paths = points[a.machine]
+                near = difflib.get_close_matches(a.element, paths, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(
+                    f"{where}: {a.machine} has no point with path {a.element!r}{hint}; its points: {', '.join(paths)}"
+                )
+            problem = allow_problem(a, point.type, point.array, point.node is not None)
+            if problem:
+                raise ValueError(problem)
         return self
 
     def aas_id(self, e: Equipment) -> str:
@@ -348,6 +368,7 @@ def secrets(cfg: Config) -> list[str]:
     found += [s.password for s in cfg.sinks if isinstance(s, MqttSinkConfig)]
     found += [s.token for s in cfg.sinks if isinstance(s, HttpSinkConfig)]
     found += [s.crtfc_key for s in cfg.sinks if isinstance(s, SfLogSinkConfig)]
+    found += [cfg.control.token]
     found += [
         s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig | HttpSinkConfig) and s.tls is not None
     ]

@@ -281,9 +281,10 @@ class Pipeline:
         body = wire.status_body(_utcnow(), kind, message, **extra)
         await self.store([("status", AGENT_KEY, _utcnow().timestamp(), body)])
 
-    async def usage(self, records: Sequence[tuple[float, bytes]]) -> bool:
-        """Usage records (time, body) on the usage lane; False if a buffer could not store them."""
-        return await self.store([("usage", AGENT_KEY, ts, body) for ts, body in records])
+    async def usage(self, records: Sequence[tuple[str, float, bytes]]) -> bool:
+        """Records of the usage spool (agent/usage.py): rows (lane, time, body), lane "usage" or "status"
+        (a control write's outcome); False if a buffer could not store them."""
+        return await self.store([(lane, AGENT_KEY, ts, body) for lane, ts, body in records])
 
     def restore_marks(self) -> None:
         """After a restart: each element's last stored stamp, and the gaps an earlier run left open."""

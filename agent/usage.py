@@ -3,6 +3,11 @@
 CLI commands run as separate processes and must not open the agent's buffers, so they append one
 JSON line per event to a spool file, `{data_dir}/usage/spool.jsonl`; the running agent (or the next
 start) ingests it onto the usage lane of every buffer that takes that lane (docs/usage-log.md).
+A control write (agent/control.py) carries its outcome in the same line, a `control` object
+(machine, element, node, old, new, readBack, result, status): besides the usage record, that line
+becomes a `control-write` status record on the status lane (docs/control.md), from the same
+line and with the same time, so the two are kept or refused together; it carries the event's id
+(`event`), so that a line read twice (see below) is counted once there too.
 
 Invariants:
 - A writer appends one line with one `write()` under an exclusive `flock`, then fsyncs. Before
@@ -26,6 +31,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +48,11 @@ SPOOL_DIR = "usage"
 SPOOL = "spool.jsonl"
 REFUSED = "spool.refused.jsonl"
 CLI_IP = "127.0.0.1"
+
+# The fields of a control write's outcome in a spool line, and the status record's kind.
+CONTROL_FIELDS = ("machine", "element", "node", "old", "new", "readBack", "result", "status")
+CONTROL_TEXT = ("machine", "element", "node", "result", "status")
+CONTROL_KIND = "control-write"
 
 # The codes the agent uses (docs/usage-log.md, "Which events the agent records").
 LOGIN, LOGOUT, READ, CREATE, UPDATE, DELETE = "DO6001", "DO6002", "DO6003", "DO6004", "DO6005", "DO6006"
@@ -68,11 +79,14 @@ def record(
     user: str | None = None,
     ip: str = CLI_IP,
     now: datetime | None = None,
+    control: Mapping[str, Any] | None = None,
 ) -> UsageEvent:
-    """Append one usage event to the spool (durably: fsync'd) and return it.
+    """Append one usage event to the spool (durably: fsync'd) and return it; `control`, the outcome
+    of a control write (CONTROL_FIELDS), goes in the same line.
 
-    Raises ValueError for an event the usage log would refuse, OSError when the spool cannot be
-    written; the caller says so to the person (the action itself has happened).
+    Raises ValueError for an event the usage log would refuse (or a `control` without its fields),
+    OSError when the spool cannot be written; the caller says so to the person (the action itself
+    has happened).
     """
     event = UsageEvent(
         id=str(uuid.uuid4()),
@@ -82,7 +96,7 @@ def record(
         ip=ip,
         data_bytes=data_bytes,
     )
-    line = _line(event, action)
+    line = _line(event, action, None if control is None else _control(control))
     directory = spool_dir(data_dir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = directory / SPOOL
@@ -114,7 +128,7 @@ def note(data_dir: Path, use: str, data_bytes: int, action: str) -> str | None:
     return None
 
 
-def _line(event: UsageEvent, action: str) -> bytes:
+def _line(event: UsageEvent, action: str, control: dict[str, Any] | None = None) -> bytes:
     doc: dict[str, Any] = {
         "event": event.id,
         "time": event.time.astimezone(UTC),
@@ -125,14 +139,49 @@ def _line(event: UsageEvent, action: str) -> bytes:
     }
     if action:
         doc["action"] = action
+    if control is not None:
+        doc["control"] = wire.jsonable(control)
     return wire.dumps(doc) + b"\n"
+
+
+def _control(control: Any) -> dict[str, Any]:
+    """A control write's outcome as a spool line carries it; ValueError if a field is missing or wrong."""
+    if not isinstance(control, Mapping):
+        raise ValueError(f"control: not an object but {type(control).__name__}")
+    missing = [k for k in CONTROL_FIELDS if k not in control]
+    if missing:
+        raise ValueError(f"control: no {', '.join(missing)}")
+    extra = sorted(set(control) - set(CONTROL_FIELDS))
+    if extra:
+        raise ValueError(f"control: unknown {', '.join(map(str, extra))}")
+    for k in CONTROL_TEXT:
+        if not isinstance(control[k], str) or not control[k]:
+            raise ValueError(f"control: {k} must be text")
+    return {k: control[k] for k in CONTROL_FIELDS}
+
+
+def _shown(v: Any) -> str:
+    return wire.dumps(wire.jsonable(v)).decode()
+
+
+def control_message(control: Mapping[str, Any], user: str, ip: str) -> str:
+    """The status record's message: what was written where, what the server said, and who did it."""
+    return (
+        f"{control['machine']} {control['element']} ({control['node']}): {_shown(control['old'])} -> "
+        f"{_shown(control['new'])}, read back {_shown(control['readBack'])}: {control['result']} "
+        f"({control['status']}), by {user} from {ip}"
+    )
 
 
 @dataclass
 class Taken:
-    """Spool files taken by the agent: their records, to store; then `done()` deletes the files."""
+    """Spool files taken by the agent: their records, to store; then `done()` deletes the files.
 
-    records: list[tuple[float, bytes]] = field(default_factory=list)
+    A record is a row (lane, time, body): lane "usage" for every event, "status" for the
+    `control-write` record of a control write's line.
+    """
+
+    records: list[tuple[str, float, bytes]] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     refused: int = 0
 
@@ -142,7 +191,8 @@ class Taken:
 
 
 def take(data_dir: Path) -> Taken:
-    """Take the spool (and files a crashed run left taken) and read their events as usage records."""
+    """Take the spool (and files a crashed run left taken) and read their events as usage records
+    (and control writes' outcomes as status records)."""
     directory = spool_dir(data_dir)
     out = Taken()
     if not directory.is_dir():
@@ -164,7 +214,7 @@ def take(data_dir: Path) -> Taken:
             if not raw.strip():
                 continue
             try:
-                out.records.append(_record_of(raw))
+                out.records += _records_of(raw)
             except ValueError as e:
                 out.refused += 1
                 _refuse(directory, raw, f"{path.name}:{n}: {e}")
@@ -172,7 +222,7 @@ def take(data_dir: Path) -> Taken:
     return out
 
 
-def _record_of(raw: bytes) -> tuple[float, bytes]:
+def _records_of(raw: bytes) -> list[tuple[str, float, bytes]]:
     try:
         doc = orjson.loads(raw)
         t = datetime.fromisoformat(doc["time"])
@@ -180,22 +230,30 @@ def _record_of(raw: bytes) -> tuple[float, bytes]:
             id=str(doc["event"]), time=t, use=doc["use"], user=doc["user"], ip=doc["ip"], data_bytes=doc["bytes"]
         )
         action = str(doc.get("action", ""))
+        control = _control(doc["control"]) if "control" in doc else None
     except orjson.JSONDecodeError as e:
         raise ValueError(f"not JSON ({e})") from None
     except KeyError as e:
         raise ValueError(f"no {e.args[0]!r}") from None
     except TypeError as e:
         raise ValueError(str(e)) from None
+    when = event.time.astimezone(UTC)
     body = wire.usage_body(
         event=event.id,
-        time=event.time.astimezone(UTC),
+        time=when,
         use=event.use,
         user=event.user,
         ip=event.ip,
         data_bytes=event.data_bytes,
         action=action,
     )
-    return event.time.timestamp(), body
+    rows = [("usage", event.time.timestamp(), body)]
+    if control is not None:
+        message = control_message(control, event.user, event.ip)
+        rows.append(
+            ("status", event.time.timestamp(), wire.status_body(when, CONTROL_KIND, message, event=event.id, **control))
+        )
+    return rows
 
 
 def _refuse(directory: Path, raw: bytes, reason: str) -> None:

@@ -35,8 +35,8 @@ def test_a_cli_event_travels_through_the_spool_as_written(tmp_path: Path) -> Non
     event = usage.record(tmp_path, "DO6004", 12345, "edge-agent export --format aasx", user="kim", now=at)
     taken = usage.take(tmp_path)
     assert taken.refused == 0 and len(taken.records) == 1
-    ts, body = taken.records[0]
-    assert ts == at.timestamp()
+    lane, ts, body = taken.records[0]
+    assert lane == "usage" and ts == at.timestamp()
     assert orjson.loads(body) == {
         "event": event.id,
         "time": "2026-11-30T03:04:05.678000Z",
@@ -48,7 +48,7 @@ def test_a_cli_event_travels_through_the_spool_as_written(tmp_path: Path) -> Non
     }
     # Taken, not yet stored: the file stays until done(), and a second take (a crash in between) sees it again.
     again = usage.take(tmp_path)
-    assert [orjson.loads(b)["event"] for _, b in again.records] == [event.id]
+    assert [orjson.loads(b)["event"] for _, _, b in again.records] == [event.id]
     again.done()
     assert usage.take(tmp_path).records == []
     assert list(usage.spool_dir(tmp_path).iterdir()) == []
@@ -79,7 +79,7 @@ def test_bad_lines_are_kept_aside_with_their_reason_and_the_rest_taken(tmp_path:
         f.write(b' "ip": "127.0.0.1", "bytes": 1}\n')
         f.write(b'{"event": "torn", "time": "2026-11-3')  # a crash in the middle of a line
     taken = usage.take(tmp_path)
-    assert [orjson.loads(b)["event"] for _, b in taken.records] == [good.id]
+    assert [orjson.loads(b)["event"] for _, _, b in taken.records] == [good.id]
     assert taken.refused == 2
     refused = [orjson.loads(line) for line in (usage.spool_dir(tmp_path) / usage.REFUSED).read_bytes().splitlines()]
     assert refused[0]["reason"].split(": ", 1)[1].startswith("sysUser: 70 characters")
@@ -101,13 +101,13 @@ def test_writers_racing_the_agent_lose_no_event_and_repeat_none(tmp_path: Path) 
     deadline = datetime.now(UTC) + timedelta(seconds=120)
     while any(p.is_alive() for p in procs) and datetime.now(UTC) < deadline:
         taken = usage.take(tmp_path)
-        seen += [orjson.loads(b)["event"] for _, b in taken.records]
+        seen += [orjson.loads(b)["event"] for _, _, b in taken.records]
         taken.done()
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
     taken = usage.take(tmp_path)
-    seen += [orjson.loads(b)["event"] for _, b in taken.records]
+    seen += [orjson.loads(b)["event"] for _, _, b in taken.records]
     taken.done()
     assert len(seen) == 600 and len(set(seen)) == 600
 

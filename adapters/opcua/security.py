@@ -10,10 +10,15 @@ unsecured channel) and the one with exactly the configured security policy and m
   (the endpoint's policy when the token names none) not being None, unless `allow_plaintext_password`
   says otherwise (then with a warning at every connect). An X.509 user certificate is sent as the
   user identity when configured.
+
+`new_client` and `connect` are how every connection of the agent is made (the collector's in
+source.py, a control write's in write.py): the same session settings, the same checks, the same
+timeouts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -49,6 +54,27 @@ def _policy_name(uri: str) -> str:
 
 def _mode_name(mode: ua.MessageSecurityMode) -> str:
     return "None" if mode == ua.MessageSecurityMode.None_ else mode.name
+
+
+def new_client(ep: Endpoint) -> Client:
+    """A client for `ep`, not yet connected: the agent's name, session timeout and application URI."""
+    client = Client(ep.url, timeout=ep.timeout_s, watchdog_intervall=max(1.0, ep.timeout_s / 4))
+    client.name = client.description = "edge-agent"
+    # A PLC allows few sessions, and one whose client died unclosed holds its slot this long.
+    client.session_timeout = int(ep.session_timeout_s * 1000)
+    client.application_uri = ep.application_uri
+    return client
+
+
+async def connect(client: Client, ep: Endpoint, pki: Pki | None, own: OwnCertificate | None) -> str:
+    """`prepare` then connect, each within the endpoint's timeout; returns the security chosen.
+
+    Raises SecurityRefused, or what asyncua raises when the server cannot be reached.
+    """
+    async with asyncio.timeout(ep.timeout_s * 2):
+        chosen = await prepare(client, ep, pki, own)
+    await asyncio.wait_for(client.connect(), ep.timeout_s)
+    return chosen
 
 
 def offers(endpoints: list[ua.EndpointDescription]) -> str:

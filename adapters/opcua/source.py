@@ -99,9 +99,7 @@ class OpcUaSource:
         while True:
             client = self._client()
             try:
-                async with asyncio.timeout(self.endpoint.timeout_s * 2):
-                    await security.prepare(client, self.endpoint, self._pki, self._own)
-                await asyncio.wait_for(client.connect(), self.endpoint.timeout_s)
+                await security.connect(client, self.endpoint, self._pki, self._own)
                 pollers = await self._setup(client)
                 self.connected = True
                 now = _now()
@@ -165,12 +163,7 @@ class OpcUaSource:
         return tuple(i.handle for i in self.items) + tuple(self._event_handles)
 
     def _client(self) -> Client:
-        ep = self.endpoint
-        client = Client(ep.url, timeout=ep.timeout_s, watchdog_intervall=max(1.0, ep.timeout_s / 4))
-        client.name = client.description = "edge-agent"
-        # A PLC allows few sessions, and one whose client died unclosed holds its slot this long.
-        client.session_timeout = int(ep.session_timeout_s * 1000)
-        client.application_uri = ep.application_uri
+        client = security.new_client(self.endpoint)
         self._lost = asyncio.Event()
         self._lost_reason = ""
 

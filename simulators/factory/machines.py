@@ -5,6 +5,10 @@ sees many cycles (and alarms) within seconds, while CycleTime, StrokeRate and En
 from the wall-clock timestamps each round is given, so they stay consistent with PartCount.
 Every random draw comes from a Generator seeded with (seed, machine index): the same seed and
 the same sequence of rounds produce the same values.
+
+`feed_override` (percent) and `program_select` are the set-points a client may write (the server's
+Control nodes): a CNC scales its cutting feed by the one and loads the other at its next job change
+(the random draw still happens, so the sequence of values stays the same otherwise).
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ class Machine(ABC):
         self._cycle_start: datetime | None = None
         self._cycles_since_alarm = 0
         self._last_time: datetime | None = None
+        self.feed_override = 100.0  # set-points written by clients (server.py, Control nodes)
+        self.program_select = ""
 
     @property
     def phase(self) -> float | None:
@@ -266,7 +272,8 @@ class CncMachine(Machine):
         self.tool_wear = (self.tool_wear + 1.0 / self.tool_life_cycles) % 1.0
 
     def on_idle(self) -> None:
-        self.program = self.programs[int(self.rng.integers(len(self.programs)))]
+        drawn = self.programs[int(self.rng.integers(len(self.programs)))]
+        self.program = self.program_select or drawn
 
     def update_process(self, phase: float | None) -> None:
         if phase is None:
@@ -288,7 +295,7 @@ class CncMachine(Machine):
             cut = (phase - 0.1) / 0.9
             self.tool = self.tools[min(len(self.tools) - 1, int(cut * len(self.tools)))]
             self.speed = self._noisy(self.tool.rpm, 0.002)
-            self.feed = self._noisy(self.tool.feed, 0.005)
+            self.feed = self._noisy(self.tool.feed, 0.005) * (max(0.0, self.feed_override) / 100.0)
             wear = 1.0 + 0.3 * self.tool_wear
             self.load = min(150.0, max(0.0, self._noisy(self.tool.load * wear, 0.08)))
             self.position = (

@@ -1,4 +1,17 @@
-"""The OPC UA side of the factory simulator (asyncua server)."""
+"""The OPC UA side of the factory simulator (asyncua server).
+
+Every signal of the catalogue is read-only for clients (a client's write is refused,
+BadUserAccessDenied). Each machine also has a `Control` folder of client-writable set-points,
+which are not signals: not in `catalogue()`, not recorded, not written by the update rounds.
+
+    ns=2;s=<MACHINE>.Control.FeedOverride    Double, percent, default 100.0: scales a CNC's cutting feed
+    ns=2;s=<MACHINE>.Control.ProgramSelect   String, default "": the program a CNC loads at its next job
+                                             change ("" = its own choice)
+
+The update loop reads them at the start of every round into the machine model (machines.py); the
+other machine kinds hold them without using them. A restarted server starts them from the model,
+as a PLC keeps its set-points.
+"""
 
 from __future__ import annotations
 
@@ -51,6 +64,12 @@ UNECE_UNITS: dict[str, tuple[str, str]] = {
     "1/min": ("C94", "reciprocal minute"),
 }
 _UNSET = object()
+CONTROL_FOLDER = "Control"
+# The writable set-points of every machine: name -> (built-in type, the machine model's attribute).
+CONTROLS: dict[str, tuple[str, str]] = {
+    "FeedOverride": ("Double", "feed_override"),
+    "ProgramSelect": ("String", "program_select"),
+}
 
 
 def unece_unit_id(code: str) -> int:
@@ -146,6 +165,7 @@ class FactorySimulator:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._nodes: dict[str, ua.NodeId] = {}
+        self._controls: dict[tuple[str, str], ua.NodeId] = {}  # (machine, control name) -> node
         self._last: dict[str, object] = {}
         self._generators: dict[str, EventGenerator] = {}
 
@@ -167,6 +187,7 @@ class FactorySimulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._nodes.clear()
+        self._controls.clear()
         self._last.clear()
         self._generators.clear()
         checked = self.users is not None or self.user_certificates is not None
@@ -261,6 +282,27 @@ class FactorySimulator:
             await self._fire([event], now)
             return True
 
+    async def read(self, node_id: str) -> object:
+        """The current value of a node, as a client would read it (a signal, or a Control a client wrote)."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("simulator not started")
+        dv = server.iserver.aspace.read_attribute_value(ua.NodeId.from_string(node_id), ua.AttributeIds.Value)
+        if dv.StatusCode is not None:
+            dv.StatusCode.check()
+        return dv.Value.Value if dv.Value is not None else None
+
+    def _apply_controls(self) -> None:
+        """What clients wrote to the Control nodes, into the machine models."""
+        server = self._server
+        assert server is not None
+        aspace = server.iserver.aspace
+        for machine in self.plant.machines:
+            for name, (_, attribute) in CONTROLS.items():
+                dv = aspace.read_attribute_value(self._controls[machine.name, name], ua.AttributeIds.Value)
+                if dv.Value is not None and dv.Value.Value is not None:
+                    setattr(machine, attribute, dv.Value.Value)
+
     def _now(self) -> datetime:
         """The device's clock, which stamps every value: wrong by `clock_offset`, as a PLC's may be."""
         return utcnow() + self.clock_offset
@@ -276,6 +318,7 @@ class FactorySimulator:
                 deadline = loop.time()
             try:
                 async with self._lock:
+                    self._apply_controls()
                     now = self._now()
                     events, values = self.plant.step(now)
                     await self._publish(now, values)
@@ -355,6 +398,20 @@ class FactorySimulator:
             if signal.machine == machine.name:
                 folder, _, name = signal.name.rpartition(".")
                 await self._add_variable(server, parents[folder], name, signal)
+
+        controls = await obj.add_folder(
+            ua.NodeId(f"{machine.name}.{CONTROL_FOLDER}", NAMESPACE_INDEX),
+            ua.QualifiedName(CONTROL_FOLDER, NAMESPACE_INDEX),
+        )
+        for name, (opcua_type, attribute) in CONTROLS.items():
+            vtype = ua.VariantType[opcua_type]
+            node = await controls.add_variable(
+                ua.NodeId(f"{machine.name}.{CONTROL_FOLDER}.{name}", NAMESPACE_INDEX),
+                ua.QualifiedName(name, NAMESPACE_INDEX),
+                ua.Variant(getattr(machine, attribute), vtype),
+            )
+            await node.set_writable()
+            self._controls[machine.name, name] = node.nodeid
 
         # EventGenerator marks the object as an event notifier (SubscribeToEvents).
         self._generators[machine.name] = await server.get_event_generator(event_type, emitting_node=obj)

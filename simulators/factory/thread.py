@@ -116,6 +116,13 @@ class FactoryThread:
             raise RuntimeError("factory simulator not running")
         return asyncio.run_coroutine_threadsafe(simulator.reset_alarm(machine), loop).result(timeout)
 
+    def read(self, node_id: str, timeout: float = 10.0) -> object:
+        """FactorySimulator.read (the node's current value), from the calling thread."""
+        loop, simulator = self._loop, self._simulator
+        if loop is None or simulator is None:
+            raise RuntimeError("factory simulator not running")
+        return asyncio.run_coroutine_threadsafe(simulator.read(node_id), loop).result(timeout)
+
     def written(self, node_id: str) -> list[tuple[datetime, object]]:
         """(source time, value) pairs written to `node_id` (e.g. "ns=2;s=CNC01.State"), oldest first."""
         return self.recorder.written(node_id)
