@@ -364,6 +364,34 @@ class Stats:
                 return
             self._values_slow(handle, prev, source_times)
 
+    def values_each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
+        """One value per (handle, source time) pair, in arrival order: the pipeline's call, once per
+        publish, so the lock is taken once and no list is made per value."""
+        with self._lock:
+            accs, last_of, new_acc = self._acc, self._last, _new_acc
+            for handle, t in zip(handles, source_times, strict=True):
+                if not math.isfinite(t):
+                    continue
+                key = (handle, int(t // HOUR))
+                acc = accs.get(key)
+                if acc is None:
+                    acc = accs[key] = new_acc()
+                acc[_N] += 1
+                if t < acc[_FIRST]:
+                    acc[_FIRST] = t
+                if t > acc[_LAST]:
+                    acc[_LAST] = t
+                prev = last_of.get(handle)
+                if prev is not None and (dt := t - prev) > 0:
+                    acc[_K] += 1
+                    acc[_S] += dt
+                    acc[_SS] += dt * dt
+                    if dt < acc[_MIN]:
+                        acc[_MIN] = dt
+                    if dt > acc[_MAX]:
+                        acc[_MAX] = dt
+                last_of[handle] = t
+
     def _values_slow(self, handle: int, prev: float | None, source_times: Sequence[float]) -> None:
         for v in source_times:
             t = float(v)

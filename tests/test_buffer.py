@@ -576,7 +576,14 @@ def test_quota_drops_the_oldest_data_first_and_reports_it_per_key(path: Path) ->
         dropped_seqs = set(data_seqs) - set(remaining)
         stats = buf.stats()
         assert len(dropped_seqs) > 1000
-        assert stats.dropped == {"status": 0, "gap": 0, "event": 0, "usage": 0, "analysis": 0, "data": len(dropped_seqs)}
+        assert stats.dropped == {
+            "status": 0,
+            "gap": 0,
+            "event": 0,
+            "usage": 0,
+            "analysis": 0,
+            "data": len(dropped_seqs),
+        }
         assert reported == expected_by_key(added, dropped_seqs)
         assert {lane: stats.pending[lane] for lane in ("status", "gap", "event", "usage")} == {
             "status": 20,

@@ -99,10 +99,14 @@ def test_one_value_at_a_time_equals_one_batch(tmp_path: Path) -> None:
         b.values(1, [t])
     c = Stats(tmp_path / "c.db", [el(1)], clock=Clock())
     c.values(1, list(np.array(times)))  # numpy floats
-    for s in (a, b, c):
+    d = Stats(tmp_path / "d.db", [el(1), el(2)], clock=Clock())  # the pipeline's call, two elements interleaved
+    d.values_each([1, 2, 1, 2, 1, 1, 2, 1], [times[0], 0.0, times[1], 1.0, times[2], times[3], math.nan, times[4]])
+    d.values_each([1], [times[5]])
+    for s in (a, b, c, d):
         s.flush()
         s.close()
     assert sample_row(tmp_path / "a.db") == sample_row(tmp_path / "b.db") == sample_row(tmp_path / "c.db")
+    assert sample_row(tmp_path / "d.db") == sample_row(tmp_path / "a.db")
     assert sample_row(tmp_path / "a.db")[:6] == (6, 5, 3.0, 2.75, 0.25, 1.25)
 
 
