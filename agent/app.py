@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -16,6 +17,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from aas_models.live import LiveValues
 from adapters.opcua.pki import Pki
@@ -27,6 +30,7 @@ from agent.config import Config
 from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
+from agent.measure import Measure
 from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
@@ -42,6 +46,7 @@ from uploader.sink import Sink
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+STATS_FLUSH_S = 60.0  # the statistics behind `edge-agent level` are written this often (and at stop)
 
 
 class Agent:
@@ -58,6 +63,7 @@ class Agent:
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
         self.dead_letters = open_dead_letters(cfg.agent.data_dir / DEAD_LETTERS)
+        self.measure = Measure(cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp())
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
         for s in cfg.sinks:
             # A chunk per message: whole chunks leave the buffer together, in one delete.
@@ -96,6 +102,7 @@ class Agent:
                     batching=batching,
                     delays=Backoff(initial=0.5, maximum=30.0).delays,
                     dead_letters=self.dead_letters,
+                    on_delivered=functools.partial(self.measure.delivered, s.id),
                 )
             )
         self.pipeline = Pipeline(
@@ -106,6 +113,7 @@ class Agent:
             delays=self.backoff.delays,
             on_stored=self._wake,
             lanes=[lanes(s) for s in cfg.sinks],
+            measure=self.measure,
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
@@ -278,6 +286,7 @@ class Agent:
             await self.pipeline.flush(everything=True)
             await self.pipeline.stopping({s.endpoint.id: self._handles(s) for s in self.sources}, "agent was stopped")
             await self.pipeline.status("agent-stopping", "stopped by request")
+            await self.pipeline.store(self.measure.summaries(datetime.now(UTC).timestamp(), final=True))
         except Exception:  # the buffers are closed below anyway; what is stored so far is safe
             log.exception("could not record the stop")
         await sup.stop(*sup.names("forwarder-"))
@@ -291,6 +300,7 @@ class Agent:
         for buf in self.buffers:
             buf.close()
         self.dead_letters.close()
+        self.measure.close()
         self.runstate.beat(clean=True)
         log.info("stopped cleanly")
 
@@ -298,10 +308,17 @@ class Agent:
         """Beat once a second; every `status_interval_s` also write the counters to the status lane."""
         loop = asyncio.get_running_loop()
         next_stats = loop.time() + self.cfg.agent.status_interval_s
+        next_flush = loop.time() + STATS_FLUSH_S
         while True:
             await asyncio.sleep(1.0)
             self.runstate.beat()
             await self.pipeline.flush()
+            rows = self.measure.summaries(datetime.now(UTC).timestamp())
+            if rows:
+                await self.pipeline.store(rows)
+            if loop.time() >= next_flush:
+                next_flush += STATS_FLUSH_S
+                await asyncio.to_thread(self.measure.flush)
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
                 await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
@@ -313,6 +330,9 @@ class Agent:
             taken = usage.take(self.cfg.agent.data_dir)
             if taken.files and (not taken.records or await self.pipeline.usage(taken.records)):
                 taken.done()
+                for lane, _, body in taken.records:
+                    if lane == "status" and (doc := orjson.loads(body)).get("kind") == usage.CONTROL_KIND:
+                        self.measure.control_write(doc)
             await asyncio.sleep(every)
 
 

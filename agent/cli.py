@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import cast
 
@@ -57,8 +58,12 @@ def main() -> None:
 
 @main.command()
 @CONFIG
-def check(config_path: Path) -> None:
-    """Validate a config file without connecting to anything."""
+@click.option("--live", is_flag=True, help="also connect to each source and check every point on the server")
+def check(config_path: Path, live: bool) -> None:
+    """Validate a config file without connecting to anything (with --live: and against the servers).
+
+    Exit status with --live: 0 no problem, 1 problems (each with its fix), 2 a source cannot be reached.
+    """
     cfg = _load(config_path)
     _shells(cfg)
     points = sum(len(e.points) for e in cfg.equipment)
@@ -66,6 +71,12 @@ def check(config_path: Path) -> None:
         f"{config_path}: OK — site {cfg.site.id}, {len(cfg.equipment)} machines, {points} points, "
         f"{len(cfg.sources)} OPC UA sources, sinks: {', '.join(f'{s.id} ({s.type})' for s in cfg.sinks)}"
     )
+    if live:
+        from agent import livecheck
+        from agent.config import secrets
+
+        logs.setup("critical", "text", secrets(cfg))  # everything the person needs is printed
+        sys.exit(livecheck.run(cfg, config_path, click.echo))
 
 
 @main.command()
@@ -95,17 +106,24 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
 
 @main.command()
 @CONFIG
-@click.option("--format", "fmt", type=click.Choice(["json", "xml", "aasx"]), default="json")
+@click.option("--format", "fmt", type=click.Choice(["json", "xml", "aasx"]), help="default: from the -o extension")
+@click.option(
+    "--metamodel", type=click.Choice(["3.0", "3.1"]), default="3.0", show_default=True, help="AAS version (docs/aas.md)"
+)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def export(config_path: Path, fmt: str, output: Path) -> None:
-    """Write the Asset Administration Shell environment built from the config."""
-    from aas_models.export import Format, write_environment
+def export(config_path: Path, fmt: str | None, metamodel: str, output: Path) -> None:
+    """Write the Asset Administration Shell environment built from the config (JSON, XML or AASX)."""
+    from aas_models.export import ExportError, Metamodel, format_for, write_environment
 
-    cfg = _load(config_path)
-    env = _shells(cfg)
-    write_environment(env, cast(Format, fmt), output)  # click.Choice admits only Format's values
-    click.echo(f"wrote {output} ({fmt})")
-    _used(cfg, usage.CREATE, output.stat().st_size, f"edge-agent export --format {fmt}")
+    try:
+        chosen = format_for(output, fmt)
+        cfg = _load(config_path)
+        write_environment(_shells(cfg), chosen, output, metamodel=cast(Metamodel, metamodel))  # click.Choice'd
+    except ExportError as e:
+        click.echo(f"export: {e}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {output} ({chosen}, AAS metamodel {metamodel})")
+    _used(cfg, usage.CREATE, output.stat().st_size, f"edge-agent export --format {chosen}")
 
 
 @main.group()
@@ -206,6 +224,56 @@ def dead_letter_replay(config_path: Path, sink: str | None) -> None:
     sys.exit(deadletters.replay(cfg, sink))
 
 
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected ISO 8601, e.g. 2026-11-30 or 2026-11-30T09:00+09:00") from None
+    return t if t.tzinfo is not None else t.astimezone()  # a time without offset is this machine's local time
+
+
+@main.command()
+@CONFIG
+@click.option("--since", default=None, help="start of the period (ISO 8601; default: all the statistics kept)")
+@click.option("--until", default=None, help="end of the period (ISO 8601; default: now)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help=".html or .json")
+def level(config_path: Path, since: str | None, until: str | None, output: Path) -> None:
+    """Evidence of the smart-factory level (기초/중간1/중간2) from what the agent measured (docs/level-evidence.md)."""
+    from agent import level as report_of
+    from agent.measure import elements, stats_path
+    from agent.stats import StatsError
+
+    cfg = _load(config_path)
+    if output.suffix.lower() not in (".html", ".json"):
+        click.echo(f"cannot write {output}: give a .html or a .json file", err=True)
+        sys.exit(2)
+    try:
+        report = report_of.build(
+            stats_path(cfg.agent.data_dir),
+            since=_when(since),
+            until=_when(until),
+            configured=elements(cfg),
+            machines=[e.id for e in cfg.equipment],
+            control_enabled=cfg.control.enabled,
+        )
+    except StatsError as e:
+        click.echo(f"no report: {e} (the agent writes its statistics while it runs, once a minute)", err=True)
+        sys.exit(2)
+    data = report_of.render_json(report) if output.suffix.lower() == ".json" else report_of.render_html(report).encode()
+    try:
+        output.write_bytes(data)
+    except OSError as e:
+        click.echo(f"cannot write {output}: {e.strerror}", err=True)
+        sys.exit(2)
+    for lv in report["levels"]:
+        mark = "supported" if lv["supported"] else f"not supported: missing {len(lv['missing'])}"
+        click.echo(f"{lv['ko']} ({lv['en']}): {mark}")
+    click.echo(f"wrote {output}")
+    _used(cfg, usage.READ, len(data), "edge-agent level")
+
+
 @main.group("usage")
 def usage_group() -> None:
     """The usage log (사후관리): what the agent recorded, and resuming after the API said AP1030."""
@@ -261,6 +329,10 @@ def usage_resume(config_path: Path) -> None:
             store.close()
         click.echo(f"{s.id}: {'resumed: sending again' if was else 'was not stopped'}")
 
+
+from agent.cli_supplier import browse_command  # noqa: E402  (the supplier's commands live there)
+
+main.add_command(browse_command)
 
 if __name__ == "__main__":
     main()

@@ -126,6 +126,31 @@ class NameplateConfig(_Model):
     address: AddressConfig = AddressConfig()
 
 
+class AnalysisConfig(_Model):
+    """Which elements carry the machine's state, alarms and counters, for the edge analysis (docs/analysis.md)."""
+
+    state: str | None = Field(default=None, description="path of the element holding the machine state")
+    running: tuple[str | int, ...] = Field(default=("RUN", 1), min_length=1, description="states that count as running")
+    alarm: str | None = Field(default=None, description="path of the active alarm code (0 = none)")
+    part_count: str | None = Field(default=None, description="path of the part counter")
+    good_count: str | None = None
+    scrap_count: str | None = None
+    ideal_cycle_s: float | None = Field(default=None, gt=0, description="the ideal cycle time of one part")
+    interval_s: float = Field(default=60, ge=1, description="a summary per machine this often")
+    counter_modulus: int = Field(default=2**32, ge=2, description="where the counters wrap")
+
+    @model_validator(mode="after")
+    def _one_quality_counter(self) -> AnalysisConfig:
+        if self.good_count is not None and self.scrap_count is not None:
+            raise ValueError("give good_count or scrap_count, not both")
+        return self
+
+    def paths(self) -> dict[str, str]:
+        """role -> element path, for the roles given."""
+        roles = ("state", "alarm", "part_count", "good_count", "scrap_count")
+        return {r: v for r in roles if (v := getattr(self, r)) is not None}
+
+
 class Equipment(_Model):
     id: PlainId = Field(description="equipment id, used in topics and as the default idShort")
     name: str | None = None
@@ -136,6 +161,7 @@ class Equipment(_Model):
     nameplate: NameplateConfig
     points: tuple[Point, ...] = Field(min_length=1)
     events: tuple[EventSource, ...] = ()
+    analysis: AnalysisConfig | None = None
 
     @model_validator(mode="after")
     def _unique_paths(self) -> Equipment:
@@ -144,6 +170,11 @@ class Equipment(_Model):
             if p.path in seen:
                 raise ValueError(f"path {p.path!r} is mapped twice")
             seen.add(p.path)
+        for role, path in (self.analysis.paths() if self.analysis else {}).items():
+            if path not in seen:
+                near = difflib.get_close_matches(path, seen, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"analysis.{role}: {path!r} is not the path of one of this equipment's points{hint}")
         return self
 
 
@@ -226,6 +257,9 @@ class AgentSettings(_Model):
         default=5, ge=1, description="a component that fails this often within failure_window_s ends the process"
     )
     failure_window_s: float = Field(default=600, gt=0)
+    stats_retention_days: int = Field(
+        default=35, ge=1, description="how long the statistics behind `edge-agent level` are kept"
+    )
 
 
 class Config(_Model):

@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -27,6 +27,9 @@ from agent.committer import AGENT_KEY, Committer
 from agent.gaps import AGENT, SERVER, SOURCE, GapBook, Member
 from uploader import wire
 from uploader.buffer import Buffer, Row
+
+if TYPE_CHECKING:
+    from agent.measure import Measure
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,11 @@ class Pipeline:
         flush_s: float = 60.0,
         on_stored: Callable[[], None] = lambda: None,
         lanes: Sequence[frozenset[str] | None] = (),
+        measure: Measure | None = None,
     ) -> None:
+        self.measure = measure
+        self._watch = measure.watch if measure is not None else {}
+        self._interrupted: dict[str, tuple[datetime, str]] = {}  # source -> start and reason of its open interruption
         self.bindings: dict[int, Binding] = {b.handle: b for b in bindings}
         self.events: dict[int, EventBinding] = {e.handle: e for e in events}
         self.buffers = tuple(buffers)
@@ -165,6 +172,9 @@ class Pipeline:
         touched: dict[int, _Last | None] = {}  # handle -> its stamp before this batch
         repeats = 0
         now = _utcnow().timestamp()
+        watch = self._watch
+        seen_h: list[int] = []
+        seen_t: list[float] = []
         for s in samples:
             h = s.handle
             b = bindings.get(h)
@@ -211,6 +221,13 @@ class Pipeline:
             last[h] = (t, status, value, clock, None)
             append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, status)))
             update(b.shell_id, b.path, s.value)
+            seen_h.append(h)
+            seen_t.append(t)
+            if h in watch:
+                for analyzer, role in watch[h]:
+                    analyzer.observe(role, s.value, t)
+        if seen_h and self.measure is not None:
+            self.measure.stats.values_each(seen_h, seen_t)
         self.values_in += len(samples)
         self.repeats += repeats
         marks = {bindings[h].mark: self._mark(last[h]) for h in touched}
@@ -264,9 +281,14 @@ class Pipeline:
         if i.end is None:
             marks = self.gaps.begin(i.handles, i.start, i.reason, {h: (v[0], v[3]) for h, v in self.last.items()})
             await self.store([], marks)
+            if self.measure is not None and i.source not in self._interrupted:
+                self._interrupted[i.source] = (i.start, i.reason)
+                self.measure.interrupted(i.source, i.start, None, i.reason)
         else:
             self.gaps.end(i.source, i.end)
             await self.flush()
+            if self.measure is not None and (began := self._interrupted.pop(i.source, None)) is not None:
+                self.measure.interrupted(i.source, began[0], i.end, began[1])
 
     async def on_problem(self, p: NodeProblem) -> None:
         b = self.bindings.get(p.handle)
@@ -275,6 +297,8 @@ class Pipeline:
         await self.store([("status", b.equipment if b is not None else AGENT_KEY, _utcnow().timestamp(), body)])
 
     async def on_state(self, s: SourceState) -> None:
+        if self.measure is not None:
+            self.measure.connection(s.source, s.state == "connected", s.time)
         await self.status(f"source-{s.state}", f"{s.source}: {s.detail}")
 
     async def status(self, kind: str, message: str, **extra: Any) -> None:

@@ -251,7 +251,11 @@ def _records_of(raw: bytes) -> list[tuple[str, float, bytes]]:
     if control is not None:
         message = control_message(control, event.user, event.ip)
         rows.append(
-            ("status", event.time.timestamp(), wire.status_body(when, CONTROL_KIND, message, event=event.id, **control))
+            (
+                "status",
+                event.time.timestamp(),
+                wire.status_body(when, CONTROL_KIND, message, event=event.id, user=event.user, **control),
+            )
         )
     return rows
 

@@ -304,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
              str(OUT / "demo.aasx")],
             cwd=ROOT, check=False, capture_output=True,
         )  # fmt: skip
+        level = subprocess.run(
+            [sys.executable, "-m", "agent.cli", "level", "-c", str(config), "-o", str(OUT / "level.html")],
+            cwd=ROOT, check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        print("\nlevel evidence from what the agent measured (demo-out/level.html):")
+        print("  " + "\n  ".join((level.stdout or level.stderr).strip().splitlines()))
         if args.cloud == "http":
             print(
                 f"\nagent stopped (exit {code}). Records: demo-out/cloud.sqlite3 (table records, one row per id), "

@@ -136,6 +136,9 @@ class ProxyThread:
         return self
 
     def stop(self) -> None:
+        """Stop listening and drop every connection (a link cut for good); stopping twice is harmless."""
+        if self._loop.is_closed():
+            return
         asyncio.run_coroutine_threadsafe(self.proxy.stop(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,8 +69,10 @@ class Forwarder:
         batching: Batching,
         delays: Callable[[], Iterator[float]],
         dead_letters: DeadLetters | None = None,
+        on_delivered: Delivered | None = None,
     ) -> None:
         self.buffer = buffer
+        self.on_delivered = on_delivered
         self.sink = sink
         self.site = site
         self.batching = batching
@@ -242,9 +245,11 @@ class Forwarder:
         accepted: list[int] = []
         refused: list[tuple[list[StoredRecord], str]] = []
         n_ok = unconfirmed = 0
+        confirmed: list[list[StoredRecord]] = []
         for r, part in zip(results, parts, strict=True):
             if r is True:
                 accepted += [i.seq for i in part]
+                confirmed.append(part)
                 n_ok += 1
             elif isinstance(r, Rejected):
                 refused.append((part, r.reason))
@@ -261,6 +266,8 @@ class Forwarder:
             refused.append((too_large, f"record larger than the far end takes ({limit} bytes per message)"))
         rejected = self._dead_letter(batch.lane, refused)
         self.buffer.end(batch, accepted, rejected)
+        if self.on_delivered is not None and confirmed:
+            self._report_delivered(batch.lane, confirmed)
         self.stats.sent_messages += n_ok
         self.stats.sent_records += len(accepted)
         self.stats.rejected_records += len(rejected)
@@ -271,6 +278,18 @@ class Forwarder:
         if not self.stats.last_error or n_ok:
             self.stats.last_error = f"{unconfirmed} of {len(messages)} messages unconfirmed"
         return False
+
+    def _report_delivered(self, lane: str, parts: list[list[StoredRecord]]) -> None:
+        """Per confirmed message: its lane, routing key, size, and the time from its records' own time
+        (a value's source time) to now for a sample of them (at most `_LATENCY_SAMPLE` per message)."""
+        assert self.on_delivered is not None
+        now = time.time()
+        for part in parts:
+            step = max(1, len(part) // _LATENCY_SAMPLE)
+            try:
+                self.on_delivered(lane, part[0].key, len(part), [now - i.ts for i in part[::step]])
+            except Exception:  # statistics must never stop delivery
+                log.exception("%s: recording a delivery failed", self.sink.name)
 
     def _log_refusal(self, topic: str, reason: str, count: int) -> None:
         now = asyncio.get_running_loop().time()
@@ -313,6 +332,10 @@ class Forwarder:
             done += [r.seq for r in records]
         return done
 
+
+_LATENCY_SAMPLE = 16
+Delivered = Callable[[str, str, int, list[float]], None]
+"""(lane, routing key, records confirmed, latencies in seconds of a sample of them)."""
 
 _REFUSAL_LOG_S = 60.0  # a refusal that keeps happening is logged once a minute, with a count
 
