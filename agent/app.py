@@ -379,6 +379,11 @@ def run_agent(cfg: Config, stop_after: float | None = None, config_path: Path | 
         lock = DataDirLock(cfg.agent.data_dir).acquire()
     except (DataDirBusy, OSError) as e:
         raise StartError(str(e)) from None
+    if config_path is not None:
+        try:
+            usage.config_applied(cfg.agent.data_dir, config_path)
+        except (OSError, ValueError) as e:
+            log.warning("the configuration change could not be recorded for the usage log: %s", e)
     try:
         asyncio.run(main())
     finally:

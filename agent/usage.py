@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import hashlib
 import logging
 import os
+import pwd
 import time
 import uuid
 from collections.abc import Mapping
@@ -126,6 +128,34 @@ def note(data_dir: Path, use: str, data_bytes: int, action: str) -> str | None:
     except (OSError, ValueError) as e:
         return f"warning: the usage event of {action!r} could not be recorded in {spool_dir(data_dir)}: {e}"
     return None
+
+
+CONFIG_SEEN = "config.sha256"
+
+
+def config_applied(data_dir: Path, config: Path) -> UsageEvent | None:
+    """At the agent's start: a configuration that differs from the one the previous start ran with
+    was changed by someone, and is now applied — a DO6005 (update) event with the bytes of the
+    file, acted by the file's owner (who wrote it; the agent runs as a service user). The first
+    start records nothing: no change was seen. Raises OSError when the data dir cannot be written."""
+    data = config.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    seen = spool_dir(data_dir) / CONFIG_SEEN
+    before = seen.read_text().strip() if seen.exists() else None
+    if before == digest:
+        return None
+    event = None
+    if before is not None:
+        try:
+            owner = pwd.getpwuid(config.stat().st_uid).pw_name
+        except KeyError:
+            owner = f"uid{config.stat().st_uid}"
+        event = record(data_dir, UPDATE, len(data), f"configuration {config.name} changed and applied", user=owner)
+    spool_dir(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = seen.with_suffix(".tmp")
+    tmp.write_text(digest + "\n")
+    os.replace(tmp, seen)  # after the event is in the spool: a crash in between records it again, never not
+    return event
 
 
 def _line(event: UsageEvent, action: str, control: dict[str, Any] | None = None) -> bytes:

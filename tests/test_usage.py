@@ -256,7 +256,7 @@ def test_cli_use_reaches_the_usage_lane_and_the_log_api(
             os.environ.pop("SFLOG_KEY", None)
     # The usage-log sink's buffer took the usage lane only: nothing it refused, nothing left.
     assert not (data_dir / "dead-letters.db").exists() or _dead_letters(config, env) == 0
-    assert [p.name for p in usage.spool_dir(data_dir).iterdir()] == []
+    assert [p.name for p in usage.spool_dir(data_dir).iterdir()] == [usage.CONFIG_SEEN]  # no spool file left
     assert KEY not in agent.log()
     show = subprocess.run(
         [sys.executable, "-m", "agent.cli", "usage", "show", "-c", str(config)],
@@ -330,3 +330,20 @@ def test_the_reference_receiver_stores_usage_records_and_refuses_ones_the_api_wo
     db = tmp_path / "cloud.sqlite3"
     run(db, scenario)
     assert stored_ids(db) == [f"{ORIGIN}-1"]
+
+
+def test_a_changed_configuration_is_recorded_once_when_it_is_applied(tmp_path: Path) -> None:
+    import pwd
+
+    config = tmp_path / "agent.yaml"
+    config.write_text("site: {id: a}\n")
+    data_dir = tmp_path / "data"
+    assert usage.config_applied(data_dir, config) is None  # the first start saw no change
+    assert usage.config_applied(data_dir, config) is None
+    config.write_text("site: {id: b}  # 설비 추가\n")
+    event = usage.config_applied(data_dir, config)
+    assert event is not None and event.use == "DO6005" and event.data_bytes == len(config.read_bytes())
+    assert event.user == pwd.getpwuid(config.stat().st_uid).pw_name and event.ip == "127.0.0.1"
+    assert usage.config_applied(data_dir, config) is None  # applied once, recorded once
+    [row] = usage.take(data_dir).records
+    assert orjson.loads(row[2])["action"] == "configuration agent.yaml changed and applied"
