@@ -151,7 +151,7 @@ def env() -> ShellEnvironment:
 @pytest.fixture(scope="module")
 def exported(env: ShellEnvironment, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("export")
-    return {fmt: write_environment(env, fmt, out / f"env.{fmt}") for fmt in ("json", "xml", "aasx")}
+    return {fmt: write_environment(env, fmt, out / f"env.{fmt}", metamodel="3.1") for fmt in ("json", "xml", "aasx")}
 
 
 @pytest.fixture(scope="module")

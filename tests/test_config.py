@@ -148,7 +148,20 @@ def test_export_command_writes_a_readable_environment(fmt: str, tmp_path: Path) 
     out = tmp_path / f"plant.{fmt}"
     config = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
     r = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "export", "-c", str(config), "--format", fmt, "-o", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "export",
+            "-c",
+            str(config),
+            "--format",
+            fmt,
+            "--metamodel",
+            "3.1",
+            "-o",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
