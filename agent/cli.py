@@ -108,7 +108,11 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
 @CONFIG
 @click.option("--format", "fmt", type=click.Choice(["json", "xml", "aasx"]), help="default: from the -o extension")
 @click.option(
-    "--metamodel", type=click.Choice(["3.0", "3.1"]), default="3.0", show_default=True, help="AAS version (docs/aas.md)"
+    "--metamodel",
+    type=click.Choice(["3.0", "3.1"]),
+    default="3.0",
+    show_default=True,
+    help="AAS metamodel version; most tools read 3.0 only (docs/aas.md)",
 )
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def export(config_path: Path, fmt: str | None, metamodel: str, output: Path) -> None:
