@@ -309,7 +309,7 @@ def test_the_cli_writes_and_a_running_agent_carries_the_records(tmp_path: Path) 
             assert writes()[1]["result"] == "refused"
             assert agent.stop() == 0, agent.log()[-3000:]
     assert [r["use"] for r in records(out, "usage")] == ["DO6005", "DO6005"], "the guard's refusal is not logged"
-    assert list(usage.spool_dir(tmp_path / "data").iterdir()) == []
+    assert [p.name for p in usage.spool_dir(tmp_path / "data").iterdir()] == [usage.CONFIG_SEEN]
     bad = tmp_path / "bad.yaml"
     bad.write_text(config_text(tmp_path, 4840, "control:\n  allow:\n    - {machine: cnc9, element: State}\n"))
     wrong = cli(bad, "cnc9", "State", "x")
