@@ -1,4 +1,9 @@
-"""Build the AAS environment (one shell, a nameplate and an operational-data submodel per machine).
+"""Build the AAS environment: one shell, a nameplate and an operational-data submodel per machine, a
+ConceptDescription per own semanticId (concepts.py) and, for a site, its Hierarchical Structures submodel
+(hierarchy.py).
+
+Texts (nameplate texts, displayNames, descriptions) are plain strings tagged with the environment's
+language, or {language tag: text} maps that carry every language given (text.py).
 
 Target metamodel is 3.1 (what basyx 2.2 writes), restricted where it costs nothing to the subset that
 3.0 readers also accept: idShorts match ^[A-Za-z][A-Za-z0-9_]*$ with 2-128 characters, list children
@@ -14,14 +19,16 @@ from dataclasses import dataclass, fields
 from basyx.aas import model
 
 from ._common import MAX_IDENTIFIER, external_reference, xml_safe
+from .concepts import IEC61360_TEMPLATE, Use, build_concept_descriptions
+from .hierarchy import build_hierarchy
 from .nameplate import build_nameplate
-from .spec import Element, Shell
+from .spec import Element, Shell, Site
+from .text import DEFAULT_LANGUAGE, NAME_LIMIT, TEXT_LIMIT, Text, is_language_tag, lang_texts, text_problem
 from .types import UnknownTypeError, ValueType, value_type
 
 OPERATIONAL_ID_SHORT = "OperationalData"
 
-# Current id of the IEC 61360 template (IDTA-01003-a-3-0-1 dropped the minor version from it).
-IEC61360_TEMPLATE = "https://admin-shell.io/DataSpecificationTemplates/DataSpecificationIec61360/3"
+__all__ = ["IEC61360_TEMPLATE", "ModelBuildError", "ShellEnvironment", "build_environment"]
 
 _ID_SHORT = re.compile(r"[A-Za-z][A-Za-z0-9_]{1,127}")
 ID_SHORT_RULE = "2-128 characters, a letter first, then only letters, digits and '_' (no '-', no '.')"
@@ -55,9 +62,11 @@ class ShellEnvironment:
         store: model.DictIdentifiableStore[model.Identifiable],
         shells: tuple[Shell, ...],
         slots: dict[tuple[str, str], ElementSlot],
+        hierarchy_id: str | None = None,
     ) -> None:
         self.store = store
         self.shells = shells
+        self.hierarchy_id = hierarchy_id  # the site's Hierarchical Structures submodel, if one was built
         self._shells = {shell.id: shell for shell in shells}
         self._slots = slots
 
@@ -94,13 +103,25 @@ class ShellEnvironment:
         return self.slot(shell_id, path).spec.unit
 
 
-def build_environment(shells: Sequence[Shell], *, language: str = "en") -> ShellEnvironment:
-    """Build all shells; `language` tags the nameplate texts and element descriptions (BCP 47)."""
+def build_environment(
+    shells: Sequence[Shell],
+    *,
+    language: str = DEFAULT_LANGUAGE,
+    site: Site | None = None,
+    concept_descriptions: bool = False,
+) -> ShellEnvironment:
+    """Build all shells; with `concept_descriptions`, a ConceptDescription per own semanticId (concepts.py);
+    with `site`, the site's Hierarchical Structures submodel. The agent asks for both (agent/shells.py).
+
+    `language` (BCP 47) tags every text given as a plain string: nameplate texts, displayNames, descriptions.
+    """
+    if not is_language_tag(language):
+        raise ModelBuildError(f"language {language!r} is not a well-formed BCP 47 language tag (e.g. ko-KR, en)")
     store: model.DictIdentifiableStore[model.Identifiable] = model.DictIdentifiableStore()
     slots: dict[tuple[str, str], ElementSlot] = {}
     used_ids: set[str] = set()
     for shell in shells:
-        _check_shell(shell, used_ids)
+        _check_shell(shell, used_ids, language)
         used_ids.update((shell.id, shell.nameplate_id(), shell.operational_id()))
         try:
             nameplate = build_nameplate(shell, language)
@@ -111,6 +132,7 @@ def build_environment(shells: Sequence[Shell], *, language: str = "en") -> Shell
             model.AssetInformation(model.AssetKind.INSTANCE, global_asset_id=shell.asset_id),
             shell.id,
             id_short=shell.id_short,
+            display_name=_display_name(shell.display_name, language),
             submodel={
                 model.ModelReference.from_referable(nameplate),
                 model.ModelReference.from_referable(operational),
@@ -118,10 +140,63 @@ def build_environment(shells: Sequence[Shell], *, language: str = "en") -> Shell
         )
         for identifiable in (aas, nameplate, operational):
             store.add(identifiable)
-    return ShellEnvironment(store, tuple(shells), slots)
+    uses = (Use(s.spec, s.path.rsplit(".", 1)[-1], s.value_type) for s in slots.values())
+    try:
+        concepts = build_concept_descriptions(uses, language) if concept_descriptions else []
+    except ValueError as e:
+        raise ModelBuildError(f"concept descriptions: {e}") from e
+    for concept in concepts:
+        if concept.id in used_ids:
+            raise ModelBuildError(f"semanticId {concept.id!r} is also the id of a shell or submodel")
+        store.add(concept)
+    hierarchy_id = None
+    if site is not None:
+        hierarchy_id = _add_hierarchy(store, site, shells, language, used_ids | {c.id for c in store})
+    return ShellEnvironment(store, tuple(shells), slots, hierarchy_id)
 
 
-def _check_shell(shell: Shell, used_ids: set[str]) -> None:
+def _add_hierarchy(
+    store: model.DictIdentifiableStore[model.Identifiable],
+    site: Site,
+    shells: Sequence[Shell],
+    language: str,
+    used_ids: set[str],
+) -> str:
+    where = f"site {site.id_short!r}"
+    for label, identifier in (("asset_id", site.asset_id), ("hierarchy submodel id", site.submodel_id)):
+        if not identifier or len(identifier) > MAX_IDENTIFIER or not xml_safe(identifier):
+            raise ModelBuildError(f"{where}: {label} must be 1-{MAX_IDENTIFIER} XML-safe characters")
+    if site.submodel_id in used_ids:
+        raise ModelBuildError(f"{where}: hierarchy submodel id {site.submodel_id!r} is already used")
+    if not _ID_SHORT.fullmatch(site.id_short):
+        raise ModelBuildError(f"{where}: idShort {site.id_short!r} is invalid; allowed: {ID_SHORT_RULE}")
+    _check_text(site.display_name, language, NAME_LIMIT, f"{where}: name")
+    for shell in shells:
+        if shell.line is not None:
+            _check_text(shell.line, language, NAME_LIMIT, f"shell {shell.id!r}: line")
+    try:
+        submodel = build_hierarchy(site, shells, language)
+    except ValueError as e:
+        raise ModelBuildError(f"{where}: hierarchy: {e}") from e
+    store.add(submodel)
+    return submodel.id
+
+
+def _check_text(text: Text | None, language: str, limit: int, where: str) -> None:
+    problem = text_problem(text, language, limit) if text is not None else None
+    if problem:
+        raise ModelBuildError(f"{where}: {problem}")
+
+
+def _display_name(text: Text | None, language: str) -> model.MultiLanguageNameType | None:
+    return model.MultiLanguageNameType(lang_texts(text, language)) if text is not None else None
+
+
+def _description(text: Text | None, language: str) -> model.MultiLanguageTextType | None:
+    return model.MultiLanguageTextType(lang_texts(text, language)) if text is not None else None
+
+
+def _check_shell(shell: Shell, used_ids: set[str], language: str) -> None:
     where = f"shell {shell.id!r}"
     for label, identifier in (
         ("id", shell.id),
@@ -138,19 +213,33 @@ def _check_shell(shell: Shell, used_ids: set[str]) -> None:
             raise ModelBuildError(f"{where}: identifier {identifier!r} is already used by an earlier shell")
     if not _ID_SHORT.fullmatch(shell.id_short):
         raise ModelBuildError(f"{where}: shell idShort {shell.id_short!r} is invalid; allowed: {ID_SHORT_RULE}")
+    _check_text(shell.display_name, language, NAME_LIMIT, f"{where}: display name")
     for f in fields(shell.nameplate):
         text = getattr(shell.nameplate, f.name)
         if isinstance(text, str) and (not text or not xml_safe(text)):
             raise ModelBuildError(f"{where}: nameplate {f.name} must be non-empty XML-safe text, got {text!r}")
+    plate = shell.nameplate
+    for name, text in (
+        ("manufacturer_name", plate.manufacturer_name),
+        ("product_designation", plate.product_designation),
+        ("product_family", plate.product_family),
+    ):  # the MultiLanguageProperty ones
+        _check_text(text, language, TEXT_LIMIT, f"{where}: nameplate {name}")
     for f in fields(shell.nameplate.address):
         text = getattr(shell.nameplate.address, f.name)
-        if text is not None and (not text or not xml_safe(text)):
+        if isinstance(text, str) and (not text or not xml_safe(text)):
             raise ModelBuildError(f"{where}: nameplate address {f.name} must be non-empty XML-safe text")
+        _check_text(text, language, TEXT_LIMIT, f"{where}: nameplate address {f.name}")
 
 
 def _build_operational(shell: Shell, language: str, slots: dict[tuple[str, str], ElementSlot]) -> model.Submodel:
-    _check_paths(shell)
-    submodel = model.Submodel(shell.operational_id(), id_short=OPERATIONAL_ID_SHORT, kind=model.ModellingKind.INSTANCE)
+    _check_paths(shell, language)
+    submodel = model.Submodel(
+        shell.operational_id(),
+        id_short=OPERATIONAL_ID_SHORT,
+        display_name=_display_name(shell.display_name, language),
+        kind=model.ModellingKind.INSTANCE,
+    )
     collections: dict[str, model.SubmodelElementCollection] = {}
     for spec in shell.elements:
         where = f"shell {shell.id!r}, element {spec.path!r}"
@@ -184,7 +273,7 @@ def _children(
     return container.value
 
 
-def _check_paths(shell: Shell) -> None:
+def _check_paths(shell: Shell, language: str) -> None:
     """Validate every idShort segment, duplicates and leaf/collection clashes before building anything."""
     leaves: set[str] = set()
     prefixes: dict[str, str] = {}  # collection path → first element path that needs it
@@ -201,7 +290,7 @@ def _check_paths(shell: Shell) -> None:
         leaves.add(spec.path)
         for depth in range(1, len(segments)):
             prefixes.setdefault(".".join(segments[:depth]), spec.path)
-        _check_element_texts(spec, where)
+        _check_element_texts(spec, where, language)
     clashes = sorted(leaves & prefixes.keys())
     if clashes:
         raise ModelBuildError(
@@ -210,20 +299,24 @@ def _check_paths(shell: Shell) -> None:
         )
 
 
-def _check_element_texts(spec: Element, where: str) -> None:
+def _check_element_texts(spec: Element, where: str, language: str) -> None:
     if spec.semantic_id is not None and (
         not spec.semantic_id or len(spec.semantic_id) > MAX_IDENTIFIER or not xml_safe(spec.semantic_id)
     ):
         raise ModelBuildError(f"{where}: semantic_id must be 1-{MAX_IDENTIFIER} XML-safe characters")
     if spec.unit is not None and (not spec.unit or not xml_safe(spec.unit)):
         raise ModelBuildError(f"{where}: unit must be non-empty XML-safe text, got {spec.unit!r}")
-    if spec.description is not None and not xml_safe(spec.description):
+    if isinstance(spec.description, str) and not xml_safe(spec.description):
         raise ModelBuildError(f"{where}: description contains characters XML cannot carry")
+    if spec.description:  # an empty plain description is no description
+        _check_text(spec.description, language, TEXT_LIMIT, f"{where}: description")
+    _check_text(spec.display_name, language, NAME_LIMIT, f"{where}: display name")
 
 
 def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.SubmodelElement:
     semantic_id = external_reference(spec.semantic_id) if spec.semantic_id else None
-    description = model.MultiLanguageTextType({language: spec.description}) if spec.description else None
+    description = _description(spec.description or None, language)
+    display_name = _display_name(spec.display_name, language)
     unit_specs = (_unit_spec(id_short, spec.unit, vt),) if spec.unit else ()
     if spec.is_array:
         if vt.datatype is None:
@@ -231,6 +324,7 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
                 id_short,
                 model.MultiLanguageProperty,
                 semantic_id=semantic_id,
+                display_name=display_name,
                 description=description,
                 embedded_data_specifications=unit_specs,
             )
@@ -239,6 +333,7 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
             model.Property,
             value_type_list_element=vt.datatype,
             semantic_id=semantic_id,
+            display_name=display_name,
             description=description,
             embedded_data_specifications=unit_specs,
         )
@@ -246,6 +341,7 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
         return model.MultiLanguageProperty(
             id_short,
             semantic_id=semantic_id,
+            display_name=display_name,
             description=description,
             embedded_data_specifications=unit_specs,
         )
@@ -253,6 +349,7 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
         id_short,
         vt.datatype,
         semantic_id=semantic_id,
+        display_name=display_name,
         description=description,
         embedded_data_specifications=unit_specs,
     )

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from basyx.aas import model
 from basyx.aas.adapter import aasx
 from basyx.aas.adapter import json as aas_json
 from basyx.aas.adapter import xml as aas_xml
@@ -122,11 +123,21 @@ def _core_properties(env: ShellEnvironment) -> OPCCoreProperties:
 
 
 def _write_aasx(env: ShellEnvironment, path: Path) -> None:
-    # failsafe=False: a dangling reference must fail the export, not vanish from the package with a log line.
+    """The whole environment in the package, as the 3.0 AASX: basyx's `write_aas` would take only the shells,
+    their submodels and ConceptDescriptions named by ModelReference, leaving out the site's hierarchy submodel
+    (no shell refers to it) and the ConceptDescriptions (elements name them by global reference)."""
+    for shell in env.store:  # what write_aas(failsafe=False) checked: a dangling reference fails the export
+        if isinstance(shell, model.AssetAdministrationShell):
+            for reference in shell.submodel:
+                try:
+                    reference.resolve(env.store)
+                except KeyError:
+                    missing = f"shell {shell.id!r} refers to a submodel that is not there: {reference}"
+                    raise ExportError(f"cannot package the AASX: {missing}") from None
     try:
         with aasx.AASXWriter(path, failsafe=False) as writer:
-            writer.write_aas(
-                [shell.id for shell in env.shells],
+            writer.write_all_aas_objects(
+                "/aasx/data.xml",
                 env.store,
                 aasx.DictSupplementaryFileContainer(),  # type: ignore[no-untyped-call]
             )

@@ -23,9 +23,11 @@ schemas and XSDs of both (tests/schemas/), and what happens here (D1-D8 mark the
      none. 3.1 is the stricter: nothing to do.
   D7 Made optional in 3.1, mandatory in 3.0: Entity.entityType, RelationshipElement first/second,
      ValueReferencePair.valueId, Blob/File contentType (also 128 -> 100 characters); File value and
-     Resource path (defaultThumbnail) are only file: URIs or absolute paths in 3.0. This project emits
-     none of these, so element kinds are allow-listed (_MODEL_TYPES) and the attributes are refused
-     (_NOT_HANDLED): a new kind must get its differences handled here before it ships.
+     Resource path (defaultThumbnail) are only file: URIs or absolute paths in 3.0. Element kinds are
+     allow-listed (_MODEL_TYPES) and the attributes are refused (_NOT_HANDLED): a new kind must get its
+     differences handled here before it ships. The hierarchy's Entity and RelationshipElement are
+     allowed with what 3.0 requires of them (an entityType; first and second), and refused without it.
+     ConceptDescription has no difference but D3 (its id) and D4 (its IEC 61360 texts).
   D8 AASX (Part 5): relationship types, part names and content types are the same for both versions;
      only the XML inside differs.
 """
@@ -75,10 +77,16 @@ _MODEL_TYPES = frozenset(
         "Property",
         "MultiLanguageProperty",
         "DataSpecificationIec61360",
+        "ConceptDescription",
+        "Entity",  # D7: entityType mandatory in 3.0
+        "RelationshipElement",  # D7: first and second mandatory in 3.0
     }
 )
+_REQUIRED_30 = {"Entity": ("entityType",), "RelationshipElement": ("first", "second")}  # D7
 _NOT_HANDLED = frozenset({"defaultThumbnail", "valueList"})
-_CONTAINERS = frozenset({"assetAdministrationShells", "submodels", "submodelElements", "value"})
+_CONTAINERS = frozenset(
+    {"assetAdministrationShells", "submodels", "conceptDescriptions", "submodelElements", "value", "statements"}
+)
 
 XML_DECLARATION = '<?xml version="1.0" encoding="utf-8"?>\n'
 DATA_PART = "/aasx/data.xml"  # the name basyx's AASXWriter gives the XML aas-spec part
@@ -164,6 +172,9 @@ def _to_30(node: Any, where: str) -> Any:
     model_type = node.get("modelType")
     if model_type is not None and model_type not in _MODEL_TYPES:  # D7
         raise ExportError(f"metamodel 3.0: {where}: {model_type} is not handled by the 3.0 export (use 3.1)")
+    for key in _REQUIRED_30.get(str(model_type), ()):  # D7
+        if node.get(key) is None:
+            raise ExportError(f"metamodel 3.0: {where}: a {model_type} without {key} exists only in 3.1 (use 3.1)")
     converted: dict[str, Any] = {}
     for key, value in node.items():
         here = where if key in _CONTAINERS else f"{where}.{key}"

@@ -8,6 +8,8 @@ Deliberately not copied from that file:
 - AddressInformation children: the template leaves the drop-in empty; Street, Zipcode, CityTown and
   NationalCode follow the Contact Information template (IDTA 02002-1-0) the drop-in refers to, as
   MultiLanguageProperty with ECLASS ids, as defined there.
+Texts: the MultiLanguageProperty values are tagged with the environment's language when given as plain
+strings (NationalCode too), and carry every language of a {language: text} map.
 Kinds follow the template: ManufacturerProductFamily is a MultiLanguageProperty, OrderCodeOfManufacturer,
 SerialNumber, YearOfConstruction, HardwareVersion and SoftwareVersion are xs:string Properties.
 """
@@ -21,6 +23,7 @@ from basyx.aas.model import datatypes
 
 from ._common import external_reference
 from .spec import Address, Shell
+from .text import Text, lang_texts
 
 SUBMODEL_SEMANTIC_ID = "https://admin-shell.io/idta/nameplate/3/0/Nameplate"
 ID_SHORT = "Nameplate"
@@ -45,10 +48,10 @@ def build_nameplate(shell: Shell, language: str) -> model.Submodel:
     """Raises ValueError (from basyx) for texts the metamodel rejects; the caller adds shell context."""
     plate = shell.nameplate
 
-    def mlp(id_short: str, semantic_id: str, text: str) -> model.MultiLanguageProperty:
+    def mlp(id_short: str, semantic_id: str, text: Text) -> model.MultiLanguageProperty:
         return model.MultiLanguageProperty(
             id_short,
-            model.MultiLanguageTextType({language: text}),
+            model.MultiLanguageTextType(lang_texts(text, language)),
             semantic_id=external_reference(semantic_id),
         )
 

@@ -27,7 +27,8 @@ from pydantic import (
 )
 
 from aas_models.types import OPCUA_TYPES
-from agent.config_base import ID_SHORT, ConfigError, NodeId, PlainId
+from agent.config_api import ApiConfig
+from agent.config_base import ID_SHORT, ConfigError, LanguageTag, NodeId, PlainId, Text
 from agent.config_base import Model as _Model
 from agent.config_control import Control, allow_problem
 from agent.config_errors import format_errors, key_lines, nearest_line
@@ -60,7 +61,8 @@ class Point(_Model):
     array: bool = False
     semantic_id: str | None = None
     unit: str | None = None
-    description: str | None = None
+    description: Text | None = None
+    display_name: Text | None = None
     mode: Literal["subscribe", "poll"] = "subscribe"
     sampling_ms: float | None = Field(default=None, ge=0)
     queue_size: int = Field(default=10, ge=1, le=10000)
@@ -107,20 +109,20 @@ class EventSource(_Model):
 
 
 class AddressConfig(_Model):
-    street: str | None = None
-    zipcode: str | None = None
-    city: str | None = None
+    street: Text | None = None
+    zipcode: Text | None = None
+    city: Text | None = None
     country_code: str | None = Field(default=None, pattern=r"^[A-Z]{2}$")
 
 
 class NameplateConfig(_Model):
-    manufacturer_name: str
-    product_designation: str
+    manufacturer_name: Text
+    product_designation: Text
     uri_of_product: str
     order_code: str
     serial_number: str | None = None
     year_of_construction: str | None = None
-    product_family: str | None = None
+    product_family: Text | None = None
     software_version: str | None = None
     hardware_version: str | None = None
     address: AddressConfig = AddressConfig()
@@ -153,8 +155,11 @@ class AnalysisConfig(_Model):
 
 class Equipment(_Model):
     id: PlainId = Field(description="equipment id, used in topics and as the default idShort")
-    name: str | None = None
+    name: Text | None = None
     source: str = Field(description="id of the OPC UA source this equipment is read from")
+    line: str | None = Field(
+        default=None, min_length=1, description="production line, for the site hierarchy; default: the source id"
+    )
     aas_id: str | None = None
     asset_id: str | None = None
     id_short: str | None = None
@@ -237,6 +242,7 @@ class Site(_Model):
     aas_prefix: str = Field(
         default="urn:edge-agent", description="prefix for AAS and asset ids not given per equipment"
     )
+    language: LanguageTag = Field(default="ko-KR", description="BCP 47 tag of every text given as a plain string")
 
 
 class BufferConfig(_Model):
@@ -271,6 +277,7 @@ class Config(_Model):
     equipment: tuple[Equipment, ...] = Field(min_length=1)
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
     control: Control = Control()
+    api: ApiConfig = ApiConfig()
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -403,6 +410,7 @@ def secrets(cfg: Config) -> list[str]:
     found += [s.token for s in cfg.sinks if isinstance(s, HttpSinkConfig)]
     found += [s.crtfc_key for s in cfg.sinks if isinstance(s, SfLogSinkConfig)]
     found += [cfg.control.token]
+    found += [u.password for u in cfg.api.users]
     found += [
         s.tls.key_password for s in cfg.sinks if isinstance(s, MqttSinkConfig | HttpSinkConfig) and s.tls is not None
     ]

@@ -13,6 +13,8 @@ def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
         id=cfg.aas_id(e),
         id_short=e.id_short or _id_short(e.id),
         asset_id=cfg.asset_id(e),
+        display_name=e.name,
+        line=e.line or e.source,
         nameplate=spec.Nameplate(
             manufacturer_name=n.manufacturer_name,
             product_designation=n.product_designation,
@@ -38,16 +40,33 @@ def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
                 semantic_id=p.semantic_id,
                 unit=p.unit,
                 description=p.description,
+                display_name=p.display_name,
             )
             for p in e.points
         ),
     )
 
 
-def _id_short(equipment_id: str) -> str:
-    s = "".join(c if c.isalnum() or c == "_" else "_" for c in equipment_id)
-    return s if s[:1].isalpha() and len(s) >= 2 else f"Eq_{s}"
+def site_spec(cfg: Config) -> spec.Site:
+    """The site as the entry node of its Hierarchical Structures submodel; ids follow the machines' scheme."""
+    s = cfg.site
+    return spec.Site(
+        id_short=_id_short(s.id, "Site"),
+        asset_id=f"{s.aas_prefix}:asset:{s.id}",
+        submodel_id=f"{s.aas_prefix}:sm:{s.id}:HierarchicalStructures",
+        display_name=s.name,
+    )
+
+
+def _id_short(plain_id: str, prefix: str = "Eq") -> str:
+    s = "".join(c if c.isalnum() or c == "_" else "_" for c in plain_id)
+    return s if s[:1].isalpha() and len(s) >= 2 else f"{prefix}_{s}"
 
 
 def build_shells(cfg: Config) -> ShellEnvironment:
-    return build_environment([shell_spec(cfg, e) for e in cfg.equipment])
+    return build_environment(
+        [shell_spec(cfg, e) for e in cfg.equipment],
+        language=cfg.site.language,
+        site=site_spec(cfg),
+        concept_descriptions=True,
+    )

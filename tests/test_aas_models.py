@@ -257,13 +257,13 @@ def test_shells_and_nameplate(doc: dict[str, Any]) -> None:
         "SoftwareVersion",
     ]
     assert by_id["ManufacturerName"]["modelType"] == "MultiLanguageProperty"
-    assert by_id["ManufacturerName"]["value"] == [{"language": "en", "text": "한국정밀기계"}]
+    assert by_id["ManufacturerName"]["value"] == [{"language": "ko-KR", "text": "한국정밀기계"}]
     assert by_id["ManufacturerName"]["semanticId"]["keys"][0]["value"] == "0112/2///61987#ABA565#009"
     assert by_id["URIOfTheProduct"]["valueType"] == "xs:anyURI"
     assert by_id["OrderCodeOfManufacturer"]["value"] == "SP-300-KR"
     address = {e["idShort"]: e for e in by_id["AddressInformation"]["value"]}
     assert list(address) == ["Street", "Zipcode", "CityTown", "NationalCode"]
-    assert address["NationalCode"]["value"] == [{"language": "en", "text": "KR"}]
+    assert address["NationalCode"]["value"] == [{"language": "ko-KR", "text": "KR"}]
 
     oven_plate = _submodel(doc, f"{OVEN}/sm/Nameplate")
     assert [e["idShort"] for e in oven_plate["submodelElements"]] == [
@@ -283,7 +283,7 @@ def test_operational_structure(doc: dict[str, Any]) -> None:
         "type": "ExternalReference",
         "keys": [{"type": "GlobalReference", "value": SPEED_SEMANTIC_ID}],
     }
-    assert speed["description"] == [{"language": "en", "text": "스핀들 속도"}]
+    assert speed["description"] == [{"language": "ko-KR", "text": "스핀들 속도"}]
     assert _at(doc, op["id"], "Spindle.Motor")["modelType"] == "SubmodelElementCollection"
 
     positions = _at(doc, op["id"], "Axis.Positions")
