@@ -25,6 +25,7 @@ from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
 from agent import usage
+from agent.api.server import ApiServer
 from agent.backoff import Backoff
 from agent.config import Config
 from agent.config_sinks import MqttSinkConfig
@@ -252,6 +253,7 @@ class Agent:
         await self._open_downtime()
         for sink in self.sinks:
             sup.start(f"sink-{sink.name}", sink.run)
+        self._start_api()
         self.runstate.beat()
         for kind, message, details in self._buffer_notes:
             await self.pipeline.status(kind, message, **details)
@@ -280,7 +282,7 @@ class Agent:
     async def _shutdown(self, drain_timeout: float) -> None:
         sup = self.supervisor
         log.info("stopping: collection first, then flushing buffers")
-        await sup.stop(*sup.names("source-"), "heartbeat", "usage-spool")
+        await sup.stop("api", *sup.names("source-"), "heartbeat", "usage-spool")  # the API ends its sessions
         self.runstate.beat()
         try:
             await self.pipeline.flush(everything=True)
@@ -303,6 +305,13 @@ class Agent:
         self.measure.close()
         self.runstate.beat(clean=True)
         log.info("stopped cleanly")
+
+    def _start_api(self) -> None:
+        """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
+        events go onto the usage lane here, guarded control writes."""
+        if self.cfg.api.enabled:
+            api = ApiServer(self.cfg, self.env, self.live, record=self.pipeline.usage)
+            self.supervisor.start("api", api.run)
 
     async def _heartbeat(self) -> None:
         """Beat once a second; every `status_interval_s` also write the counters to the status lane."""

@@ -120,6 +120,33 @@ def record(
     raise OSError(f"could not append to {path}: it kept being replaced")
 
 
+def usage_row(
+    use: str, user: str, ip: str, data_bytes: int, action: str, *, now: datetime | None = None
+) -> tuple[str, float, bytes]:
+    """One usage event made inside the running agent (the local API, agent/api/), as a row (lane, time,
+    body) for `Pipeline.usage`: no spool, the agent stores it itself. Checked as every event is
+    (`UsageEvent`: ValueError naming the field); bytes over the API's limit are sent as its maximum."""
+    event = UsageEvent(
+        id=str(uuid.uuid4()),
+        time=now or datetime.now(UTC),
+        use=use,
+        user=user,
+        ip=ip,
+        data_bytes=min(data_bytes, 10**9 - 1),
+    )
+    when = event.time.astimezone(UTC)
+    body = wire.usage_body(
+        event=event.id,
+        time=when,
+        use=event.use,
+        user=event.user,
+        ip=event.ip,
+        data_bytes=event.data_bytes,
+        action=action,
+    )
+    return ("usage", when.timestamp(), body)
+
+
 def note(data_dir: Path, use: str, data_bytes: int, action: str) -> str | None:
     """`record` for a CLI command that has done its work: None, or why the event could not be kept
     (for the command to print; the work is not undone)."""
