@@ -64,7 +64,9 @@ class Agent:
         self.sinks: list[Sink] = []
         self.forwarders: list[Forwarder] = []
         self.dead_letters = open_dead_letters(cfg.agent.data_dir / DEAD_LETTERS)
-        self.measure = Measure(cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp())
+        self.measure = Measure(
+            cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp(), live=self.live
+        )
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
         for s in cfg.sinks:
             # A chunk per message: whole chunks leave the buffer together, in one delete.

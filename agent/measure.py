@@ -20,9 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from aas_models.live import LiveValues
 from agent.analysis import AnalysisSpec, MachineAnalyzer
 from agent.committer import AGENT_KEY
 from agent.config import Config
+from agent.shells import analysis_values
 from agent.stats import ElementInfo, Stats, StatsError
 from uploader import wire
 from uploader.buffer import Row
@@ -57,8 +59,9 @@ def elements(cfg: Config) -> list[ElementInfo]:
 
 
 class Measure:
-    def __init__(self, cfg: Config, shells: dict[str, str], *, now: float) -> None:
-        """`shells`: equipment id -> its shell id."""
+    def __init__(self, cfg: Config, shells: dict[str, str], *, now: float, live: LiveValues | None = None) -> None:
+        """`shells`: equipment id -> its shell id; `live`: where the last period's figures are served."""
+        self.live = live
         infos = elements(cfg)
         self.stats = Stats(cfg.agent.data_dir / STATS_FILE, infos, retention_days=cfg.agent.stats_retention_days)
         self.machines: dict[str, _Machine] = {}
@@ -129,6 +132,9 @@ class Measure:
             summary = m.analyzer.summary(now)
             m.next_summary = now + m.interval_s
             self.stats.analysis(m.id, summary)
+            if self.live is not None:
+                for path, value in analysis_values(summary):
+                    self.live.update(m.shell, path, value)
             rows.append(("analysis", m.id, now, wire.analysis_body(shell=m.shell, summary=summary)))
         return rows
 

@@ -43,8 +43,54 @@ def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
                 display_name=p.display_name,
             )
             for p in e.points
-        ),
+        )
+        + (analysis_elements() if e.analysis is not None else ()),
     )
+
+
+ANALYSIS = "EdgeAnalysis"  # the collection in the operational-data submodel that holds the last analysis period
+_ANALYSIS_FIELDS: tuple[tuple[str, str, str, str | None], ...] = (
+    # (idShort, OPC UA type, summary key, unit)
+    ("Availability", "Double", "availability", None),
+    ("Performance", "Double", "performance", None),
+    ("Quality", "Double", "quality", None),
+    ("OEE", "Double", "oee", None),
+    ("Cycles", "Int64", "cycles", None),
+    ("MeanCycleTime", "Double", "mean_cycle_s", "s"),
+    ("RunningTime", "Double", "running_s", "s"),
+    ("Alarms", "Int64", "alarms", None),
+    ("PeriodStart", "DateTime", "start", None),
+    ("PeriodEnd", "DateTime", "end", None),
+)
+
+
+def analysis_elements() -> tuple[spec.Element, ...]:
+    """The last edge-analysis period of a machine, as elements its shell serves live (docs/analysis.md)."""
+    return tuple(
+        spec.Element(
+            path=f"{ANALYSIS}.{name}",
+            opcua_type=kind,
+            semantic_id=f"urn:edge-agent:concept:analysis:{name}",
+            unit=unit,
+            description={"en": f"edge analysis, last period: {key}"},
+        )
+        for name, kind, key, unit in _ANALYSIS_FIELDS
+    )
+
+
+def analysis_values(summary: dict[str, object]) -> list[tuple[str, object]]:
+    """(element path, value) of a period summary, for the live model; a figure the period lacks is left out."""
+    from datetime import datetime
+
+    out: list[tuple[str, object]] = []
+    for name, kind, key, _ in _ANALYSIS_FIELDS:
+        v = summary.get(key)
+        if v is None:
+            continue
+        if kind == "DateTime":
+            v = datetime.fromisoformat(str(v))
+        out.append((f"{ANALYSIS}.{name}", v))
+    return out
 
 
 def site_spec(cfg: Config) -> spec.Site:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _points(machine: str) -> str:
     return "\n".join(rows)
 
 
-def _config(tmp: Path, direct: int, proxied: int) -> Path:
+def _config(tmp: Path, direct: int, proxied: int, api_port: int) -> Path:
     nameplate = "nameplate: {manufacturer_name: M, product_designation: P, uri_of_product: 'https://x', order_code: O}"
     analysis = "analysis: {state: State, running: [RUN], alarm: AlarmCode, part_count: PartCount, interval_s: 2"
     text = f"""site: {{id: level-site}}
@@ -58,6 +59,7 @@ equipment:
 {_points("imm01")}
 sinks:
   - {{type: file, path: {tmp / "records.jsonl"}, batch: {{max_delay_ms: 100}}}}
+api: {{port: {api_port}}}
 control:
   enabled: true
   allow:
@@ -91,6 +93,28 @@ def _periods(path: Path, machine: str) -> int:
     return sum(1 for r in _records(path, "analysis") if r["machine"] == machine)
 
 
+def _served(config: Path, port: int, machine: str) -> dict[str, Any] | None:
+    """The EdgeAnalysis collection's values from the agent's local API, None until it has them."""
+    import base64
+    import urllib.error
+    import urllib.request
+
+    from agent.config import load
+    from agent.shells import build_shells
+
+    cfg = load(config)
+    [e] = [e for e in cfg.equipment if e.id == machine]
+    sm = build_shells(cfg).submodel_id(cfg.aas_id(e))
+    b64 = base64.urlsafe_b64encode(sm.encode()).decode().rstrip("=")
+    url = f"http://127.0.0.1:{port}/submodels/{b64}/submodel-elements/EdgeAnalysis/$value"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            found: dict[str, Any] = orjson.loads(r.read())["EdgeAnalysis"]
+    except (urllib.error.URLError, OSError, KeyError):
+        return None
+    return found if "Availability" in found else None
+
+
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "agent.cli", *args[:1], "-c", str(config), *args[1:]],
@@ -104,7 +128,8 @@ def test_the_level_report_names_what_a_run_measured(tmp_path: Path) -> None:
         FactoryThread(port=free_port(), period=0.1, machines=2) as factory,
         ProxyThread("127.0.0.1", factory.port) as link,
     ):
-        config = _config(tmp_path, factory.port, link.port)
+        api_port = free_port()
+        config = _config(tmp_path, factory.port, link.port, api_port)
         with AgentProcess(config, tmp_path / "agent.log") as agent:
             wait_until(
                 "both machines' data", lambda: {r["asset"] for r in _records(records, "data")} >= {"cnc01", "imm01"}, 60
@@ -113,6 +138,10 @@ def test_the_level_report_names_what_a_run_measured(tmp_path: Path) -> None:
             assert wrote.returncode == 0, wrote.stdout + wrote.stderr
             assert factory.read("ns=2;s=CNC01.Control.FeedOverride") == 80.0
             wait_until("analysis of both machines", lambda: _machines(records, "analysis") >= {"cnc01", "imm01"}, 30)
+            # The last period's figures are in the machine's shell, served live by the local API.
+            served = wait_until("cnc01's analysis in its shell", lambda: _served(config, api_port, "cnc01"), 30)
+            end = datetime.fromisoformat(served["PeriodEnd"])
+            assert 0 <= served["Availability"] <= 1 and abs((datetime.now(UTC) - end).total_seconds()) < 60
             link.stop()  # imm01 is cut off: its connections dropped, new ones refused
             wait_until("line-b disconnected", lambda: "line-b" in _disconnected(records), 30)
             cut = _periods(records, "cnc01")
