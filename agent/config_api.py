@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from agent.config_base import Model as _Model
+from agent.config_base import secret_is_text
 
 MAX_USER = 60  # the usage log's sysUser limit: a user name is recorded with every login, read and logout
 
@@ -39,15 +40,9 @@ class ApiUser(_Model):
     @model_validator(mode="before")
     @classmethod
     def _password_is_text(cls, data: Any) -> Any:
-        # Checked before the field, so that pydantic never reports the password as the input that failed.
-        if isinstance(data, dict) and "password" in data and not isinstance(data["password"], str):
-            raise ValueError(
-                f"password must be text, not a YAML {type(data['password']).__name__} (the value is a secret and "
-                'not shown): quote it (password: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
-            )
         if isinstance(data, dict) and data.get("password") == "":
             raise ValueError("password is empty: give every API user a password")
-        return data
+        return secret_is_text(data, "password")
 
 
 class ApiConfig(_Model):

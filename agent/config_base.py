@@ -4,7 +4,7 @@ id, node-id, language-tag and text types, and the error the loader raises."""
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, PlainValidator
 
@@ -73,3 +73,15 @@ Text = Annotated[str | dict[str, str], PlainValidator(_text)]
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def secret_is_text(data: Any, key: str) -> Any:
+    """For a `mode="before"` model validator: a secret given as a YAML number, boolean or mapping is
+    refused before its field sees it, so the error carries the block (never shown) and not the
+    value, which pydantic would report as the input that failed."""
+    if isinstance(data, dict) and data.get(key) is not None and not isinstance(data[key], str):
+        raise ValueError(
+            f"{key} must be text, not a YAML {type(data[key]).__name__} (the value is a secret and not shown): "
+            f'quote it ({key}: "...") or take it from ${{NAME}}, ${{file:PATH}} or ${{credential:NAME}}'
+        )
+    return data

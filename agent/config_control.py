@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, SecretStr, StrictBool, model_validator
 
 from agent.config_base import Model as _Model
-from agent.config_base import PlainId
+from agent.config_base import PlainId, secret_is_text
 
 # What a control write can send: the point's `type` decides how the value text is read.
 INTEGER_RANGES: dict[str, tuple[int, int]] = {
@@ -99,14 +99,7 @@ class Control(_Model):
     @model_validator(mode="before")
     @classmethod
     def _token_is_text(cls, data: Any) -> Any:
-        # Checked before the field, so that the error carries the whole block, which is never shown,
-        # and not the token, which pydantic would report as the input that failed.
-        if isinstance(data, dict) and data.get("token") is not None and not isinstance(data["token"], str):
-            raise ValueError(
-                f"token must be text, not a YAML {type(data['token']).__name__} (the value is a secret and not shown): "
-                'quote it (token: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
-            )
-        return data
+        return secret_is_text(data, "token")
 
     @model_validator(mode="after")
     def _unique(self) -> Control:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, model_validator
 
 from agent.config_base import Model as _Model
+from agent.config_base import secret_is_text
 
 
 class BatchConfig(_Model):
@@ -75,14 +76,7 @@ class HttpSinkConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _token_is_text(cls, data: Any) -> Any:
-        # Checked before the field, so that the error carries the whole block, which is never shown,
-        # and not the token, which pydantic would report as the input that failed.
-        if isinstance(data, dict) and data.get("token") is not None and not isinstance(data["token"], str):
-            raise ValueError(
-                f"token must be text, not a YAML {type(data['token']).__name__} (the value is a secret and not shown): "
-                'quote it (token: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
-            )
-        return data
+        return secret_is_text(data, "token")
 
     @model_validator(mode="after")
     def _tls_needs_https(self) -> HttpSinkConfig:
@@ -112,12 +106,7 @@ class SfLogSinkConfig(_Model):
     @model_validator(mode="before")
     @classmethod
     def _key_is_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("crtfc_key") is not None and not isinstance(data["crtfc_key"], str):
-            raise ValueError(
-                f"crtfc_key must be text, not a YAML {type(data['crtfc_key']).__name__} (the value is a secret and "
-                'not shown): quote it (crtfc_key: "...") or take it from ${NAME}, ${file:PATH} or ${credential:NAME}'
-            )
-        return data
+        return secret_is_text(data, "crtfc_key")
 
     @property
     def lanes(self) -> frozenset[str]:
