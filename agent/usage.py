@@ -134,6 +134,11 @@ def usage_row(
         ip=ip,
         data_bytes=min(data_bytes, 10**9 - 1),
     )
+    return _usage_row(event, action)
+
+
+def _usage_row(event: UsageEvent, action: str) -> tuple[str, float, bytes]:
+    """The usage-lane row of an event."""
     when = event.time.astimezone(UTC)
     body = wire.usage_body(
         event=event.id,
@@ -295,16 +300,7 @@ def _records_of(raw: bytes) -> list[tuple[str, float, bytes]]:
     except TypeError as e:
         raise ValueError(str(e)) from None
     when = event.time.astimezone(UTC)
-    body = wire.usage_body(
-        event=event.id,
-        time=when,
-        use=event.use,
-        user=event.user,
-        ip=event.ip,
-        data_bytes=event.data_bytes,
-        action=action,
-    )
-    rows = [("usage", event.time.timestamp(), body)]
+    rows = [_usage_row(event, action)]
     if control is not None:
         message = control_message(control, event.user, event.ip)
         rows.append(
