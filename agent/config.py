@@ -15,10 +15,11 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     Field,
     SecretStr,
     ValidationError,
@@ -27,17 +28,50 @@ from pydantic import (
 )
 
 from aas_models.types import OPCUA_TYPES
+from adapters.opcua.values import node_id_problem
 from agent.config_api import ApiConfig
-from agent.config_base import ID_SHORT, ConfigError, LanguageTag, NodeId, PlainId, Text
+from agent.config_base import ID_SHORT, ConfigError, LanguageTag, PlainId, Text
 from agent.config_base import Model as _Model
 from agent.config_control import Control, allow_problem
-from agent.config_errors import format_errors, key_lines, nearest_line
+from agent.config_errors import Loc, Located, Shown, format_errors, key_lines, key_path, place
 from agent.config_sinks import (
     HttpSinkConfig,
     MqttSinkConfig,
     SfLogSinkConfig,
     SinkConfig,
 )
+
+NODE_ID_FORMS = (
+    "ns=<index>;s=<string>, or i=<number>, g=<guid> or b=<base64> in place of s= "
+    "(ns= left out for namespace 0), e.g. ns=2;s=CNC01.SpindleSpeed or ns=3;i=1001"
+)
+
+
+def _node_id(v: str) -> str:
+    """The text as written in the message (no Python quoting) and what a node id looks like."""
+    if node_id_problem(v):
+        raise Shown(f"not a valid OPC UA node id: {v}; a node id looks like {NODE_ID_FORMS}")
+    return v
+
+
+NodeId = Annotated[str, AfterValidator(_node_id)]
+
+
+def _twice(places: dict[str, list[Loc]], what: str) -> list[tuple[tuple[Loc, ...], str]]:
+    """One problem per value found at more than one place: every place, the value and the rule."""
+    problems: list[tuple[tuple[Loc, ...], str]] = []
+    for value, at in places.items():
+        if len(at) > 1:
+            times = "twice" if len(at) == 2 else f"{len(at)} times"
+            problems.append((tuple(at), f"'{value}' is used {times}; {what}"))
+    return problems
+
+
+def _by_value(items: list[tuple[str, Loc]]) -> dict[str, list[Loc]]:
+    out: dict[str, list[Loc]] = {}
+    for value, at in items:
+        out.setdefault(value, []).append(at)
+    return out
 
 
 class Deadband(_Model):
@@ -170,16 +204,37 @@ class Equipment(_Model):
 
     @model_validator(mode="after")
     def _unique_paths(self) -> Equipment:
-        seen: set[str] = set()
-        for p in self.points:
-            if p.path in seen:
-                raise ValueError(f"path {p.path!r} is mapped twice")
-            seen.add(p.path)
+        """Each path mapped once; no path both a value and a collection (`Spindle` and `Spindle.Speed`,
+        which aas_models.build refuses too, later); analysis roles name points of this equipment."""
+        problems = _twice(
+            _by_value([(p.path, ("points", i, "path")) for i, p in enumerate(self.points)]),
+            "a path is mapped once per equipment",
+        )
+        seen = {p.path for p in self.points}
+        needed: dict[str, int] = {}  # collection path -> first point inside it
+        for i, p in enumerate(self.points):
+            parts = p.path.split(".")
+            for depth in range(1, len(parts)):
+                needed.setdefault(".".join(parts[:depth]), i)
+        for i, p in enumerate(self.points):
+            inner = needed.get(p.path)
+            if inner is not None:
+                problems.append(
+                    (
+                        tuple(sorted([("points", i, "path"), ("points", inner, "path")], key=lambda at: at[1])),
+                        f"'{p.path}' is both a value and a collection (it holds '{self.points[inner].path}'); "
+                        "a path is either one value or a collection of values: rename one of the two points",
+                    )
+                )
         for role, path in (self.analysis.paths() if self.analysis else {}).items():
             if path not in seen:
                 near = difflib.get_close_matches(path, seen, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(f"analysis.{role}: {path!r} is not the path of one of this equipment's points{hint}")
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                problems.append(
+                    ((("analysis", role),), f"'{path}' is not the path of one of this equipment's points{hint}")
+                )
+        if problems:
+            raise Located(problems)
         return self
 
 
@@ -281,41 +336,61 @@ class Config(_Model):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        """Unique ids (each duplicate named at every place it is used), and references that resolve."""
+        problems = _twice(
+            _by_value([(s.id, ("sources", i, "id")) for i, s in enumerate(self.sources)]),
+            "each source needs its own id",
+        )
+        problems += _twice(
+            _by_value([(e.id, ("equipment", i, "id")) for i, e in enumerate(self.equipment)]),
+            "each equipment needs its own id",
+        )
+        problems += _twice(
+            _by_value([(s.id, ("sinks", i, "id")) for i, s in enumerate(self.sinks)]),
+            "each sink needs its own id (a sink without 'id' takes its type as id: give each sink an 'id')",
+        )
         sources = {s.id for s in self.sources}
-        if len(sources) != len(self.sources):
-            raise ValueError("source ids must be unique")
-        ids = [e.id for e in self.equipment]
-        if len(set(ids)) != len(ids):
-            raise ValueError("equipment ids must be unique")
-        for e in self.equipment:
+        for i, e in enumerate(self.equipment):
             if e.source not in sources:
                 near = difflib.get_close_matches(e.source, sources, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(
-                    f"equipment {e.id!r} reads from source {e.source!r}, which is not defined{hint}; "
-                    f"defined: {', '.join(sorted(sources))}"
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                problems.append(
+                    (
+                        (("equipment", i, "source"),),
+                        f"source '{e.source}' is not defined{hint}; defined: {', '.join(sorted(sources))}",
+                    )
                 )
-        sink_ids = [s.id for s in self.sinks]
-        if len(set(sink_ids)) != len(sink_ids):
-            raise ValueError("sink ids must be unique (give each sink an 'id')")
         points = {e.id: {p.path: p for p in e.points} for e in self.equipment}
-        for a in self.control.allow:
-            where = f"control.allow {a.machine} {a.element}"
+        for i, a in enumerate(self.control.allow):
+            entry = f"allow {a.machine} {a.element}"  # the entry: its machine and element
             if a.machine not in points:
                 near = difflib.get_close_matches(a.machine, points, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(f"{where}: no equipment {a.machine!r}{hint}; defined: {', '.join(sorted(points))}")
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                problems.append(
+                    (
+                        (("control", "allow", i, "machine"),),
+                        f"{entry}: no equipment '{a.machine}'{hint}; defined: {', '.join(sorted(points))}",
+                    )
+                )
+                continue
             point = points[a.machine].get(a.element)
             if point is None:
                 paths = points[a.machine]
                 near = difflib.get_close_matches(a.element, paths, n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                raise ValueError(
-                    f"{where}: {a.machine} has no point with path {a.element!r}{hint}; its points: {', '.join(paths)}"
+                hint = f" (did you mean '{near[0]}'?)" if near else ""
+                problems.append(
+                    (
+                        (("control", "allow", i, "element"),),
+                        f"{entry}: {a.machine} has no point with path '{a.element}'{hint}; "
+                        f"its points: {', '.join(paths)}",
+                    )
                 )
+                continue
             problem = allow_problem(a, point.type, point.array, point.node is not None)
             if problem:
-                raise ValueError(problem)
+                problems.append(((("control", "allow", i),), problem.removeprefix("control.")))
+        if problems:
+            raise Located(problems)
         return self
 
     def aas_id(self, e: Equipment) -> str:
@@ -346,8 +421,7 @@ def _expand_env(
         return data
 
     def fail(problem: str) -> ConfigError:
-        where = ".".join(str(p) for p in at)
-        return ConfigError(f"{file}:{nearest_line(at, lines)}: {where}: {problem}")
+        return ConfigError(f"{place(file, at, lines)}: {problem}")
 
     def sub(m: re.Match[str]) -> str:
         kind, ref, name = m.group(1), m.group(2), m.group(3)
@@ -367,7 +441,7 @@ def _expand_env(
         except OSError as e:
             raise fail(f"cannot read the secret file {path}: {e.strerror}") from None
         if path.stat().st_mode & 0o077:
-            notes.append(f"{file}: {where_of(at)}: the secret file {path} can be read by others than its owner")
+            notes.append(f"{file}: {key_path(at)}: the secret file {path} can be read by others than its owner")
         notes.append(_SECRET_REFERENCED)
         return text.removesuffix("\n")
 
@@ -375,10 +449,6 @@ def _expand_env(
 
 
 _SECRET_REFERENCED = ""  # a note without text: a secret came from a file, not from the config itself
-
-
-def where_of(at: tuple[str | int, ...]) -> str:
-    return ".".join(str(p) for p in at)
 
 
 def load(path: str | Path) -> Config:

@@ -2,6 +2,12 @@
 
 pydantic says what is wrong with a value; this module says where it is in the YAML text and,
 for an unknown key, which keys are allowed there and which one was probably meant.
+
+A key path is written one way everywhere, by `key_path`: `sources[0].password`,
+`equipment[1].points[3].type`. A model validator that finds a problem at a place inside its block
+(a duplicate id, two points that clash) raises `Located` with the key paths relative to the block,
+so the message names each place with its line: `x.yaml:20: equipment[0].id and x.yaml:41:
+equipment[2].id: 'cnc01' is used twice ...`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,37 @@ _UNION_TAGS = frozenset({"mqtt", "file", "http", "sflog"})  # the `type` of each
 _MOVED: dict[tuple[str, ...], str] = {
     ("buffer", "path"): "did you mean 'agent.data_dir'? every sink has its own buffer file in the data directory",
 }
+
+
+Loc = tuple[str | int, ...]
+
+
+class Located(ValueError):
+    """Problems a model validator found at places inside its block: each is (key paths relative
+    to the block, what is wrong and what is allowed). `format_errors` writes one line per problem,
+    naming every place with its file and line."""
+
+    def __init__(self, problems: list[tuple[tuple[Loc, ...], str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+class Shown(ValueError):
+    """A problem whose message already shows the value as written: no `(got ...)` is added."""
+
+
+def key_path(loc: Loc) -> str:
+    """The one way a key path is written: `sources[0].password`, `equipment[1].points[3].type`."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def place(file: str, loc: Loc, lines: dict[Loc, int]) -> str:
+    """`file:line: key.path` (the nearest line that exists: a key left out has none of its own)."""
+    line = nearest_line(loc, lines)
+    return f"{file}:{line}: {key_path(loc) or '(top level)'}" if line else f"{file}: {key_path(loc) or '(top level)'}"
 
 
 def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
@@ -112,23 +149,27 @@ def format_errors(
             continue  # a list whose items failed looks empty to pydantic; the item errors say why
         raw = tuple(e["loc"])  # with the union tags: they say which sink model applies
         loc = _strip_tags(raw, data)
-        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-        line = nearest_line(loc, lines)
-        prefix = f"{file}:{line}" if line else file
-        if e["type"] == "extra_forbidden":
+        where = place(file, loc, lines)
+        error = (e.get("ctx") or {}).get("error")
+        if isinstance(error, Located):
+            for places, message in error.problems:
+                msgs.append(f"{' and '.join(place(file, (*loc, *at), lines) for at in places)}: {message}")
+        elif e["type"] == "extra_forbidden":
             allowed = _allowed_keys(_model_at(root, raw[:-1]))
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             moved = _MOVED.get(tuple(str(p) for p in loc if not isinstance(p, int)))
             hint = f" ({moved})" if moved else f" (typo? did you mean {near[0]!r})" if near else ""
-            msgs.append(f"{prefix}: {where}: unknown key{hint}; allowed here: {', '.join(allowed)}")
+            msgs.append(f"{where}: unknown key{hint}; allowed here: {', '.join(allowed)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            if _is_secret(root, raw):
+            if isinstance(error, Shown):
+                shown = ""
+            elif _is_secret(root, raw):
                 shown = f" (got a {type(got).__name__}; the value is a secret and not shown)"
             else:
                 shown = "" if isinstance(got, dict | list) or e["type"] == "missing" else f" (got {got!r})"
-            msgs.append(f"{prefix}: {where or '(top level)'}: {msg}{shown}")
+            msgs.append(f"{where}: {msg}{shown}")
     return "\n".join(msgs)
 
 
