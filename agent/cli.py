@@ -338,5 +338,9 @@ from agent.cli_supplier import browse_command  # noqa: E402  (the supplier's com
 
 main.add_command(browse_command)
 
+from agent.cli_mapping import mapping_group  # noqa: E402  (CSV mapping tables: agent/cli_mapping.py)
+
+main.add_command(mapping_group)
+
 if __name__ == "__main__":
     main()
