@@ -449,6 +449,26 @@ def test_control_writes_need_a_write_role_an_enabled_control_and_pass_the_guard(
     in_process(anonymous, no_users)
 
 
+def test_a_configured_control_token_is_wanted_before_anything_is_tried(tmp_path: Path) -> None:
+    token = "ctl-Tok-83a1f0"
+    text = config_text(tmp_path, free_port(), free_port()).replace("control:\n", f'control:\n  token: "{token}"\n', 1)
+    cfg = parse(text)
+
+    async def test(client: TestClient[Any, Any], live: LiveValues, recorded: Recorded) -> None:
+        r = await client.post("/login", json={"user": "lee", "password": LEE_PASSWORD})
+        lee = {"Authorization": f"Bearer {(await r.json())['token']}"}
+        write = {"machine": "cnc01", "element": "Control.FeedOverride", "value": 90}
+        for wrong in ({}, {"X-Control-Token": "ctl-Tok-83a1f"}, {"X-Control-Token": token + "x"}):
+            r = await client.post("/control/write", json=write, headers={**lee, **wrong})
+            said = assert_error(await r.json(), 403)
+            assert r.status == 403 and "control token" in said and token not in said
+        r = await client.post("/control/write", json=write, headers={**lee, "X-Control-Token": token})
+        doc = await r.json()
+        assert r.status == 502 and doc["outcome"] == "unreachable", doc  # past the token: the machine is not there
+
+    in_process(cfg, test)
+
+
 def test_a_taken_port_is_tried_again_without_failing_the_component(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
