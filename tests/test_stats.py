@@ -7,7 +7,6 @@ import math
 import sqlite3
 import subprocess
 import threading
-import timeit
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -467,29 +466,3 @@ def test_flush_in_another_thread_loses_no_value(tmp_path: Path) -> None:
     n, k, s = rows(db, "SELECT n_values, intervals, isum FROM samples")[0]
     assert (n, k) == (batches * size, batches * size - 1)
     assert s == pytest.approx((batches * size - 1) * 0.1)
-
-
-# -- cost -------------------------------------------------------------------------------------------
-
-
-def test_values_cost_per_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """values() must stay cheap: the target is under 1 µs a value for batches of 100."""
-    stats = Stats(tmp_path / "stats.db", [el(h, path=f"E{h}") for h in range(50)], clock=Clock())
-    calls = 2000
-    batches = [[T0 + (c * 100 + i) * 0.01 for i in range(100)] for c in range(calls)]
-    singles = [[T0 + i * 0.01] for i in range(calls * 10)]
-
-    def run_batches() -> None:
-        for c, batch in enumerate(batches):
-            stats.values(c % 50, batch)
-
-    def run_singles() -> None:
-        for i, one in enumerate(singles):
-            stats.values(i % 50, one)
-
-    per_value = min(timeit.repeat(run_batches, number=1, repeat=5)) / (calls * 100) * 1e6
-    per_single = min(timeit.repeat(run_singles, number=1, repeat=5)) / (calls * 10) * 1e6
-    stats.close()
-    with capsys.disabled():
-        print(f"\nStats.values: {per_value:.3f} µs a value in batches of 100, {per_single:.3f} µs a call of one value")
-    assert per_value < 1.0
