@@ -310,25 +310,6 @@ class Stats:
         with self._lock:
             prev = self._last.get(handle)
             first = source_times[0]
-            if n == 1 and math.isfinite(first):  # the common case of one value per publish
-                acc = self._acc.get((handle, hour := int(first // HOUR)))
-                if acc is None:
-                    acc = self._acc[(handle, hour)] = _new_acc()
-                acc[_N] += 1
-                if first < acc[_FIRST]:
-                    acc[_FIRST] = first
-                if first > acc[_LAST]:
-                    acc[_LAST] = first
-                if prev is not None and (dt := first - prev) > 0:
-                    acc[_K] += 1
-                    acc[_S] += dt
-                    acc[_SS] += dt * dt
-                    if dt < acc[_MIN]:
-                        acc[_MIN] = dt
-                    if dt > acc[_MAX]:
-                        acc[_MAX] = dt
-                self._last[handle] = first
-                return
             last = source_times[-1]
             if prev is None:
                 d = list(map(sub, islice(source_times, 1, None), source_times))
@@ -362,57 +343,39 @@ class Stats:
                     acc[_LAST] = last
                 self._last[handle] = last
                 return
-            self._values_slow(handle, prev, source_times)
+            self._each([handle] * n, [float(v) for v in source_times])
 
     def values_each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
         """One value per (handle, source time) pair, in arrival order: the pipeline's call, once per
         publish, so the lock is taken once and no list is made per value."""
         with self._lock:
-            accs, last_of, new_acc = self._acc, self._last, _new_acc
-            for handle, t in zip(handles, source_times, strict=True):
-                if not math.isfinite(t):
-                    continue
-                key = (handle, int(t // HOUR))
-                acc = accs.get(key)
-                if acc is None:
-                    acc = accs[key] = new_acc()
-                acc[_N] += 1
-                if t < acc[_FIRST]:
-                    acc[_FIRST] = t
-                if t > acc[_LAST]:
-                    acc[_LAST] = t
-                prev = last_of.get(handle)
-                if prev is not None and (dt := t - prev) > 0:
-                    acc[_K] += 1
-                    acc[_S] += dt
-                    acc[_SS] += dt * dt
-                    if dt < acc[_MIN]:
-                        acc[_MIN] = dt
-                    if dt > acc[_MAX]:
-                        acc[_MAX] = dt
-                last_of[handle] = t
+            self._each(handles, source_times)
 
-    def _values_slow(self, handle: int, prev: float | None, source_times: Sequence[float]) -> None:
-        for v in source_times:
-            t = float(v)
+    def _each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
+        """Value by value, under the lock: any order, any hour, non-finite times skipped."""
+        accs, last_of, new_acc = self._acc, self._last, _new_acc
+        for handle, t in zip(handles, source_times, strict=True):
             if not math.isfinite(t):
                 continue
-            hour = int(t // HOUR)
-            acc = self._acc.get((handle, hour))
+            key = (handle, int(t // HOUR))
+            acc = accs.get(key)
             if acc is None:
-                acc = self._acc[(handle, hour)] = _new_acc()
+                acc = accs[key] = new_acc()
             acc[_N] += 1
-            acc[_FIRST] = min(acc[_FIRST], t)
-            acc[_LAST] = max(acc[_LAST], t)
+            if t < acc[_FIRST]:
+                acc[_FIRST] = t
+            if t > acc[_LAST]:
+                acc[_LAST] = t
+            prev = last_of.get(handle)
             if prev is not None and (dt := t - prev) > 0:
                 acc[_K] += 1
                 acc[_S] += dt
                 acc[_SS] += dt * dt
-                acc[_MIN] = min(acc[_MIN], dt)
-                acc[_MAX] = max(acc[_MAX], dt)
-            prev = t
-        if prev is not None:
-            self._last[handle] = prev
+                if dt < acc[_MIN]:
+                    acc[_MIN] = dt
+                if dt > acc[_MAX]:
+                    acc[_MAX] = dt
+            last_of[handle] = t
 
     def gap(self, machine: str, handles: Sequence[int], start: float, end: float | None, reason: str) -> None:
         """Collection interrupted; `end` None while open (a later call with the same machine and start closes it)."""
