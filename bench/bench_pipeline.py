@@ -58,6 +58,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from simulators.mosquitto import MosquittoBroker
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
 from simulators.ports import free_port
+from simulators.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -322,18 +323,6 @@ def read_line(stream: IO[bytes], timeout: float) -> bytes:
     return stream.readline()
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM, wait, then SIGKILL: every child we started goes away, whatever state it is in."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @dataclass(frozen=True)
 class AgentStats:
     """One of the agent's own `agent-stats` status records (sent every STATUS_INTERVAL_S)."""
@@ -490,7 +479,7 @@ def measure_bare(server: NodeOpcuaServer, args: argparse.Namespace, around: Neig
             child.wait(10)
         return window
     finally:
-        stop_process(child)
+        stop_process(child, STOP_TIMEOUT)
 
 
 def agent_config(server: NodeOpcuaServer, broker_port: int, data_dir: Path, args: argparse.Namespace) -> str:
@@ -611,7 +600,7 @@ def measure_agent(
 
         # What still arrives after SIGTERM is what the agent had not delivered when the window
         # closed (collection stops first, then it drains for up to 5 s): its backlog.
-        stop_process(agent)
+        stop_process(agent, STOP_TIMEOUT)
         extras.exit_code = agent.returncode
         time.sleep(DRAIN_GRACE)
         extras.drained = counter.snapshot()[0] - end
@@ -631,7 +620,7 @@ def measure_agent(
         return window, extras
     finally:
         if agent is not None:
-            stop_process(agent)
+            stop_process(agent, STOP_TIMEOUT)
         counter.close()
 
 

@@ -27,6 +27,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from simulators.procs import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
 OUT = ROOT / "demo-out"
@@ -329,16 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         if agent is not None and agent.poll() is None:
             agent.kill()
         if cloud is not None:
-            cloud.send_signal(signal.SIGTERM)
-            try:
-                cloud.wait(10)
-            except subprocess.TimeoutExpired:
-                cloud.kill()
-        sim.send_signal(signal.SIGTERM)
-        try:
-            sim.wait(10)
-        except subprocess.TimeoutExpired:
-            sim.kill()
+            stop_process(cloud)
+        stop_process(sim)
 
 
 if __name__ == "__main__":

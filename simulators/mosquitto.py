@@ -26,6 +26,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from simulators.ports import free_port
+from simulators.procs import stop_process
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
@@ -117,12 +118,7 @@ class MosquittoBroker:
         if proc is None or proc.poll() is not None:
             return
         proc.send_signal(signal.SIGCONT)  # a suspended broker would never act on SIGTERM
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, _STOP_TIMEOUT)
 
     def kill(self) -> None:
         """SIGKILL: a broker crash. Clients see their connections reset."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from typing import Any
 
 from simulators.cloud.store import POSTGRESQL_SCHEMES
 from simulators.ports import free_port
+from simulators.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 _START_TIMEOUT = 15.0
@@ -141,14 +141,8 @@ class CloudReceiver:
     def stop(self) -> None:
         """SIGTERM and wait: the receiver finishes what it is answering and closes the store."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, _STOP_TIMEOUT)
 
     def kill(self) -> None:
         """SIGKILL: a receiver crash."""

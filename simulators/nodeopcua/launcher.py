@@ -17,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from simulators.procs import stop_process
+
 HERE = Path(__file__).resolve().parent
 SERVER_JS = HERE / "server.js"
 NODE_MODULES = HERE / "node_modules"
@@ -135,13 +137,8 @@ class NodeOpcuaServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            stop_process(process, self.stop_timeout)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
