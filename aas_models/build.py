@@ -21,9 +21,11 @@ from basyx.aas import model
 from ._common import MAX_IDENTIFIER, external_reference, xml_safe
 from .concepts import IEC61360_TEMPLATE, Use, build_concept_descriptions
 from .hierarchy import build_hierarchy
+from .interfaces import build_interfaces
 from .nameplate import build_nameplate
 from .spec import Element, Shell, Site
 from .text import DEFAULT_LANGUAGE, NAME_LIMIT, TEXT_LIMIT, Text, is_language_tag, lang_texts, text_problem
+from .timeseries import build_time_series
 from .types import UnknownTypeError, ValueType, value_type
 
 OPERATIONAL_ID_SHORT = "OperationalData"
@@ -128,17 +130,23 @@ def build_environment(
         except ValueError as e:
             raise ModelBuildError(f"shell {shell.id!r}: nameplate: {e}") from e
         operational = _build_operational(shell, language, slots)
+        # The optional submodels (Time Series Data; Asset Interfaces Description and Mapping Configuration).
+        try:
+            more = [*build_time_series(shell, language), *build_interfaces(shell, operational, language)]
+        except ValueError as e:
+            raise ModelBuildError(f"shell {shell.id!r}: {e}") from e
+        for submodel in more:
+            if submodel.id in used_ids:
+                raise ModelBuildError(f"shell {shell.id!r}: submodel id {submodel.id!r} is already used")
+            used_ids.add(submodel.id)
         aas = model.AssetAdministrationShell(
             model.AssetInformation(model.AssetKind.INSTANCE, global_asset_id=shell.asset_id),
             shell.id,
             id_short=shell.id_short,
             display_name=_display_name(shell.display_name, language),
-            submodel={
-                model.ModelReference.from_referable(nameplate),
-                model.ModelReference.from_referable(operational),
-            },
+            submodel={model.ModelReference.from_referable(sm) for sm in (nameplate, operational, *more)},
         )
-        for identifiable in (aas, nameplate, operational):
+        for identifiable in (aas, nameplate, operational, *more):
             store.add(identifiable)
     uses = (Use(s.spec, s.path.rsplit(".", 1)[-1], s.value_type) for s in slots.values())
     try:

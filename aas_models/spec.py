@@ -51,6 +51,33 @@ class Element:
     unit: str | None = None
     description: Text | None = None
     display_name: Text | None = None
+    node: str | None = None  # where the value is read: OPC UA node id or browse path (Asset Interfaces Description)
+    browse_path: str | None = None  # the node's browse path, when known besides its node id
+    observable: bool = True  # subscribed (True) or polled (False)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSeries:
+    """The machine's Time Series Data 1.1 submodel (timeseries.py): its recent records in an InternalSegment."""
+
+    records: int = 1000  # ring size: the most recent records the InternalSegment holds
+    sampling_interval_s: float | None = None  # the segment's SamplingInterval (the publishing interval)
+    linked_endpoint: str | None = None  # where the cloud keeps the rest (LinkedSegment); None: none
+    linked_query: str | None = None  # the LinkedSegment's Query
+    submodel_id: str = ""  # default: f"{shell id}/sm/TimeSeries"
+
+
+@dataclass(frozen=True, slots=True)
+class Interface:
+    """The OPC UA endpoint a machine is read from: its Asset Interfaces Description and Mapping Configuration
+    submodels (interfaces.py) describe it and relate each node to its element."""
+
+    title: str  # the interface's name (the source id)
+    base: str  # opc.tcp://host:port
+    security_mode: str = "None"
+    security_policy: str = "None"
+    aid_submodel_id: str = ""  # default: f"{shell id}/sm/AssetInterfacesDescription"
+    aimc_submodel_id: str = ""  # default: f"{shell id}/sm/AssetInterfacesMappingConfiguration"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +93,8 @@ class Shell:
     nameplate_submodel_id: str = ""  # default: f"{id}/sm/Nameplate"
     display_name: Text | None = None  # the machine's name: displayName of the shell and its operational submodel
     line: str | None = None  # the production line it stands in (Site hierarchy); None: directly under the site
+    time_series: TimeSeries | None = None  # None: no Time Series Data submodel
+    interface: Interface | None = None  # None: no Asset Interfaces Description / Mapping Configuration
 
     def operational_id(self) -> str:
         return self.operational_submodel_id or f"{self.id}/sm/OperationalData"
