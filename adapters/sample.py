@@ -55,12 +55,16 @@ class Interruption:
 
 @dataclass(frozen=True, slots=True)
 class NodeProblem:
-    """An item that cannot be collected: unknown node, wrong type, access denied. It is skipped."""
+    """An item that cannot be collected: unknown node, wrong type, access denied. It is skipped.
+
+    kind "node-moved": not a problem but a change — the node was found again by its browse path under
+    another node id (a PLC program download renumbered it) and is collected from there."""
 
     source: str
     handle: int
     node: str
     problem: str
+    kind: str = "node-problem"
 
 
 EmitSamples = Callable[[Sequence[Sample]], Awaitable[None]]

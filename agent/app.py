@@ -24,7 +24,7 @@ from aas_models.live import LiveValues
 from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
-from agent import usage
+from agent import nodepaths, usage
 from agent.api.server import ApiServer
 from agent.backoff import Backoff
 from agent.config import Config
@@ -144,14 +144,25 @@ class Agent:
                     delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
                     pki=self.pki,
                     own_certificate=self.own_certificate,
+                    paths=nodepaths.load(nodepaths.path_for(cfg.agent.data_dir, src.id), src.endpoint),
+                    learnt=functools.partial(
+                        nodepaths.save, nodepaths.path_for(cfg.agent.data_dir, src.id), src.endpoint
+                    ),
                 )
             )
+        self.pipeline.on_mismatch = self._recheck
         self.supervisor = Supervisor(
             delays=Backoff(initial=1.0, maximum=60.0).delays,
             max_failures=cfg.agent.failure_limit,
             window_s=cfg.agent.failure_window_s,
             report=self._component_report,
         )
+
+    def _recheck(self, source: str, handle: int) -> None:
+        """A value that does not fit its element: its node may have changed type on the server, check it."""
+        for src in self.sources:
+            if src.endpoint.id == source:
+                src.recheck([handle], "a value of another type arrived")
 
     def _note_buffer(self, sink: str, buf: Buffer, recovery: Recovery | None) -> None:
         if recovery is not None:

@@ -153,6 +153,7 @@ class Pipeline:
         # a repeat, not a new value, when time, status and value are the same.
         self.last: dict[int, _Last] = {}
         self._bad: dict[int, list[Any]] = {}  # handle -> [values not fitting since the last report, first time]
+        self.on_mismatch: Callable[[str, int], None] | None = None  # (source, handle): a value did not fit
         self.repeats = 0
         self.values_in = 0
         self.bad_values = 0
@@ -293,7 +294,7 @@ class Pipeline:
     async def on_problem(self, p: NodeProblem) -> None:
         b = self.bindings.get(p.handle)
         where = {"shell": b.shell_id, "path": b.path} if b is not None else {}
-        body = wire.status_body(_utcnow(), "node-problem", p.problem, node=p.node, **where)
+        body = wire.status_body(_utcnow(), p.kind, p.problem, node=p.node, **where)
         await self.store([("status", b.equipment if b is not None else AGENT_KEY, _utcnow().timestamp(), body)])
 
     async def on_state(self, s: SourceState) -> None:
@@ -372,6 +373,8 @@ class Pipeline:
         shown = repr(s.value)[:_BAD_SHOWN]
         log.warning("%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc)
         rows.append(_bad_row(b, f"value {shown} does not fit {b.value_type}: {exc}", sourceTime=s.source_time))
+        if self.on_mismatch is not None:
+            self.on_mismatch(b.source, b.handle)  # the node may have changed type on the server
 
     def _settle_bad(self, b: Binding, rows: list[Row]) -> None:
         count, since, latest = self._bad.pop(b.handle)

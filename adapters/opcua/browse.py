@@ -203,7 +203,7 @@ def text_of(v: object) -> str:
     return "" if v is None else str(v)
 
 
-def _local(e: ua.ExpandedNodeId | ua.NodeId) -> ua.NodeId | None:
+def local_node(e: ua.ExpandedNodeId | ua.NodeId) -> ua.NodeId | None:
     """The NodeId of a reference's target on this server, None for one on another server."""
     if getattr(e, "ServerIndex", 0) or getattr(e, "NamespaceUri", None):
         return None
@@ -270,7 +270,9 @@ async def path_from_root(client: Client, node: ua.NodeId, max_depth: int = 32) -
         if not isinstance(name, ua.QualifiedName):
             return None
         names.append(name.to_string())
-        parents = [p for r in refs if r.ReferenceTypeId.Identifier not in _NOT_CONTAINMENT and (p := _local(r.NodeId))]
+        parents = [
+            p for r in refs if r.ReferenceTypeId.Identifier not in _NOT_CONTAINMENT and (p := local_node(r.NodeId))
+        ]
         if not parents:
             return None
         current = parents[0]
@@ -334,7 +336,7 @@ async def walk(
             for ref in refs:
                 if ref.ReferenceTypeId.Identifier in _NOT_CONTAINMENT and ref.ReferenceTypeId.NamespaceIndex == 0:
                     continue
-                child = _local(ref.NodeId)
+                child = local_node(ref.NodeId)
                 if child is None or child in seen:
                     continue
                 if child.NamespaceIndex == 0 and skip_standard:

@@ -44,6 +44,12 @@ async def create_monitored_items(
     return results
 
 
+async def delete_monitored_items(client: Client, sub_id: int, ids: Sequence[int]) -> list[ua.StatusCode]:
+    params = ua.DeleteMonitoredItemsParameters(SubscriptionId=sub_id, MonitoredItemIds=list(ids))
+    results: list[ua.StatusCode] = await client.uaclient.delete_monitored_items(params)
+    return results
+
+
 async def read_attributes(client: Client, nodes: Sequence[ua.NodeId], attribute: ua.AttributeIds) -> list[ua.DataValue]:
     """One Read of `attribute` for every node (the caller keeps `nodes` within the server's limits)."""
     values: list[ua.DataValue] = await client.uaclient.read_attributes(list(nodes), attribute)

@@ -14,6 +14,10 @@ from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 LIMIT_NODES = {
     "read": ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerRead)),
     "monitored": ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxMonitoredItemsPerCall)),
+    "browse": ua.NodeId(ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerBrowse)),
+    "translate": ua.NodeId(
+        ua.Int32(ua.ObjectIds.Server_ServerCapabilities_OperationLimits_MaxNodesPerTranslateBrowsePathsToNodeIds)
+    ),
 }
 # Even a server that states no limit gets requests of bounded size: huge requests are what
 # break collectors above ~1,000 nodes (message size and encoding limits).

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 
 from asyncua import Client, ua
 
-from adapters.opcua import conformance, lowlevel, requests, security
+from adapters.opcua import conformance, inspect, lowlevel, paths, requests, security
+from adapters.opcua.browse import Limits
 from adapters.opcua.pki import OwnCertificate, Pki
 from adapters.opcua.requests import chunks
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
@@ -43,6 +44,20 @@ class ConnectionLost(Exception):
     pass
 
 
+# A value with one of these statuses says the node itself may be gone or changed: check it again at once.
+_RECHECK = frozenset(
+    {
+        ua.StatusCodes.BadNodeIdUnknown,
+        ua.StatusCodes.BadNodeIdInvalid,
+        ua.StatusCodes.BadTypeMismatch,
+        ua.StatusCodes.BadDataTypeIdUnknown,
+        ua.StatusCodes.BadNotReadable,
+        ua.StatusCodes.BadAttributeIdInvalid,
+    }
+)
+_BAD = 0x80000000
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -64,7 +79,11 @@ class OpcUaSource:
         delays: Callable[[], Iterator[float]],
         pki: Pki | None = None,
         own_certificate: OwnCertificate | None = None,
+        paths: Mapping[str, str] | None = None,
+        learnt: Callable[[dict[str, str]], None] | None = None,
     ) -> None:
+        """`paths`: the browse path learnt earlier for each item configured by node id (node id → path);
+        `learnt(paths)` is called with all of them whenever new ones were learnt, to be kept."""
         self.endpoint = endpoint
         self._pki = pki
         self._own = own_certificate
@@ -88,6 +107,16 @@ class OpcUaSource:
         self.active: tuple[int, ...] = ()
         self.connected = False
         self._sessions_full = False
+        self._paths: dict[str, str] = dict(paths or {})
+        self._learnt = learnt
+        # The session's state, for re-checks while it runs (reset at every connect):
+        self._session: Client | None = None
+        self._nodes: dict[int, ua.NodeId] = {}  # handle -> node id in use
+        self._sub_id: int | None = None
+        self._monitored: dict[int, int] = {}  # handle -> the server's monitored item id
+        self._gone: set[int] = set()  # polled items found gone or changed: not read until the next connect
+        self._suspects: dict[int, str] = {}  # handle -> why it is to be checked again
+        self._side: set[asyncio.Task[None]] = set()  # learning paths, re-checks: end with the session
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -114,9 +143,12 @@ class OpcUaSource:
                 try:
                     await self._watch(pollers)
                 finally:
-                    for p in pollers:
+                    ending = [*pollers, *self._side]
+                    for p in ending:
                         p.cancel()
-                    await asyncio.gather(*pollers, return_exceptions=True)
+                    await asyncio.gather(*ending, return_exceptions=True)
+                    self._side.clear()
+                    self._session = None
             except asyncio.CancelledError:
                 await self._close(client)
                 raise
@@ -214,17 +246,28 @@ class OpcUaSource:
         return min(sizes) if sizes else requests.DEFAULT_CHUNK
 
     async def _setup(self, client: Client) -> list[asyncio.Task[None]]:
-        nodes = await conformance.resolve(client, self.items, self._report)
+        self._session, self._sub_id = None, None
+        self._monitored, self._gone, self._suspects = {}, set(), {}
         read_chunk = await self._limit(client, "read")
+        nodes = await conformance.resolve(
+            client, self.items, self._paths, await self._limit(client, "translate"), self._report, self._moved
+        )
+        self._nodes = nodes
         ok = await conformance.check_types(client, self._by_handle, nodes, read_chunk, self._report)
         for h in ok:
-            self._reported.pop(h, None)  # fixed on the server: report it again if it breaks again
+            if not self._reported.get(h, "").startswith("renumbered"):
+                self._reported.pop(h, None)  # fixed on the server: report it again if it breaks again
         self.active = tuple(sorted(ok))
         subscribe = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "subscribe"]
         poll = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "poll"]
         self._last_publish = time.monotonic()
         if subscribe or self.events:
             await self._subscribe(client, subscribe, nodes, await self._limit(client, "monitored"))
+        self._session = client
+        unknown = {h: nodes[h] for h in self.active if not self._by_handle[h].by_path}
+        unknown = {h: n for h, n in unknown.items() if self._by_handle[h].node not in self._paths}
+        if unknown and self._learnt is not None:
+            self._side_task(self._learn(client, unknown, await self._limit(client, "browse")), "learn-paths")
         log.info(
             "%s: connected to %s; %d items subscribed, %d polled, %d event sources, %d skipped",
             self.endpoint.id,
@@ -243,21 +286,121 @@ class OpcUaSource:
         log.error("%s: node %s: %s; skipped, the rest keeps collecting", self.endpoint.id, node, problem)
         await self._problem(NodeProblem(self.endpoint.id, item_handle, node, problem))
 
+    async def _moved(self, item_handle: int, node: str, message: str) -> None:
+        if self._reported.get(item_handle) == message:
+            return
+        self._reported[item_handle] = message
+        log.warning("%s: node %s: %s", self.endpoint.id, node, message)
+        await self._problem(NodeProblem(self.endpoint.id, item_handle, node, message, kind="node-moved"))
+
+    def _side_task(self, work: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(f"{self.endpoint.id}-{name}")
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+
+    async def _learn(self, client: Client, nodes: dict[int, ua.NodeId], chunk: int) -> None:
+        """The browse paths of items configured by node id, learnt in the background and kept (paths.py)."""
+        try:
+            found = await paths.learn(client, nodes, chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the session may be going; learning is tried again at the next connect
+            log.info("%s: learning the browse paths of %d nodes failed: %s", self.endpoint.id, len(nodes), exc)
+            return
+        if not found or self._learnt is None:
+            return
+        for h, path in found.items():
+            self._paths[self._by_handle[h].node] = path
+        log.info("%s: learnt the browse paths of %d nodes configured by node id", self.endpoint.id, len(found))
+        try:
+            self._learnt(dict(self._paths))
+        except OSError as exc:
+            log.warning("%s: the learnt browse paths could not be kept: %s", self.endpoint.id, exc)
+
+    # -- checks while collecting ------------------------------------------------------------------
+
+    def recheck(self, handles: Sequence[int], why: str) -> None:
+        """Check these items' nodes again now (a Bad status that says the node may be gone, or a value of
+        another type): a removed or changed node is reported, a renumbered one followed by its browse path."""
+        for h in handles:
+            if h in self._by_handle and h in self.active:
+                self._suspects.setdefault(h, why)
+        client = self._session
+        if self._suspects and client is not None and not any(t.get_name().endswith("-recheck") for t in self._side):
+            self._side_task(self._recheck(client), "recheck")
+
+    async def _recheck(self, client: Client) -> None:
+        while self._suspects:
+            suspects, self._suspects = self._suspects, {}
+            nodes = {h: self._nodes[h] for h in suspects if h in self._nodes}
+            try:
+                found = await conformance.problems(client, self._by_handle, nodes, requests.DEFAULT_CHUNK)
+                for h, (problem, gone) in found.items():
+                    item = self._by_handle[h]
+                    path = item.node if item.by_path else self._paths.get(item.node)
+                    if gone and path is not None and await self._follow(client, item, path):
+                        continue
+                    await self._stop_item(client, h)
+                    await self._report(h, item.node, f"{problem}, noticed while collecting ({suspects[h]})")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the session is likely going: the next connect checks everything
+                log.info("%s: checking %d nodes again failed: %s", self.endpoint.id, len(nodes), exc)
+                return
+
+    async def _follow(self, client: Client, item: NodeItem, path: str) -> bool:
+        """A node gone from its id, looked for by its browse path; True if found with the right type and
+        collected from there."""
+        [new] = await inspect.resolve(client, [(path, True)], Limits())
+        if not isinstance(new, ua.NodeId) or new == self._nodes.get(item.handle):
+            return False
+        if await conformance.problems(client, self._by_handle, {item.handle: new}, 1):
+            return False
+        await self._stop_item(client, item.handle)
+        self._nodes[item.handle] = new
+        self._gone.discard(item.handle)
+        if item.mode == "subscribe" and self._sub_id is not None:
+            await self._monitor(client, [requests.item_request(item, new)])
+        self.active = tuple(sorted({*self.active, item.handle}))
+        await self._moved(
+            item.handle,
+            item.node,
+            f"renumbered on the server while collecting: found by its browse path {path} as {new.to_string()}; "
+            "collected from there — update the mapping",
+        )
+        return True
+
+    async def _stop_item(self, client: Client, h: int) -> None:
+        """No more values of this item until the next connect: its monitored item deleted, its polling stopped."""
+        self.active = tuple(x for x in self.active if x != h)
+        self._gone.add(h)
+        mon = self._monitored.pop(h, None)
+        if mon is not None and self._sub_id is not None:
+            await lowlevel.delete_monitored_items(client, self._sub_id, [mon])
+
     async def _subscribe(self, client: Client, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int) -> None:
         sub_id = await lowlevel.create_subscription(client, requests.subscription(self.endpoint), self._on_publish)
+        self._sub_id = sub_id
         wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
         wanted += [requests.event_request(e) for e in self.events]
         for part in chunks(wanted, chunk):
-            create = ua.CreateMonitoredItemsParameters(
-                SubscriptionId=sub_id, TimestampsToReturn=ua.TimestampsToReturn.Both, ItemsToCreate=list(part)
-            )
-            results = await lowlevel.create_monitored_items(client, create)
-            for req, res in zip(part, results, strict=True):
-                if not res.StatusCode.is_good():
-                    h = req.RequestedParameters.ClientHandle
-                    what = self._by_handle[h].node if h in self._by_handle else self._event_handles[h].node
-                    await self._report(h, what, f"cannot be monitored ({res.StatusCode.name})")
-                    self.active = tuple(x for x in self.active if x != h)
+            await self._monitor(client, part)
+
+    async def _monitor(self, client: Client, part: Sequence[ua.MonitoredItemCreateRequest]) -> None:
+        assert self._sub_id is not None
+        create = ua.CreateMonitoredItemsParameters(
+            SubscriptionId=self._sub_id, TimestampsToReturn=ua.TimestampsToReturn.Both, ItemsToCreate=list(part)
+        )
+        results = await lowlevel.create_monitored_items(client, create)
+        for req, res in zip(part, results, strict=True):
+            h = req.RequestedParameters.ClientHandle
+            if res.StatusCode.is_good():
+                self._monitored[h] = res.MonitoredItemId
+                continue
+            what = self._by_handle[h].node if h in self._by_handle else self._event_handles[h].node
+            await self._report(h, what, f"cannot be monitored ({res.StatusCode.name})")
+            self.active = tuple(x for x in self.active if x != h)
 
     # -- the hot path -----------------------------------------------------------------------------
 
@@ -284,17 +427,23 @@ class OpcUaSource:
         samples: list[Sample] = []
         append = samples.append
         plain_types = PLAIN_TYPES
+        suspects: list[int] = []
         for n in items:
             dv = n.Value
             v = dv.Value.Value if dv.Value is not None else None
             if type(v) not in plain_types:
                 v = plain(v)
             sc = dv.StatusCode
+            code = sc.value if sc else 0
+            if code >= _BAD and code & 0xFFFF0000 in _RECHECK:
+                suspects.append(n.ClientHandle)
             st, svt = dv.SourceTimestamp, dv.ServerTimestamp
             if (st is not None and st.year == NO_TIME_YEAR) or (svt is not None and svt.year == NO_TIME_YEAR):
                 st, svt = no_time(st), no_time(svt)
-            append(Sample(n.ClientHandle, v, st, svt, sc.value if sc else 0))
+            append(Sample(n.ClientHandle, v, st, svt, code))
         await self._deliver(samples)
+        if suspects:
+            self.recheck(suspects, "the server sent a Bad status that says so")
 
     async def _deliver(self, samples: list[Sample]) -> None:
         try:
@@ -345,15 +494,21 @@ class OpcUaSource:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
-            for part in chunks(items, chunk):
+            for part in chunks([i for i in items if i.handle not in self._gone], chunk):
                 values = await lowlevel.read(client, requests.read_values([nodes[i.handle] for i in part]))
                 samples = []
+                suspects: list[int] = []
                 for item, dv in zip(part, values, strict=True):
                     v = dv.Value.Value if dv.Value is not None else None
                     sc = dv.StatusCode
+                    code = sc.value if sc else 0
+                    if code >= _BAD and code & 0xFFFF0000 in _RECHECK:
+                        suspects.append(item.handle)
                     st, svt = no_time(dv.SourceTimestamp), no_time(dv.ServerTimestamp)
-                    samples.append(Sample(item.handle, plain(v), st, svt, sc.value if sc else 0))
+                    samples.append(Sample(item.handle, plain(v), st, svt, code))
                 await self._deliver(samples)
+                if suspects:
+                    self.recheck(suspects, "a read gave a Bad status that says so")
             next_at += period
             now = loop.time()
             if next_at < now:  # fell behind: skip missed rounds instead of bursting

@@ -144,11 +144,16 @@ class FactorySimulator:
         certificate_dir: Path | None = None,
         users: Mapping[str, str] | None = None,
         user_certificates: Sequence[bytes] | None = None,
+        numeric_ids: int | None = None,
     ) -> None:
         """`security`: asyncua SecurityPolicyType names the server offers ("NoSecurity",
         "Basic256Sha256_SignAndEncrypt", ...); a secured one needs `certificate_dir`, where the server's
         certificate is made once and kept (cert.der, key.pem). `users`: name -> password;
-        `user_certificates`: the X.509 user certificates (DER) it accepts; with neither it takes anyone."""
+        `user_certificates`: the X.509 user certificates (DER) it accepts; with neither it takes anyone.
+        `numeric_ids`: the signals get numeric node ids from this number up, in catalogue order, as a PLC
+        numbers its tags (a restart with another number is a PLC program download that renumbered them;
+        `address()` gives the id a signal has); None: the catalogue's string ids."""
+        self.numeric_ids = numeric_ids
         if period <= 0:
             raise ValueError("period must be > 0")
         self.clock_offset = timedelta(seconds=clock_offset)  # the device's clock minus the true time
@@ -168,6 +173,8 @@ class FactorySimulator:
         self._controls: dict[tuple[str, str], ua.NodeId] = {}  # (machine, control name) -> node
         self._last: dict[str, object] = {}
         self._generators: dict[str, EventGenerator] = {}
+        self._removed: set[str] = set()  # catalogue ids of signals removed from the address space
+        self._retyped: dict[str, str] = {}  # catalogue id -> the built-in type it is served as now
 
     @property
     def endpoint(self) -> str:
@@ -187,6 +194,8 @@ class FactorySimulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
         self._nodes.clear()
+        self._removed.clear()
+        self._retyped.clear()
         self._controls.clear()
         self._last.clear()
         self._generators.clear()
@@ -270,6 +279,64 @@ class FactorySimulator:
             server.iserver.unregister_external_session(session)
         return len(sessions)
 
+    def address(self, node_id: str) -> str:
+        """The node id a catalogue signal ("ns=2;s=CNC01.State") is served under now."""
+        return self._nodes[node_id].to_string()
+
+    async def remove(self, node_id: str) -> None:
+        """Delete a signal's node, as a PLC program download that drops a tag does. Subscribers of it get a
+        BadNodeIdUnknown notification first, as OPC 10000-4 asks (asyncua's own delete means to send it but
+        never does: its callback is a coroutine it does not await)."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("simulator not started")
+        async with self._lock:
+            await self._delete(server, node_id)
+
+    async def move(self, node_id: str, new_id: int) -> None:
+        """Give a signal's node another (numeric) node id, same place and browse name, while serving: a PLC
+        online change that renumbers a tag. Subscribers of the old id get BadNodeIdUnknown, as at `remove`."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("simulator not started")
+        signal = next(s for s in self.plant.signals if s.node_id == node_id)
+        async with self._lock:
+            node = server.get_node(self._nodes[node_id])
+            parent, name = await node.get_parent(), (await node.read_browse_name()).Name
+            await self._delete(server, node_id)
+            self._removed.discard(node_id)
+            await self._add_variable(server, parent, name, signal, ua.NodeId(new_id, NAMESPACE_INDEX))
+            self._last.pop(node_id, None)
+
+    async def _delete(self, server: Server, node_id: str) -> None:
+        nid = self._nodes.pop(node_id)
+        self._removed.add(node_id)
+        aspace = server.iserver.aspace
+        now = self._now()
+        gone = ua.DataValue(
+            StatusCode=ua.StatusCode(ua.StatusCodes.BadNodeIdUnknown), SourceTimestamp=now, ServerTimestamp=now
+        )
+        await aspace.write_attribute_value(nid, ua.AttributeIds.Value, gone)
+        callbacks = aspace._nodes[nid].attributes[ua.AttributeIds.Value].datachange_callbacks
+        for handle in list(callbacks):
+            aspace.delete_datachange_callback(handle)
+        await server.delete_nodes([server.get_node(nid)])
+
+    async def retype(self, node_id: str) -> None:
+        """Serve a signal as a String from now on (its DataType changes, its values become their text), as
+        a PLC program download that changes a tag's type does."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("simulator not started")
+        async with self._lock:
+            nid = self._nodes[node_id]
+            string_type = ua.DataValue(ua.Variant(ua.NodeId(ua.ObjectIds.String), ua.VariantType.NodeId))
+            await server.write_attribute_value(nid, string_type, ua.AttributeIds.DataType)
+            # asyncua refuses a value of another variant type than the stored one; a stored None takes any.
+            server.iserver.aspace._nodes[nid].attributes[ua.AttributeIds.Value].value = None
+            self._retyped[node_id] = "String"
+            self._last.pop(node_id, None)
+
     async def reset_alarm(self, machine_name: str) -> bool:
         """What the ResetAlarm method does; True if an alarm was active."""
         machine = self.plant.machine(machine_name)
@@ -287,7 +354,8 @@ class FactorySimulator:
         server = self._server
         if server is None:
             raise RuntimeError("simulator not started")
-        dv = server.iserver.aspace.read_attribute_value(ua.NodeId.from_string(node_id), ua.AttributeIds.Value)
+        nid = self._nodes.get(node_id) or ua.NodeId.from_string(node_id)
+        dv = server.iserver.aspace.read_attribute_value(nid, ua.AttributeIds.Value)
         if dv.StatusCode is not None:
             dv.StatusCode.check()
         return dv.Value.Value if dv.Value is not None else None
@@ -334,10 +402,13 @@ class FactorySimulator:
         aspace = server.iserver.aspace
         written: list[tuple[str, str, object]] = []
         for signal, value in values:
-            if self._last.get(signal.node_id, _UNSET) == value:
+            if signal.node_id in self._removed or self._last.get(signal.node_id, _UNSET) == value:
                 continue
+            opcua_type = self._retyped.get(signal.node_id, signal.opcua_type)
+            if opcua_type != signal.opcua_type:
+                value = str(value)
             data_value = ua.DataValue(
-                Value=ua.Variant(value, ua.VariantType[signal.opcua_type]),
+                Value=ua.Variant(value, ua.VariantType[opcua_type]),
                 SourceTimestamp=now,
                 ServerTimestamp=now,
             )
@@ -346,7 +417,7 @@ class FactorySimulator:
             status = await aspace.write_attribute_value(self._nodes[signal.node_id], ua.AttributeIds.Value, data_value)
             status.check()
             self._last[signal.node_id] = value
-            written.append((signal.node_id, signal.opcua_type, value))
+            written.append((signal.node_id, opcua_type, value))
         self.recorder.add(now, written)
 
     async def _fire(self, events: list[MachineEvent], now: datetime) -> None:
@@ -431,11 +502,22 @@ class FactorySimulator:
             ],
         )
 
-    async def _add_variable(self, server: Server, parent: Node, name: str, signal: SignalInfo) -> None:
+    def _node_id(self, signal: SignalInfo) -> ua.NodeId:
+        """The catalogue's string id, or with `numeric_ids` the signal's number in catalogue order."""
+        if self.numeric_ids is None:
+            return ua.NodeId.from_string(signal.node_id)
+        index = next(i for i, s in enumerate(self.plant.signals) if s.node_id == signal.node_id)
+        return ua.NodeId(self.numeric_ids + index, NAMESPACE_INDEX)
+
+    async def _add_variable(
+        self, server: Server, parent: Node, name: str, signal: SignalInfo, node_id: ua.NodeId | None = None
+    ) -> None:
         # The placeholder value only fixes the type: the first round overwrites it before clients connect.
         vtype = ua.VariantType[signal.opcua_type]
+        if node_id is None:
+            node_id = self._node_id(signal)
         node = await parent.add_variable(
-            ua.NodeId.from_string(signal.node_id),
+            node_id,
             ua.QualifiedName(name, NAMESPACE_INDEX),
             ua.Variant([] if signal.is_array else ua.get_default_value(vtype), vtype),
         )

@@ -39,7 +39,9 @@ class FactoryThread:
         certificate_dir: Path | None = None,
         users: Mapping[str, str] | None = None,
         user_certificates: Sequence[bytes] | None = None,
+        numeric_ids: int | None = None,
     ) -> None:
+        self.numeric_ids = numeric_ids  # FactorySimulator's; may be changed between a stop and a start
         self.clock_offset = clock_offset
         self.security = tuple(security)
         self.certificate_dir = certificate_dir
@@ -116,6 +118,34 @@ class FactoryThread:
             raise RuntimeError("factory simulator not running")
         return asyncio.run_coroutine_threadsafe(simulator.reset_alarm(machine), loop).result(timeout)
 
+    def address(self, node_id: str) -> str:
+        """FactorySimulator.address: the node id a catalogue signal is served under now."""
+        simulator = self._simulator
+        if simulator is None:
+            raise RuntimeError("factory simulator not running")
+        return simulator.address(node_id)
+
+    def remove(self, node_id: str, timeout: float = 10.0) -> None:
+        """FactorySimulator.remove (delete a signal's node), from the calling thread."""
+        loop, simulator = self._loop, self._simulator
+        if loop is None or simulator is None:
+            raise RuntimeError("factory simulator not running")
+        asyncio.run_coroutine_threadsafe(simulator.remove(node_id), loop).result(timeout)
+
+    def move(self, node_id: str, new_id: int, timeout: float = 10.0) -> None:
+        """FactorySimulator.move (another numeric node id for a signal, while serving), from the calling thread."""
+        loop, simulator = self._loop, self._simulator
+        if loop is None or simulator is None:
+            raise RuntimeError("factory simulator not running")
+        asyncio.run_coroutine_threadsafe(simulator.move(node_id, new_id), loop).result(timeout)
+
+    def retype(self, node_id: str, timeout: float = 10.0) -> None:
+        """FactorySimulator.retype (serve a signal as a String from now on), from the calling thread."""
+        loop, simulator = self._loop, self._simulator
+        if loop is None or simulator is None:
+            raise RuntimeError("factory simulator not running")
+        asyncio.run_coroutine_threadsafe(simulator.retype(node_id), loop).result(timeout)
+
     def read(self, node_id: str, timeout: float = 10.0) -> object:
         """FactorySimulator.read (the node's current value), from the calling thread."""
         loop, simulator = self._loop, self._simulator
@@ -147,6 +177,7 @@ class FactoryThread:
             certificate_dir=self.certificate_dir,
             users=self.users,
             user_certificates=self.user_certificates,
+            numeric_ids=self.numeric_ids,
         )
         stop = asyncio.Event()
         await simulator.start()
