@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class AgentProcess:
     """`edge-agent run` as a real child process, so a test can SIGTERM or SIGKILL it."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, cwd: Path = ROOT) -> None:
+        """`cwd`: where relative paths in the config (data_dir, a file sink's path) are taken from."""
+        self.cwd = cwd
         self.config = config
         self.log_path = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -29,7 +31,7 @@ class AgentProcess:
             [sys.executable, "-m", "agent.cli", "run", "-c", str(self.config), "--log-format", "json"],
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=env,
         )
         log.close()

@@ -24,13 +24,14 @@ from adapters.opcua.browse import BrowseResult, ObjectNode, Variable
 from agent import config as config_mod
 from agent.mapping import Options, id_short, plain_id, render
 from agent.shells import build_shells
+from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
 from simulators.factory.agentconfig import factory_config
 from simulators.factory.catalogue import catalogue
 from simulators.factory.server import UNECE_UNITS
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
 from simulators.ports import free_port
-from tests.helpers import EXPECTED_XS, ROOT, unavailable
+from tests.helpers import EXPECTED_XS, ROOT, unavailable, wait_until
 
 CONTROLS = ("Control.FeedOverride", "Control.ProgramSelect")  # the simulator's writable set-points
 
@@ -355,3 +356,13 @@ def test_browse_finds_5000_variables_quickly_and_they_check_live(tmp_path: Path)
         live = edge_agent("check", "-c", "load.yaml", "--live", cwd=tmp_path)
         print(f"check --live of {len(nodes):,} points: {time.monotonic() - started:.2f} s")
         assert live.returncode == 0, live.stdout[-3000:] + live.stderr[-3000:]
+        # ...and `run` collects from every one of them without an edit.
+        records = tmp_path / "data" / "records.jsonl"
+
+        def sent() -> set[str]:
+            return {r["node"] for _, r in data_records(records)} if records.exists() else set()
+
+        with AgentProcess(tmp_path / "load.yaml", tmp_path / "agent.log", cwd=tmp_path) as agent:
+            wait_until("a value of every browsed point", lambda: sent() >= nodes, 180, interval=1.0)
+            assert agent.stop() == 0
+    assert sent() == nodes
