@@ -32,6 +32,7 @@ from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.measure import Measure
+from agent.metrics import Metrics, Parts, agent_version
 from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
@@ -68,6 +69,7 @@ class Agent:
             cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp(), live=self.live
         )
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
+        self.metrics = Metrics(agent_version())
         for s in cfg.sinks:
             # A chunk per message: whole chunks leave the buffer together, in one delete.
             buf, recovery = open_buffer(
@@ -105,7 +107,8 @@ class Agent:
                     batching=batching,
                     delays=Backoff(initial=0.5, maximum=30.0).delays,
                     dead_letters=self.dead_letters,
-                    on_delivered=functools.partial(self.measure.delivered, s.id),
+                    on_delivered=functools.partial(self._delivered, s.id),
+                    on_round_trip=self.metrics.round_trip(s.id),
                 )
             )
         self.pipeline = Pipeline(
@@ -151,12 +154,27 @@ class Agent:
                 )
             )
         self.pipeline.on_mismatch = self._recheck
+        self.metrics.attach(
+            Parts(
+                self.pipeline,
+                self.measure,
+                self.sources,
+                [s.id for s in cfg.sinks],
+                self.buffers,
+                self.forwarders,
+                self.dead_letters,
+            )
+        )
         self.supervisor = Supervisor(
             delays=Backoff(initial=1.0, maximum=60.0).delays,
             max_failures=cfg.agent.failure_limit,
             window_s=cfg.agent.failure_window_s,
             report=self._component_report,
         )
+
+    def _delivered(self, sink: str, lane: str, key: str, count: int, ages: list[float]) -> None:
+        self.measure.delivered(sink, lane, key, count, ages)
+        self.metrics.delivered(sink, lane, key, count, ages)
 
     def _recheck(self, source: str, handle: int) -> None:
         """A value that does not fit its element: its node may have changed type on the server, check it."""
@@ -323,7 +341,7 @@ class Agent:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
         if self.cfg.api.enabled:
-            api = ApiServer(self.cfg, self.env, self.live, record=self.pipeline.usage)
+            api = ApiServer(self.cfg, self.env, self.live, record=self.pipeline.usage, metrics=self.metrics.text)
             self.supervisor.start("api", api.run)
 
     async def _heartbeat(self) -> None:

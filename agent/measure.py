@@ -91,12 +91,19 @@ class Measure:
             for role, path in a.paths().items():
                 self.watch.setdefault(by_path[(e.id, path)], []).append((m.analyzer, role))
         self._failing = False
+        self.gap_seconds: dict[str, float] = {}  # per source: seconds of its closed interruptions, since start
+        self.open_gaps: dict[str, float] = {}  # per source: start (epoch) of its open interruption
 
     def _of(self, source: str) -> list[_Machine]:
         return [m for m in self.machines.values() if m.source == source]
 
     def interrupted(self, source: str, start: datetime, end: datetime | None, reason: str) -> None:
         t0, t1 = start.timestamp(), end.timestamp() if end is not None else None
+        if t1 is None:
+            self.open_gaps.setdefault(source, t0)
+        else:
+            self.open_gaps.pop(source, None)
+            self.gap_seconds[source] = self.gap_seconds.get(source, 0.0) + max(0.0, t1 - t0)
         for m in self._of(source):
             self.stats.gap(m.id, m.handles, t0, t1, reason)
             if m.analyzer is not None:

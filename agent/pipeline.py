@@ -157,6 +157,7 @@ class Pipeline:
         self.repeats = 0
         self.values_in = 0
         self.bad_values = 0
+        self.not_stored = 0  # values of batches no buffer took (each reported in a gap record)
         self.null_values = 0
 
     # -- adapter callbacks ----------------------------------------------------------------------
@@ -246,6 +247,7 @@ class Pipeline:
     def _not_stored(self, samples: Sequence[Sample], before: dict[int, _Last | None]) -> None:
         """A batch no buffer took: its values are lost; each element's range becomes a gap."""
         log.error("%d values could not be stored (the disk refuses); they are reported as a gap", len(samples))
+        self.not_stored += len(samples)
         for h, prev in before.items():  # what was not stored is not the last stored value
             if prev is None:
                 self.last.pop(h, None)

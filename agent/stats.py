@@ -286,6 +286,7 @@ class Stats:
         self._unknown: set[int] = set()
         # in memory until the next flush
         self._acc: dict[tuple[int, int], list[float]] = {}  # (handle, hour number) -> accumulator
+        self._counted: dict[int, int] = {}  # handle -> values counted since start and taken to be flushed
         self._last: dict[int, float] = {}  # handle -> last source time (kept across flushes)
         self._cut: set[int] = set()  # handles whose chain a gap broke since the last flush
         self._gaps: dict[tuple[str, float], tuple[float | None, str, int]] = {}
@@ -344,6 +345,14 @@ class Stats:
                 self._last[handle] = last
                 return
             self._each([handle] * n, [float(v) for v in source_times])
+
+    def counts(self) -> dict[int, int]:
+        """Values counted per handle since start (flushed or not): for the agent's metrics."""
+        with self._lock:
+            out = dict(self._counted)
+            for (h, _), acc in self._acc.items():
+                out[h] = out.get(h, 0) + int(acc[_N])
+        return out
 
     def values_each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
         """One value per (handle, source time) pair, in arrival order: the pipeline's call, once per
@@ -497,6 +506,9 @@ class Stats:
                     self._add_connected(machine, since, now)
                     self._since[machine] = now
             dirty = {h for h, _ in self._acc} | self._cut
+            counted = self._counted
+            for (h, _), acc in self._acc.items():
+                counted[h] = counted.get(h, 0) + int(acc[_N])
             snap = _Snapshot(
                 acc=self._acc,
                 last={h: self._last.get(h) for h in dirty},
@@ -517,6 +529,7 @@ class Stats:
         """A failed flush: merge its snapshot into what arrived since, for the next flush."""
         with self._lock:
             for key, acc in snap.acc.items():
+                self._counted[key[0]] -= int(acc[_N])
                 cur = self._acc.get(key)
                 if cur is None:
                     self._acc[key] = acc

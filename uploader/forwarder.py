@@ -70,9 +70,11 @@ class Forwarder:
         delays: Callable[[], Iterator[float]],
         dead_letters: DeadLetters | None = None,
         on_delivered: Delivered | None = None,
+        on_round_trip: Callable[[float], None] | None = None,
     ) -> None:
         self.buffer = buffer
         self.on_delivered = on_delivered
+        self.on_round_trip = on_round_trip  # seconds from handing a batch's messages to the sink to its answer
         self.sink = sink
         self.site = site
         self.batching = batching
@@ -233,8 +235,11 @@ class Forwarder:
     async def _send(self, batch: Batch) -> bool:
         """Send one batch and end it; True if every record was confirmed or moved to the dead letters."""
         messages, parts, too_large = self.messages(batch)
+        began = time.monotonic()
         try:
             results: list[Outcome] = await self.sink.send(messages, timeout=self.batching.send_timeout)
+            if self.on_round_trip is not None and messages:
+                self.on_round_trip(time.monotonic() - began)
         except asyncio.CancelledError:
             self.buffer.end(batch, ())
             raise

@@ -106,6 +106,9 @@ class OpcUaSource:
         self._last_data: datetime | None = None
         self.active: tuple[int, ...] = ()
         self.connected = False
+        self.since = _now()  # when `connected` last changed (or the source started)
+        self.reconnects = 0  # sessions set up again after one was lost or refused
+        self.last_problem = ""  # why the last connection was lost or refused
         self._sessions_full = False
         self._paths: dict[str, str] = dict(paths or {})
         self._learnt = learnt
@@ -131,8 +134,9 @@ class OpcUaSource:
                 await security.connect(client, self.endpoint, self._pki, self._own)
                 pollers = await self._setup(client)
                 self.connected = True
-                now = _now()
+                now = self.since = _now()
                 if down_since is not None:
+                    self.reconnects += 1
                     await self._interrupted(
                         Interruption(self.endpoint.id, self._handles(), down_since, now, down_reason)
                     )
@@ -168,7 +172,7 @@ class OpcUaSource:
                         log.warning("lost %s: %s", self.endpoint.url, reason)
                     else:
                         log.warning("cannot connect to %s: %s", self.endpoint.url, reason)
-                    self.connected = False
+                    self.connected, self.since, self.last_problem = False, _now(), reason
                     await self._interrupted(Interruption(self.endpoint.id, self._handles(), down_since, None, reason))
                     await self._state(SourceState(self.endpoint.id, "disconnected", _now(), reason))
                 failures += 1

@@ -1,0 +1,166 @@
+"""`/metrics` scraped while the agent runs: every metric the docs name is there, and moves when it should."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from simulators.agentproc import AgentProcess
+from simulators.factory import FactoryThread
+from simulators.ports import free_port
+from tests.helpers import wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+AUTH = "Basic " + base64.b64encode(b"prom:scrape-secret-1").decode()
+
+
+def _config(tmp: Path, opc_port: int, api_port: int) -> Path:
+    nameplate = "{manufacturer_name: M, product_designation: P, uri_of_product: 'https://x', order_code: O}"
+    text = f"""site: {{id: metrics-site}}
+agent: {{data_dir: {tmp / "data"}, status_interval_s: 1}}
+api:
+  port: {api_port}
+  users: [{{name: prom, password: scrape-secret-1}}]
+sources:
+  - {{id: plc, endpoint: "opc.tcp://127.0.0.1:{opc_port}/", publishing_interval_ms: 100,
+      reconnect_initial_s: 0.2, reconnect_max_s: 1}}
+equipment:
+  - id: cnc01
+    source: plc
+    nameplate: {nameplate}
+    points:
+      - {{node: "ns=2;s=CNC01.SpindleSpeed", path: SpindleSpeed, type: Double}}
+      - {{node: "ns=2;s=CNC01.Diagnostics.Double", path: Steady, type: Double}}
+  - id: imm01
+    source: plc
+    nameplate: {nameplate}
+    points:
+      - {{node: "ns=2;s=IMM01.State", path: State, type: String}}
+      - {{node: "ns=2;s=IMM01.ScrewPosition", path: ScrewPosition, type: Double}}
+sinks:
+  - {{type: file, path: {tmp / "records.jsonl"}, batch: {{max_delay_ms: 100}}}}
+"""
+    path = tmp / "agent.yaml"
+    path.write_text(text)
+    return path
+
+
+def scrape(port: int, auth: str | None = AUTH) -> Samples:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if auth:
+        request.add_header("Authorization", auth)
+    with urllib.request.urlopen(request, timeout=5) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), -1.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def try_scrape(port: int) -> Samples | None:
+    try:
+        return scrape(port)
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def test_metrics_are_all_there_and_move_while_the_agent_runs(tmp_path: Path) -> None:
+    api_port = free_port()
+    with FactoryThread(port=free_port(), period=0.1, machines=2) as factory:
+        config = _config(tmp_path, factory.port, api_port)
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+
+            def delivering() -> Samples | None:
+                m = try_scrape(api_port)
+                machines = ("cnc01", "imm01")
+                if m is None or min(value(m, "edge_agent_values_in_total", machine=x) for x in machines) <= 0:
+                    return None
+                return m if total(m, "edge_agent_records_out_total", lane="data") > 0 else None
+
+            first = wait_until("values counted and records delivered", delivering, 60)
+            # A value has a machine, a record out a sink, lane and machine; the buffer a depth per lane.
+            for machine in ("cnc01", "imm01"):
+                assert value(first, "edge_agent_values_in_total", machine=machine) > 0, machine
+            assert value(first, "edge_agent_records_out_total", sink="file", lane="data", machine="cnc01") > 0
+            assert ("edge_agent_buffer_records", (("lane", "data"), ("sink", "file"))) in first
+            assert value(first, "edge_agent_buffer_bytes", sink="file") > 0
+            for reason in ("quota", "rejected"):
+                assert value(first, "edge_agent_dropped_total", sink="file", reason=reason) == 0
+            for reason in ("bad-value", "not-stored"):
+                assert value(first, "edge_agent_values_dropped_total", reason=reason) == 0
+            assert value(first, "edge_agent_source_connected", source="plc") == 1
+            assert value(first, "edge_agent_elements_active", source="plc") == 4
+            assert value(first, "edge_agent_dead_letters") == 0
+            assert value(first, "process_resident_memory_bytes") > 10e6
+            assert any(n == "edge_agent_info" and dict(ls).get("version") for n, ls in first)
+
+            def moved(m: Samples, name: str, **labels: str) -> bool:
+                return value(m, name, **labels) > value(first, name, **labels)
+
+            later = wait_until(
+                "every counter and histogram to move",
+                lambda: (
+                    (m := try_scrape(api_port)) is not None
+                    and all(
+                        moved(m, name, **labels)
+                        for name, labels in (
+                            ("edge_agent_values_in_total", {"machine": "cnc01"}),
+                            ("edge_agent_values_in_total", {"machine": "imm01"}),
+                            ("edge_agent_records_out_total", {"sink": "file", "lane": "data", "machine": "cnc01"}),
+                            ("edge_agent_publish_round_trip_seconds_count", {"sink": "file"}),
+                            ("edge_agent_delivery_age_seconds_count", {"sink": "file", "lane": "data"}),
+                            ("process_cpu_seconds_total", {}),
+                        )
+                    )
+                    and m
+                ),
+                60,
+            )
+            assert value(later, "edge_agent_delivery_age_seconds_sum", sink="file", lane="data") > 0
+            assert total(later, "edge_agent_records_out_total", lane="status") > 0  # the agent's own records
+
+            # The server goes away and comes back: connected drops to 0, then reconnects and gap time count.
+            factory.stop()
+
+            def connected() -> float:
+                m = try_scrape(api_port)
+                return -1.0 if m is None else value(m, "edge_agent_source_connected", source="plc")
+
+            wait_until("the source shown disconnected", lambda: connected() == 0, 30)
+            factory.start()
+            back = wait_until(
+                "the source back, with its reconnect and gap counted",
+                lambda: (
+                    (m := try_scrape(api_port)) is not None
+                    and value(m, "edge_agent_source_connected", source="plc") == 1
+                    and m
+                ),
+                60,
+            )
+            assert value(back, "edge_agent_reconnects_total", source="plc") >= 1
+            assert value(back, "edge_agent_gap_seconds_total", source="plc") > 0
+
+            # Scrapes need a user: none, or a wrong password, is a 401 that names what to send.
+            for auth in (None, "Basic " + base64.b64encode(b"prom:wrong").decode()):
+                try:
+                    scrape(api_port, auth)
+                    raise AssertionError(f"{auth!r} was let in")
+                except urllib.error.HTTPError as e:
+                    assert e.code == 401 and "HTTP Basic" in e.read().decode()
+            assert agent.stop() == 0
+    assert "scrape-secret-1" not in (tmp_path / "agent.log").read_text()
