@@ -20,6 +20,7 @@ from basyx.aas import model
 
 from ._common import MAX_IDENTIFIER, external_reference, xml_safe
 from .concepts import IEC61360_TEMPLATE, Use, build_concept_descriptions
+from .concepts import unit_spec as _unit_spec
 from .hierarchy import build_hierarchy
 from .interfaces import build_interfaces
 from .nameplate import build_nameplate
@@ -360,17 +361,4 @@ def _leaf(spec: Element, id_short: str, vt: ValueType, language: str) -> model.S
         display_name=display_name,
         description=description,
         embedded_data_specifications=unit_specs,
-    )
-
-
-def _unit_spec(id_short: str, unit: str, vt: ValueType) -> model.EmbeddedDataSpecification:
-    """The unit as IEC 61360 content embedded in the element (readable without concept descriptions)."""
-    return model.EmbeddedDataSpecification(
-        external_reference(IEC61360_TEMPLATE),
-        model.DataSpecificationIEC61360(
-            # AASc-3a-002 wants an English preferred name; the idShort is the only name we have.
-            model.PreferredNameTypeIEC61360({"en": id_short}),
-            data_type=vt.measure,
-            unit=unit,
-        ),
     )

@@ -102,6 +102,19 @@ def iec61360_type(vt: ValueType, has_unit: bool) -> model.DataTypeIEC61360:
     return _OTHERS.get(vt.xs, model.DataTypeIEC61360.STRING)
 
 
+def unit_spec(id_short: str, unit: str, vt: ValueType) -> model.EmbeddedDataSpecification:
+    """The unit as IEC 61360 content embedded in an element (readable without concept descriptions)."""
+    return model.EmbeddedDataSpecification(
+        external_reference(IEC61360_TEMPLATE),
+        model.DataSpecificationIEC61360(
+            # AASc-3a-002 wants an English preferred name; the idShort is the only name we have.
+            model.PreferredNameTypeIEC61360({"en": id_short}),
+            data_type=vt.measure,
+            unit=unit,
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Use:
     """One element that carries a semanticId."""

@@ -69,8 +69,11 @@ def float32(value: object) -> datatypes.Float:
     # not as the double expansion "0.10000000149011612".
     for digits in range(1, 10):
         candidate = float(f"{number:.{digits}g}")
-        if _FLOAT32.pack(candidate) == packed:
-            return datatypes.Float(candidate)
+        try:
+            if _FLOAT32.pack(candidate) == packed:
+                return datatypes.Float(candidate)
+        except OverflowError:  # near the largest float32 a short decimal rounds up past it ("3.4e+38")
+            continue
     raise AssertionError("9 significant digits always round-trip a float32")
 
 

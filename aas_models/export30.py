@@ -27,6 +27,7 @@ schemas and XSDs of both (tests/schemas/), and what happens here (D1-D8 mark the
      allow-listed (_MODEL_TYPES) and the attributes are refused (_NOT_HANDLED): a new kind must get its
      differences handled here before it ships. The hierarchy's Entity and RelationshipElement are
      allowed with what 3.0 requires of them (an entityType; first and second), and refused without it.
+     ReferenceElement (the asset interfaces' references) has no difference.
      ConceptDescription has no difference but D3 (its id) and D4 (its IEC 61360 texts).
   D8 AASX (Part 5): relationship types, part names and content types are the same for both versions;
      only the XML inside differs.
@@ -80,6 +81,7 @@ _MODEL_TYPES = frozenset(
         "ConceptDescription",
         "Entity",  # D7: entityType mandatory in 3.0
         "RelationshipElement",  # D7: first and second mandatory in 3.0
+        "ReferenceElement",  # no difference: value optional in both (interfaces.py)
     }
 )
 _REQUIRED_30 = {"Entity": ("entityType",), "RelationshipElement": ("first", "second")}  # D7

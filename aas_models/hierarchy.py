@@ -69,7 +69,8 @@ def id_short_for(name: str, prefix: str) -> str:
     return s[:_MAX_ID_SHORT]
 
 
-def _unique(id_short: str, taken: set[str]) -> str:
+def unique_id_short(id_short: str, taken: set[str]) -> str:
+    """`id_short`, or with `_2`, `_3`, ... where it is taken already (kept within 128 characters); now taken."""
     candidate, n = id_short, 1
     while candidate in taken:
         n += 1
@@ -92,7 +93,7 @@ class _Node:
         self.children: list[model.Entity] = []
 
     def add(self, child: model.Entity) -> model.Entity:
-        child.id_short = _unique(child.id_short or "Node", self.taken)
+        child.id_short = unique_id_short(child.id_short or "Node", self.taken)
         self.entity.statement.add(child)
         self.children.append(child)
         return child
@@ -102,7 +103,7 @@ class _Node:
         for child in self.children:
             self.entity.statement.add(
                 model.RelationshipElement(
-                    _unique(f"HasPart_{child.id_short}"[:_MAX_ID_SHORT], self.taken),
+                    unique_id_short(f"HasPart_{child.id_short}"[:_MAX_ID_SHORT], self.taken),
                     model.ModelReference.from_referable(self.entity),
                     model.ModelReference.from_referable(child),
                     semantic_id=external_reference(HAS_PART),

@@ -1,17 +1,21 @@
 """Latest live values: plain dict stores on the hot path, written into the SDK model only on demand.
 
 `update` runs per sample and must stay a single dict store; all conversion, range checking and SDK
-work happens in `apply`, which runs only before a snapshot, an export or an API read.
+work happens in `apply`, which runs only before a snapshot, an export or an API read. The same holds
+for each shell's recent records (`series`, timeseries.py): the pipeline appends plain values to a
+ring, `apply_series` writes the rings that changed into the Time Series Data submodels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from basyx.aas import model
 
 from .build import ElementSlot, ShellEnvironment, UnknownElementError
 from .convert import ValueRejected
+from .timeseries import TimeSeriesRing, write_ring
 from .types import ValueType
 
 _SHOWN_CHARS = 80
@@ -44,11 +48,12 @@ class LiveValues:
     of those for arrays; None clears the value.
     """
 
-    __slots__ = ("_pending", "problems")
+    __slots__ = ("_pending", "problems", "series")
 
-    def __init__(self) -> None:
+    def __init__(self, series: Mapping[str, TimeSeriesRing] | None = None) -> None:
         self._pending: dict[tuple[str, str], object] = {}
         self.problems: list[ValueProblem] = []  # from the last apply
+        self.series: dict[str, TimeSeriesRing] = dict(series or {})  # shell id -> its recent records
 
     def update(self, shell_id: str, path: str, value: object) -> None:
         self._pending[(shell_id, path)] = value
@@ -72,6 +77,20 @@ class LiveValues:
                 problems.append(ValueProblem(shell_id, path, _show(value), _expected(slot), reason))
         self.problems = problems
         return problems
+
+    def apply_series(self, env: ShellEnvironment, submodel_ids: Iterable[str] | None = None) -> int:
+        """Write each ring that changed since its last write into its Time Series Data submodel (only those of
+        `submodel_ids`, when given: a read of one submodel does not pay for the others); returns how many were
+        written. A value that does not fit is no record (the live value's problem is reported by `apply`)."""
+        wanted = None if submodel_ids is None else set(submodel_ids)
+        written = 0
+        for ring in self.series.values():
+            if (wanted is None or ring.submodel_id in wanted) and ring.changed():
+                submodel = env.store.get_item(ring.submodel_id)
+                assert isinstance(submodel, model.Submodel)
+                write_ring(submodel, ring)
+                written += 1
+        return written
 
 
 def _show(value: object) -> str:

@@ -60,11 +60,12 @@ class Element:
 class TimeSeries:
     """The machine's Time Series Data 1.1 submodel (timeseries.py): its recent records in an InternalSegment."""
 
-    records: int = 1000  # ring size: the most recent records the InternalSegment holds
-    sampling_interval_s: float | None = None  # the segment's SamplingInterval (the publishing interval)
+    records: int = 1000  # window: the most recent records the InternalSegments hold
+    sampling_interval_s: float | None = None  # the segments' SamplingInterval (the publishing interval)
     linked_endpoint: str | None = None  # where the cloud keeps the rest (LinkedSegment); None: none
-    linked_query: str | None = None  # the LinkedSegment's Query
+    linked_query: str | None = None  # the LinkedSegment's Query (required with linked_endpoint)
     submodel_id: str = ""  # default: f"{shell id}/sm/TimeSeries"
+    variables: tuple[str, ...] | None = None  # element paths recorded; None: every scalar, non-LocalizedText one
 
 
 @dataclass(frozen=True, slots=True)

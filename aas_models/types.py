@@ -29,6 +29,7 @@ class ValueType:
     """How one OPC UA built-in type is represented in the AAS."""
 
     opcua: str
+    data_type_id: int  # the DataType's numeric NodeId in namespace 0 (i=11 is Double, i=294 UtcTime)
     xs: str  # "xs:double", ...; LANG_STRING for LocalizedText
     datatype: model.DataTypeDefXsd | None  # basyx value class; None → MultiLanguageProperty
     convert: Converter  # a plain value (adapters.sample.Sample.value) → the SDK's value; raises ValueRejected
@@ -40,33 +41,37 @@ class ValueType:
 
 
 def _row(
-    opcua: str, datatype: model.DataTypeDefXsd | None, conv: Converter, measure: model.DataTypeIEC61360 | None = None
+    opcua: str,
+    data_type_id: int,
+    datatype: model.DataTypeDefXsd | None,
+    conv: Converter,
+    measure: model.DataTypeIEC61360 | None = None,
 ) -> tuple[str, ValueType]:
     xs = LANG_STRING if datatype is None else datatypes.XSD_TYPE_NAMES[datatype]
-    return opcua, ValueType(opcua, xs, datatype, conv, measure)
+    return opcua, ValueType(opcua, data_type_id, xs, datatype, conv, measure)
 
 
 _TYPES: dict[str, ValueType] = dict(
     (
-        _row("Boolean", datatypes.Boolean, convert.boolean),
-        _row("SByte", datatypes.Byte, convert.integer(datatypes.Byte), _INTEGER),
-        _row("Byte", datatypes.UnsignedByte, convert.integer(datatypes.UnsignedByte), _INTEGER),
-        _row("Int16", datatypes.Short, convert.integer(datatypes.Short), _INTEGER),
-        _row("UInt16", datatypes.UnsignedShort, convert.integer(datatypes.UnsignedShort), _INTEGER),
-        _row("Int32", datatypes.Int, convert.integer(datatypes.Int), _INTEGER),
-        _row("UInt32", datatypes.UnsignedInt, convert.integer(datatypes.UnsignedInt), _INTEGER),
-        _row("Int64", datatypes.Long, convert.integer(datatypes.Long), _INTEGER),
-        _row("UInt64", datatypes.UnsignedLong, convert.integer(datatypes.UnsignedLong), _INTEGER),
-        _row("Float", datatypes.Float, convert.float32, _REAL),
-        _row("Double", datatypes.Double, convert.double, _REAL),
-        _row("String", datatypes.String, convert.string),
-        _row("DateTime", datatypes.DateTime, convert.date_time),
-        _row("UtcTime", datatypes.DateTime, convert.date_time),
-        _row("ByteString", datatypes.Base64Binary, convert.base64),
-        _row("LocalizedText", None, convert.lang_string),
-        _row("StatusCode", datatypes.UnsignedInt, convert.integer(datatypes.UnsignedInt), _INTEGER),
-        _row("Guid", datatypes.String, convert.string),
-        _row("NodeId", datatypes.String, convert.string),
+        _row("Boolean", 1, datatypes.Boolean, convert.boolean),
+        _row("SByte", 2, datatypes.Byte, convert.integer(datatypes.Byte), _INTEGER),
+        _row("Byte", 3, datatypes.UnsignedByte, convert.integer(datatypes.UnsignedByte), _INTEGER),
+        _row("Int16", 4, datatypes.Short, convert.integer(datatypes.Short), _INTEGER),
+        _row("UInt16", 5, datatypes.UnsignedShort, convert.integer(datatypes.UnsignedShort), _INTEGER),
+        _row("Int32", 6, datatypes.Int, convert.integer(datatypes.Int), _INTEGER),
+        _row("UInt32", 7, datatypes.UnsignedInt, convert.integer(datatypes.UnsignedInt), _INTEGER),
+        _row("Int64", 8, datatypes.Long, convert.integer(datatypes.Long), _INTEGER),
+        _row("UInt64", 9, datatypes.UnsignedLong, convert.integer(datatypes.UnsignedLong), _INTEGER),
+        _row("Float", 10, datatypes.Float, convert.float32, _REAL),
+        _row("Double", 11, datatypes.Double, convert.double, _REAL),
+        _row("String", 12, datatypes.String, convert.string),
+        _row("DateTime", 13, datatypes.DateTime, convert.date_time),
+        _row("UtcTime", 294, datatypes.DateTime, convert.date_time),
+        _row("ByteString", 15, datatypes.Base64Binary, convert.base64),
+        _row("LocalizedText", 21, None, convert.lang_string),
+        _row("StatusCode", 19, datatypes.UnsignedInt, convert.integer(datatypes.UnsignedInt), _INTEGER),
+        _row("Guid", 14, datatypes.String, convert.string),
+        _row("NodeId", 17, datatypes.String, convert.string),
     )
 )
 
@@ -91,3 +96,21 @@ def value_type(opcua_type: str) -> ValueType:
 def xs_type(opcua_type: str) -> str:
     """The AAS value type name, e.g. "xs:double"; "langString" for LocalizedText."""
     return value_type(opcua_type).xs
+
+
+# The other way, for a file someone else wrote (agent/mapping_aas.py): several OPC UA types share an xs: type
+# (DateTime and UtcTime; UInt32 and StatusCode; String, Guid and NodeId), so the first row of each wins unless
+# the DataType's NodeId tells them apart.
+_BY_XS: dict[str, str] = {}
+for _vt in _TYPES.values():
+    _BY_XS.setdefault(_vt.xs, _vt.opcua)
+_BY_DATA_TYPE_ID: dict[int, str] = {vt.data_type_id: vt.opcua for vt in _TYPES.values()}
+
+
+def opcua_type_for(xs: str, data_type_id: int | None = None) -> str | None:
+    """The OPC UA type of an element of value type `xs` ("xs:double", LANG_STRING): the one the DataType
+    `data_type_id` (namespace 0) names when it has that xs: type, else the table's first; None if none has it."""
+    named = _BY_DATA_TYPE_ID.get(data_type_id) if data_type_id is not None else None
+    if named is not None and _TYPES[named].xs == xs:
+        return named
+    return _BY_XS.get(xs)

@@ -21,10 +21,12 @@ from typing import Any
 import orjson
 
 from aas_models.live import LiveValues
+from aas_models.timeseries import rings_for
 from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
 from agent import nodepaths, usage
+from agent.api.operator import Operator
 from agent.api.server import ApiServer
 from agent.backoff import Backoff
 from agent.config import Config
@@ -32,11 +34,13 @@ from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.measure import Measure
-from agent.metrics import Metrics, Parts, agent_version
+from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.runstate import RunState
 from agent.shells import build_shells
+from agent.status import Parts, snapshot
 from agent.supervisor import ComponentFailed, Supervisor
+from agent.version import VERSION
 from agent.wiring import application_uri, endpoint, lanes, make_sink, plan
 from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
@@ -55,7 +59,7 @@ class Agent:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
         self.env = build_shells(cfg)
-        self.live = LiveValues()
+        self.live = LiveValues(series=rings_for(self.env.shells))  # recent records: Time Series Data
         self.plan = plan(cfg, self.env)
         self.backoff = Backoff(initial=1.0, maximum=30.0)
         cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,7 @@ class Agent:
             cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp(), live=self.live
         )
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
-        self.metrics = Metrics(agent_version())
+        self.metrics = Metrics(VERSION)
         for s in cfg.sinks:
             # A chunk per message: whole chunks leave the buffer together, in one delete.
             buf, recovery = open_buffer(
@@ -154,23 +158,26 @@ class Agent:
                 )
             )
         self.pipeline.on_mismatch = self._recheck
-        self.metrics.attach(
-            Parts(
-                self.pipeline,
-                self.measure,
-                self.sources,
-                [s.id for s in cfg.sinks],
-                self.buffers,
-                self.forwarders,
-                self.dead_letters,
-            )
+        self.parts = Parts(
+            self.pipeline,
+            self.measure,
+            self.sources,
+            [s.id for s in cfg.sinks],
+            self.buffers,
+            self.forwarders,
+            self.dead_letters,
         )
+        self.metrics.attach(self.parts)
         self.supervisor = Supervisor(
             delays=Backoff(initial=1.0, maximum=60.0).delays,
             max_failures=cfg.agent.failure_limit,
             window_s=cfg.agent.failure_window_s,
             report=self._component_report,
         )
+
+    def status(self) -> dict[str, Any]:
+        """The status page's document (agent/status.py)."""
+        return snapshot(self.cfg, self.parts, version=self.metrics.version, started=self.started)
 
     def _delivered(self, sink: str, lane: str, key: str, count: int, ages: list[float]) -> None:
         self.measure.delivered(sink, lane, key, count, ages)
@@ -341,7 +348,13 @@ class Agent:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
         if self.cfg.api.enabled:
-            api = ApiServer(self.cfg, self.env, self.live, record=self.pipeline.usage, metrics=self.metrics.text)
+            api = ApiServer(
+                self.cfg,
+                self.env,
+                self.live,
+                record=self.pipeline.usage,
+                operator=Operator(metrics=self.metrics.text, status=self.status),
+            )
             self.supervisor.start("api", api.run)
 
     async def _heartbeat(self) -> None:

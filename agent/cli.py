@@ -14,6 +14,7 @@ from aas_models.build import ShellEnvironment
 from agent import config as config_mod
 from agent import logs, usage
 from agent.config_sinks import SfLogSinkConfig
+from agent.version import VERSION
 
 
 def _load(path: Path) -> config_mod.Config:
@@ -51,7 +52,7 @@ CONFIG = click.option(
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="edge-agent")
+@click.version_option(VERSION, "-V", "--version", prog_name="edge-agent", message="%(prog)s %(version)s")
 def main() -> None:
     """Manufacturing data-collection edge agent: OPC UA -> AAS -> durable buffer -> MQTT."""
 
@@ -341,6 +342,14 @@ main.add_command(browse_command)
 from agent.cli_mapping import mapping_group  # noqa: E402  (CSV mapping tables: agent/cli_mapping.py)
 
 main.add_command(mapping_group)
+
+from agent.cli_service import service_group  # noqa: E402  (systemd service: agent/cli_service.py)
+
+main.add_command(service_group)
+
+from agent.cli_status import status_command  # noqa: E402  (asks the running agent: agent/cli_status.py)
+
+main.add_command(status_command)
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,7 @@ from pydantic import (
 
 from aas_models.types import OPCUA_TYPES
 from adapters.opcua.values import node_id_problem
+from agent.config_aas import AasConfig
 from agent.config_api import ApiConfig
 from agent.config_base import ID_SHORT, ConfigError, LanguageTag, PlainId, Text
 from agent.config_base import Model as _Model
@@ -333,6 +334,7 @@ class Config(_Model):
     sinks: tuple[SinkConfig, ...] = Field(min_length=1)
     control: Control = Control()
     api: ApiConfig = ApiConfig()
+    aas: AasConfig = AasConfig()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -1,4 +1,8 @@
-"""Structured logging: JSON lines (or plain text on a terminal), with every configured secret masked."""
+"""Structured logging: JSON lines (or plain text on a terminal), with every configured secret masked.
+
+A log call names what it is about in fields, not only inside its text: `extra={"source": ..., "node": ...}`
+(FIELDS). In JSON they are keys of the line; on a terminal they follow the message in brackets.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 
 import orjson
 
+FIELDS = ("source", "sink", "machine", "path", "node")
 _STD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
 
 
@@ -27,6 +32,12 @@ class Redact(logging.Filter):
         for s in self.secrets:
             msg = msg.replace(s, "***")
         record.msg, record.args = msg, None
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if isinstance(value, str):
+                for s in self.secrets:
+                    value = value.replace(s, "***")
+                setattr(record, key, value)
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
             for s in self.secrets:
@@ -73,12 +84,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """For a person at a terminal: time, level, logger, message, then the fields: `[source=plc node=ns=2;i=5]`."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        fields = [f"{k}={v}" for k in FIELDS if (v := getattr(record, k, None)) is not None]
+        if not fields:
+            return text
+        head, nl, rest = text.partition("\n")  # a traceback stays below the line
+        return f"{head} [{' '.join(fields)}]{nl}{rest}"
+
+
 def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler.setFormatter(
-        JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.addFilter(LibraryNoise())
     handler.addFilter(Redact(secrets))
     root = logging.getLogger()

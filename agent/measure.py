@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from uploader.buffer import Row
 log = logging.getLogger(__name__)
 
 STATS_FILE = "stats.db"
+RECENT_GAPS = 500
 
 
 @dataclass
@@ -93,6 +95,8 @@ class Measure:
         self._failing = False
         self.gap_seconds: dict[str, float] = {}  # per source: seconds of its closed interruptions, since start
         self.open_gaps: dict[str, float] = {}  # per source: start (epoch) of its open interruption
+        # The latest interruptions, for the status page: [source, start, end or None, reason], oldest first.
+        self.recent_gaps: deque[list[Any]] = deque(maxlen=RECENT_GAPS)
 
     def _of(self, source: str) -> list[_Machine]:
         return [m for m in self.machines.values() if m.source == source]
@@ -100,10 +104,18 @@ class Measure:
     def interrupted(self, source: str, start: datetime, end: datetime | None, reason: str) -> None:
         t0, t1 = start.timestamp(), end.timestamp() if end is not None else None
         if t1 is None:
+            if source not in self.open_gaps:
+                self.recent_gaps.append([source, t0, None, reason])
             self.open_gaps.setdefault(source, t0)
         else:
             self.open_gaps.pop(source, None)
             self.gap_seconds[source] = self.gap_seconds.get(source, 0.0) + max(0.0, t1 - t0)
+            for gap in reversed(self.recent_gaps):
+                if gap[0] == source and gap[2] is None:
+                    gap[2] = t1
+                    break
+            else:
+                self.recent_gaps.append([source, t0, t1, reason])
         for m in self._of(source):
             self.stats.gap(m.id, m.handles, t0, t1, reason)
             if m.analyzer is not None:

@@ -24,50 +24,23 @@ Metric names (all `edge_agent_`; labels in braces):
 
 from __future__ import annotations
 
-import importlib.metadata
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from adapters.opcua.source import OpcUaSource
 from agent.committer import AGENT_KEY
-from agent.measure import Measure
-from agent.pipeline import Pipeline
-from uploader.buffer import Buffer
-from uploader.deadletter import DeadLetters
-from uploader.forwarder import Forwarder
+from agent.status import Parts, file_bytes
 
 _AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, float("inf"))
 _RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
-def agent_version() -> str:
-    try:
-        return importlib.metadata.version("edge-agent")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class Parts:
-    """What the metrics are read from: the running agent's parts (agent/app.py)."""
-
-    pipeline: Pipeline
-    measure: Measure
-    sources: Sequence[OpcUaSource]
-    sinks: Sequence[str]  # sink names, in the order of `buffers`
-    buffers: Sequence[Buffer]
-    forwarders: Sequence[Forwarder]
-    dead_letters: DeadLetters
-
-
 class Metrics:
     def __init__(self, version: str) -> None:
+        self.version = version
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         Info("edge_agent", "the agent's version", registry=self.registry).info({"version": version})
@@ -159,7 +132,7 @@ class _State(Collector):
         for i, (sink, buf) in enumerate(zip(p.sinks, p.buffers, strict=True)):
             for lane, n in buf.pending().items():
                 depth.add_metric([sink, lane], n)
-            size.add_metric([sink], _file_bytes(buf.path))
+            size.add_metric([sink], file_bytes(buf.path))
             dropped.add_metric([sink, "quota"], p.pipeline.committer.quota_dropped[i])
         failures = CounterMetricFamily("edge_agent_send_failures", "batches not wholly confirmed", labels=["sink"])
         for f in p.forwarders:
@@ -172,13 +145,3 @@ class _State(Collector):
             out.add_metric(list(labels), n)
         yield from (depth, size, dropped, failures, out)
         yield GaugeMetricFamily("edge_agent_dead_letters", "records in the dead letters", value=p.dead_letters.count())
-
-
-def _file_bytes(path: Path) -> int:
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += path.with_name(path.name + suffix).stat().st_size
-        except OSError:
-            continue
-    return total

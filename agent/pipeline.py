@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -127,6 +127,15 @@ class Pipeline:
         self.events: dict[int, EventBinding] = {e.handle: e for e in events}
         self.buffers = tuple(buffers)
         self.live = live
+        # Each shell's recent records (Time Series Data, aas_models/timeseries.py): handle -> its shell's ring,
+        # for the elements the records carry. Per stored value one append of plain values, no SDK work.
+        self._ring_of = {
+            b.handle: ring
+            for b in bindings
+            if (ring := live.series.get(b.shell_id)) is not None and b.path in ring.variables
+        }
+        self._series = {h: ring.values.append for h, ring in self._ring_of.items()}
+        self._rings = tuple({id(ring): ring for ring in self._ring_of.values()}.values())
         self._flush_s = flush_s
         members = {
             b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
@@ -158,6 +167,7 @@ class Pipeline:
         self.values_in = 0
         self.bad_values = 0
         self.not_stored = 0  # values of batches no buffer took (each reported in a gap record)
+        self.problems: dict[int, tuple[NodeProblem, datetime]] = {}  # handle -> the last problem reported, when
         self.null_values = 0
 
     # -- adapter callbacks ----------------------------------------------------------------------
@@ -167,6 +177,7 @@ class Pipeline:
         append = rows.append
         bindings = self.bindings
         update = self.live.update
+        series = self._series.get
         data_body = wire.data_body
         last = self.last
         opened = self.gaps.open
@@ -214,6 +225,7 @@ class Pipeline:
                     repeats += 1
                     continue
             if status & OVERFLOW == OVERFLOW:
+                self._series_gap((h,), "the server's queue overflowed: it discarded values")
                 start = prev[0] if prev is not None and prev[3] == clock else None
                 self.gaps.accumulate(
                     "overflow", "the server's queue overflowed: it discarded values", h, start, t, clock
@@ -223,11 +235,17 @@ class Pipeline:
             last[h] = (t, status, value, clock, None)
             append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, status)))
             update(b.shell_id, b.path, s.value)
+            add = series(h)
+            if add is not None:
+                add((t, b.path, s.value))
             seen_h.append(h)
             seen_t.append(t)
             if h in watch:
                 for analyzer, role in watch[h]:
                     analyzer.observe(role, s.value, t)
+        if seen_h:
+            for ring in self._rings:
+                ring.touch(now)
         if seen_h and self.measure is not None:
             self.measure.stats.values_each(seen_h, seen_t)
         self.values_in += len(samples)
@@ -283,6 +301,7 @@ class Pipeline:
         """Begin (`end` None): open the elements' gaps, durably. End: their gap records follow their first values."""
         if i.end is None:
             marks = self.gaps.begin(i.handles, i.start, i.reason, {h: (v[0], v[3]) for h, v in self.last.items()})
+            self._series_gap(i.handles, i.reason)
             await self.store([], marks)
             if self.measure is not None and i.source not in self._interrupted:
                 self._interrupted[i.source] = (i.start, i.reason)
@@ -293,7 +312,15 @@ class Pipeline:
             if self.measure is not None and (began := self._interrupted.pop(i.source, None)) is not None:
                 self.measure.interrupted(i.source, began[0], i.end, began[1])
 
+    def _series_gap(self, handles: Iterable[int], reason: str) -> None:
+        """Values of these elements are missing: their shells' recent records start a new segment, so the gap
+        shows there too (and no value is invented across it)."""
+        now = _utcnow().timestamp()
+        for ring in {id(r): r for h in handles if (r := self._ring_of.get(h)) is not None}.values():
+            ring.gap(now, reason)
+
     async def on_problem(self, p: NodeProblem) -> None:
+        self.problems[p.handle] = (p, _utcnow())
         b = self.bindings.get(p.handle)
         where = {"shell": b.shell_id, "path": b.path} if b is not None else {}
         body = wire.status_body(_utcnow(), p.kind, p.problem, node=p.node, **where)
@@ -312,6 +339,15 @@ class Pipeline:
         """Records of the usage spool (agent/usage.py): rows (lane, time, body), lane "usage" or "status"
         (a control write's outcome); False if a buffer could not store them."""
         return await self.store([(lane, AGENT_KEY, ts, body) for lane, ts, body in records])
+
+    def latest(self, handle: int) -> tuple[float, int, Any, bool] | None:
+        """An element's last stored value: (time, status, value in its JSON form, known); after a restart
+        only the value's digest survives until the next one arrives, and `known` is False."""
+        last = self.last.get(handle)
+        if last is None:
+            return None
+        t, status, value, _, _ = last
+        return (t, status, None, False) if value is _UNKNOWN else (t, status, value, True)
 
     def restore_marks(self) -> None:
         """After a restart: each element's last stored stamp, and the gaps an earlier run left open."""
@@ -373,7 +409,10 @@ class Pipeline:
         self._bad[b.handle] = [0, s.source_time, s.value]
         # The value is kept (as text) on the status lane: a wrong type is reported, not lost.
         shown = repr(s.value)[:_BAD_SHOWN]
-        log.warning("%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc)
+        log.warning(
+            "%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc,
+            extra={"source": b.source, "machine": b.equipment, "path": b.path, "node": b.node},
+        )  # fmt: skip
         rows.append(_bad_row(b, f"value {shown} does not fit {b.value_type}: {exc}", sourceTime=s.source_time))
         if self.on_mismatch is not None:
             self.on_mismatch(b.source, b.handle)  # the node may have changed type on the server

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aas_models import spec
 from aas_models.build import ShellEnvironment, build_environment
 from agent.config import Config, Equipment
+from agent.config_sinks import HttpSinkConfig
 
 
 def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
@@ -15,6 +16,8 @@ def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
         asset_id=cfg.asset_id(e),
         display_name=e.name,
         line=e.line or e.source,
+        time_series=time_series_spec(cfg, e),
+        interface=interface_spec(cfg, e),
         nameplate=spec.Nameplate(
             manufacturer_name=n.manufacturer_name,
             product_designation=n.product_designation,
@@ -41,10 +44,45 @@ def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
                 unit=p.unit,
                 description=p.description,
                 display_name=p.display_name,
+                node=p.node,
+                browse_path=p.browse_path,
+                observable=p.mode == "subscribe",
             )
             for p in e.points
         )
         + (analysis_elements() if e.analysis is not None else ()),
+    )
+
+
+def time_series_spec(cfg: Config, e: Equipment) -> spec.TimeSeries | None:
+    """The machine's Time Series Data submodel (`aas.time_series`): its points' values, the source's publishing
+    interval as SamplingInterval, and the reference receiver's records query when an `http` sink sends there."""
+    ts = cfg.aas.time_series
+    if not ts.enabled:
+        return None
+    source = next(s for s in cfg.sources if s.id == e.source)  # the config checked that it exists
+    http = next((s for s in cfg.sinks if isinstance(s, HttpSinkConfig)), None)
+    return spec.TimeSeries(
+        records=ts.records,
+        sampling_interval_s=source.publishing_interval_ms / 1000,
+        linked_endpoint=f"{http.url.rstrip('/')}/v1/assets/{e.id}/records" if http is not None else None,
+        linked_query=LINKED_QUERY if http is not None else None,
+        variables=tuple(p.path for p in e.points),
+    )
+
+
+# The receiver's records query (docs/cloud-api.md): {element} an element's idShort path, {from}/{to} ISO 8601.
+LINKED_QUERY = "element={element}&from={from}&to={to}"
+
+
+def interface_spec(cfg: Config, e: Equipment) -> spec.Interface:
+    """The OPC UA endpoint the machine is read from, for its Asset Interfaces Description (docs/aas.md)."""
+    source = next(s for s in cfg.sources if s.id == e.source)  # the config checked that it exists
+    return spec.Interface(
+        title=source.id,
+        base=source.endpoint,
+        security_mode=source.security.mode,
+        security_policy=source.security.policy,
     )
 
 

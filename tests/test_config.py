@@ -180,8 +180,13 @@ def test_export_command_writes_a_readable_environment(fmt: str, tmp_path: Path) 
             store = json.read_aas_json_file(f, failsafe=False)
     shells = [o for o in store if isinstance(o, model.AssetAdministrationShell)]
     assert sorted(s.id_short for s in shells) == ["cnc01", "imm01", "prs01"]
-    # 3 machines x (Nameplate, OperationalData) + the site's HierarchicalStructures
-    assert len([o for o in store if isinstance(o, model.Submodel)]) == 7
+    # 3 machines x (Nameplate, OperationalData, TimeSeries, ...) + the site's HierarchicalStructures
+    submodels = {o.id_short for o in store if isinstance(o, model.Submodel)}
+    assert {"Nameplate", "OperationalData", "TimeSeries", "HierarchicalStructures"} <= submodels
+    for shell in shells:
+        assert {f"{shell.id}/sm/{name}" for name in ("Nameplate", "OperationalData", "TimeSeries")} <= {
+            r.key[0].value for r in shell.submodel
+        }
 
 
 def test_buffer_path_is_refused_and_points_to_the_data_dir(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ class Forwarder:
         on_delivered: Delivered | None = None,
         on_round_trip: Callable[[float], None] | None = None,
     ) -> None:
+        self._fields = {"sink": sink.name}  # the log's own fields
         self.buffer = buffer
         self.on_delivered = on_delivered
         self.on_round_trip = on_round_trip  # seconds from handing a batch's messages to the sink to its answer
@@ -118,7 +119,7 @@ class Forwarder:
                 window -= finished
                 if all(t.result() for t in finished):  # a buffer error raises here
                     if failing and finished:
-                        log.info("%s: delivering again", self.sink.name)
+                        log.info("%s: delivering again", self.sink.name, extra=self._fields)
                         failing, delays = False, None
                     continue
                 # Something was not confirmed: let the rest of the window settle, then back off.
@@ -129,7 +130,10 @@ class Forwarder:
                     window.clear()
                 if not failing:
                     log.warning(
-                        "%s: delivery failed (%s); records stay buffered", self.sink.name, self.stats.last_error
+                        "%s: delivery failed (%s); records stay buffered",
+                        self.sink.name,
+                        self.stats.last_error,
+                        extra=self._fields,
                     )
                 failing = True
                 delays = delays or self._delays()
@@ -244,7 +248,7 @@ class Forwarder:
             self.buffer.end(batch, ())
             raise
         except Exception as exc:  # a sink bug must not lose records: they stay for the next round
-            log.exception("%s: send failed", self.sink.name)
+            log.exception("%s: send failed", self.sink.name, extra=self._fields)
             results = [False] * len(messages)
             self.stats.last_error = repr(exc)
         accepted: list[int] = []
@@ -264,7 +268,13 @@ class Forwarder:
                 n_ok += 1
             else:
                 if r is not False:  # a Partial naming records the message does not have: a sink bug
-                    log.error("%s: %r does not fit a message of %d records; kept", self.sink.name, r, len(part))
+                    log.error(
+                        "%s: %r does not fit a message of %d records; kept",
+                        self.sink.name,
+                        r,
+                        len(part),
+                        extra=self._fields,
+                    )
                 unconfirmed += 1
         if too_large:
             limit = self.sink.max_message_bytes
@@ -294,7 +304,7 @@ class Forwarder:
             try:
                 self.on_delivered(lane, part[0].key, len(part), [now - i.ts for i in part[::step]])
             except Exception:  # statistics must never stop delivery
-                log.exception("%s: recording a delivery failed", self.sink.name)
+                log.exception("%s: recording a delivery failed", self.sink.name, extra=self._fields)
 
     def _log_refusal(self, topic: str, reason: str, count: int) -> None:
         now = asyncio.get_running_loop().time()
@@ -311,6 +321,7 @@ class Forwarder:
             topic,
             reason,
             since,
+            extra=self._fields,
         )
         self._refusals[(topic, reason)] = [now, 0]
 
@@ -326,12 +337,19 @@ class Forwarder:
                     len(records),
                     topic,
                     reason,
+                    extra=self._fields,
                 )
                 continue
             try:
                 self.dead_letters.add(self.sink.name, self.buffer.origin, records, reason)
             except Exception as e:  # the disk refuses: keep them buffered rather than lose them
-                log.error("%s: cannot keep %d refused records as dead letters: %s", self.sink.name, len(records), e)
+                log.error(
+                    "%s: cannot keep %d refused records as dead letters: %s",
+                    self.sink.name,
+                    len(records),
+                    e,
+                    extra=self._fields,
+                )
                 continue
             self._log_refusal(topic, reason, len(records))
             done += [r.seq for r in records]

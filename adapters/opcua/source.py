@@ -88,6 +88,7 @@ class OpcUaSource:
         self._pki = pki
         self._own = own_certificate
         self._refusal = ""  # the last SecurityRefused message logged
+        self._fields = {"source": endpoint.id}  # the log's own fields (agent/logs.py)
         self.items = tuple(items)
         self.events = tuple(events)
         self._emit = emit
@@ -140,7 +141,7 @@ class OpcUaSource:
                     await self._interrupted(
                         Interruption(self.endpoint.id, self._handles(), down_since, now, down_reason)
                     )
-                    log.info("reconnected to %s after %d attempt(s)", self.endpoint.url, failures)
+                    log.info("reconnected to %s after %d attempt(s)", self.endpoint.url, failures, extra=self._fields)
                 await self._state(SourceState(self.endpoint.id, "connected", now, self.endpoint.url))
                 down_since, failures, delays = None, 0, self._delays()
                 self._sessions_full, self._refusal = False, ""
@@ -164,14 +165,14 @@ class OpcUaSource:
                     reason = f"refused to connect: {exc}"
                     if str(exc) != self._refusal:
                         self._refusal = str(exc)
-                        log.error("%s: %s: %s", self.endpoint.id, self.endpoint.url, reason)
+                        log.error("%s: %s: %s", self.endpoint.id, self.endpoint.url, reason, extra=self._fields)
                 if down_since is None:
                     down_since = self._last_data or _now()
                     down_reason = reason
                     if self.connected:
-                        log.warning("lost %s: %s", self.endpoint.url, reason)
+                        log.warning("lost %s: %s", self.endpoint.url, reason, extra=self._fields)
                     else:
-                        log.warning("cannot connect to %s: %s", self.endpoint.url, reason)
+                        log.warning("cannot connect to %s: %s", self.endpoint.url, reason, extra=self._fields)
                     self.connected, self.since, self.last_problem = False, _now(), reason
                     await self._interrupted(Interruption(self.endpoint.id, self._handles(), down_since, None, reason))
                     await self._state(SourceState(self.endpoint.id, "disconnected", _now(), reason))
@@ -191,6 +192,7 @@ class OpcUaSource:
                 self.endpoint.id,
                 self.endpoint.url,
                 self.endpoint.session_timeout_s,
+                extra=self._fields,
             )
         return "the server has no session left (BadTooManySessions)"
 
@@ -218,7 +220,7 @@ class OpcUaSource:
         try:
             await asyncio.wait_for(client.disconnect(), 2.0)
         except Exception:  # the connection is being discarded anyway; a cancellation is not swallowed
-            log.debug("disconnect from %s failed", self.endpoint.url, exc_info=True)
+            log.debug("disconnect from %s failed", self.endpoint.url, exc_info=True, extra=self._fields)
 
     async def _watch(self, pollers: list[asyncio.Task[None]]) -> None:
         """Return (by raising) when the session is gone: supervisor signal, silent subscription or poller failure."""
@@ -280,6 +282,7 @@ class OpcUaSource:
             len(poll),
             len(self.events),
             len(self.items) - len(self.active),
+            extra=self._fields,
         )
         return self._start_pollers(client, poll, nodes, read_chunk)
 
@@ -287,14 +290,17 @@ class OpcUaSource:
         if self._reported.get(item_handle) == problem:
             return
         self._reported[item_handle] = problem
-        log.error("%s: node %s: %s; skipped, the rest keeps collecting", self.endpoint.id, node, problem)
+        log.error(
+            "%s: node %s: %s; skipped, the rest keeps collecting",
+            self.endpoint.id, node, problem, extra={**self._fields, "node": node},
+        )  # fmt: skip
         await self._problem(NodeProblem(self.endpoint.id, item_handle, node, problem))
 
     async def _moved(self, item_handle: int, node: str, message: str) -> None:
         if self._reported.get(item_handle) == message:
             return
         self._reported[item_handle] = message
-        log.warning("%s: node %s: %s", self.endpoint.id, node, message)
+        log.warning("%s: node %s: %s", self.endpoint.id, node, message, extra={**self._fields, "node": node})
         await self._problem(NodeProblem(self.endpoint.id, item_handle, node, message, kind="node-moved"))
 
     def _side_task(self, work: Awaitable[None], name: str) -> None:
@@ -310,17 +316,28 @@ class OpcUaSource:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the session may be going; learning is tried again at the next connect
-            log.info("%s: learning the browse paths of %d nodes failed: %s", self.endpoint.id, len(nodes), exc)
+            log.info(
+                "%s: learning the browse paths of %d nodes failed: %s",
+                self.endpoint.id,
+                len(nodes),
+                exc,
+                extra=self._fields,
+            )
             return
         if not found or self._learnt is None:
             return
         for h, path in found.items():
             self._paths[self._by_handle[h].node] = path
-        log.info("%s: learnt the browse paths of %d nodes configured by node id", self.endpoint.id, len(found))
+        log.info(
+            "%s: learnt the browse paths of %d nodes configured by node id",
+            self.endpoint.id,
+            len(found),
+            extra=self._fields,
+        )
         try:
             self._learnt(dict(self._paths))
         except OSError as exc:
-            log.warning("%s: the learnt browse paths could not be kept: %s", self.endpoint.id, exc)
+            log.warning("%s: the learnt browse paths could not be kept: %s", self.endpoint.id, exc, extra=self._fields)
 
     # -- checks while collecting ------------------------------------------------------------------
 
@@ -350,7 +367,9 @@ class OpcUaSource:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the session is likely going: the next connect checks everything
-                log.info("%s: checking %d nodes again failed: %s", self.endpoint.id, len(nodes), exc)
+                log.info(
+                    "%s: checking %d nodes again failed: %s", self.endpoint.id, len(nodes), exc, extra=self._fields
+                )
                 return
 
     async def _follow(self, client: Client, item: NodeItem, path: str) -> bool:
@@ -457,7 +476,9 @@ class OpcUaSource:
         except Exception:
             # The server considers the batch delivered once we return; accounting for what emit
             # could not take is emit's job (adapters/sample.py). A raise here is a bug to log.
-            log.exception("%s: handling a batch of %d values failed", self.endpoint.id, len(samples))
+            log.exception(
+                "%s: handling a batch of %d values failed", self.endpoint.id, len(samples), extra=self._fields
+            )
         else:
             if samples:
                 self._last_data = _now()
@@ -477,7 +498,7 @@ class OpcUaSource:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s: handling %d events failed", self.endpoint.id, len(out))
+                log.exception("%s: handling %d events failed", self.endpoint.id, len(out), extra=self._fields)
 
     # -- polling ----------------------------------------------------------------------------------
 

@@ -33,6 +33,26 @@ BUILTIN_TYPE_IDS: dict[int, str] = {t.value: t.name for t in ua.VariantType if t
 TYPE_ALIASES: dict[str, str] = {"UtcTime": "DateTime"}
 
 
+_STATUS_NAMES: dict[int, str] = {
+    code: name for name, code in vars(ua.StatusCodes).items() if isinstance(code, int) and not name.startswith("_")
+}
+
+
+def status_name(code: int) -> str:
+    """The StatusCode's name for people: "Good", "BadNodeIdUnknown", "UncertainLastUsableValue"; info bits
+    (overflow, limits) are named after it; an unknown code is shown as hex."""
+    name = _STATUS_NAMES.get(code & 0xFFFF0000)
+    if name is None:
+        return f"0x{code:08X}"
+    extra = []
+    if code & 0x480 == 0x480:
+        extra.append("Overflow")
+    limit = (code >> 8) & 0x3 if code & 0x400 else 0
+    if limit:
+        extra.append({1: "Low", 2: "High", 3: "Constant"}[limit])
+    return "+".join([name, *extra])
+
+
 # OPC UA's "no time" is DateTime 0 (and anything before 1601), which asyncua decodes as 1601-01-01.
 NO_TIME_YEAR = 1601
 

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -418,12 +418,15 @@ class AasRoutes:
 
     # -- lookups
 
-    def fresh(self) -> None:
-        """The latest collected values into the model; a value that does not fit is reported once."""
+    def fresh(self, submodels: Iterable[str] = ()) -> None:
+        """The latest collected values into the model, and for the Time Series Data submodels among
+        `submodels` (ids) the records collected since they were last written; a value that does not fit is
+        reported once."""
         for p in self.live.apply(self.env):
             key = (p.shell_id, p.path)
             (log.debug if key in self._reported else log.warning)("API read: %s", p)
             self._reported.add(key)
+        self.live.apply_series(self.env, submodels)
 
     def _shells(self) -> list[model.AssetAdministrationShell]:
         return [o for o in self.env.store if isinstance(o, model.AssetAdministrationShell)]
@@ -446,6 +449,7 @@ class AasRoutes:
 
     def submodel_of(self, request: web.Request) -> model.Submodel:
         identifier = decode_id(request.match_info["sm"], "submodelIdentifier")
+        self.fresh((identifier,))  # records change a Time Series Data submodel's elements, not only their values
         if "aas" in request.match_info:
             shell = self.shell_of(request)
             if identifier not in {ref.key[0].value for ref in shell.submodel}:
@@ -471,6 +475,7 @@ class AasRoutes:
         submodels = (
             self._submodels() if everything else [self._identifiable(i, model.Submodel, "submodel") for i in sm_ids]
         )
+        self.fresh(s.id for s in submodels)
         doc: dict[str, Any] = {}  # the schema refuses empty arrays: a kind with nothing in it is left out
         if shells:
             doc["assetAdministrationShells"] = [to_json(s) for s in shells]
@@ -529,6 +534,7 @@ class AasRoutes:
 
     def _filtered_submodels(self, request: web.Request) -> list[model.Submodel]:
         submodels = self._submodels()
+        self.fresh(s.id for s in submodels)
         id_short = request.query.get("idShort")
         if id_short is not None:
             submodels = [s for s in submodels if s.id_short == id_short]

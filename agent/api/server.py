@@ -11,10 +11,7 @@ is not restarted over it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-from collections.abc import Callable
 
 from aiohttp import web
 
@@ -23,6 +20,7 @@ from aas_models.live import LiveValues
 from agent.api.aas import API_PREFIX, AasRoutes, ApiError, Handler, error_response
 from agent.api.auth import SESSION, AuthRoutes, Record, Sessions
 from agent.api.control import ControlRoutes
+from agent.api.operator import Operator
 from agent.config import Config
 from agent.config_base import ConfigError
 
@@ -33,23 +31,21 @@ READS = web.AppKey("reads", frozenset)  # routes that serve AAS data: a session'
 PUBLIC = web.AppKey("public", frozenset)  # routes that need no session
 MAX_BODY = 64 * 1024  # logins and control writes are small
 SHUTDOWN_S = 15.0
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
-MetricsText = Callable[[], bytes]
 
 
 def create_app(
-    cfg: Config, env: ShellEnvironment, live: LiveValues, record: Record, metrics: MetricsText | None = None
+    cfg: Config, env: ShellEnvironment, live: LiveValues, record: Record, operator: Operator | None = None
 ) -> web.Application:
-    """The API over `env` (values from `live`), with `record(rows)` storing its usage rows; `/metrics` serves
-    what `metrics()` gives (Prometheus text), when given."""
+    """The API over `env` (values from `live`), with `record(rows)` storing its usage rows; with `operator`,
+    also the operator's routes: `/metrics`, `/status` and the status page."""
     check(cfg)
     sessions = Sessions(cfg.api.users, record)
     app = web.Application(middlewares=[_errors, _sessions], client_max_size=MAX_BODY)
     aas, auth, ctl = AasRoutes(env, live), AuthRoutes(sessions), ControlRoutes(cfg)
     reads: list[web.AbstractRoute] = []
     public: list[web.AbstractRoute] = []
-    if metrics is not None:
-        public.append(app.router.add_get("/metrics", _metrics_route(sessions, metrics)))
+    if operator is not None:
+        public += operator.add(app.router, sessions)
     for prefix in ("", API_PREFIX):
         reads += aas.add(app.router, prefix)
         public += auth.add(app.router, prefix)
@@ -103,19 +99,19 @@ class ApiServer:
         live: LiveValues,
         record: Record,
         *,
-        metrics: MetricsText | None = None,
+        operator: Operator | None = None,
         retry: tuple[float, float] = (5.0, 60.0),
     ) -> None:
         check(cfg)
         self.cfg, self.env, self.live, self.record = cfg, env, live, record
-        self.metrics = metrics
+        self.operator = operator
         self._retry = retry
 
     async def run(self) -> None:
         api = self.cfg.api
         delay, longest = self._retry
         while True:
-            app = create_app(self.cfg, self.env, self.live, self.record, self.metrics)
+            app = create_app(self.cfg, self.env, self.live, self.record, self.operator)
             try:
                 runner = await start(app, api.host, api.port)
                 break
@@ -150,39 +146,6 @@ class ApiServer:
         finally:
             await stop(runner)
             log.info("local API stopped")
-
-
-# -- metrics --------------------------------------------------------------------------------------------
-
-
-def _metrics_route(sessions: Sessions, metrics: MetricsText) -> Handler:
-    """`/metrics`: open on a loopback API without users; with users, a session's Bearer token or any user's
-    name and password as HTTP Basic (what Prometheus' basic_auth sends). A scrape is not a usage event."""
-
-    async def handler(request: web.Request) -> web.Response:
-        if sessions.enabled and not _may_scrape(sessions, request):
-            raise ApiError(401, "metrics need a user's name and password (HTTP Basic) or a session's Bearer token",
-                           {"WWW-Authenticate": 'Basic realm="edge-agent"'})  # fmt: skip
-        return web.Response(body=metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-    return handler
-
-
-def _may_scrape(sessions: Sessions, request: web.Request) -> bool:
-    header = request.headers.get("Authorization", "")
-    if sessions.authenticate(header) is not None:
-        return True
-    ip = request.remote or ""
-    if not header.lower().startswith("basic ") or sessions.throttled(ip):
-        return False
-    try:
-        name, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return False
-    if sessions.check(name, password) is None:
-        sessions.failed(ip)
-        return False
-    return True
 
 
 # -- middleware ---------------------------------------------------------------------------------------
