@@ -261,6 +261,7 @@ class Agent:
 
     def status_snapshot(self) -> dict[str, Any]:
         return {
+            "version": VERSION,
             "started": self.started,
             "values_in": self.pipeline.values_in,
             "repeats_skipped": self.pipeline.repeats,
@@ -297,8 +298,10 @@ class Agent:
             await self.pipeline.status(kind, message, **details)
         await self.pipeline.status(
             "agent-started",
-            f"collecting {len(self.plan.bindings)} elements of {len(self.cfg.equipment)} machines",
+            f"edge-agent {VERSION}: collecting {len(self.plan.bindings)} elements of {len(self.cfg.equipment)} "
+            "machines",
             previous_stop=self._previous.last_alive if self._previous else None,
+            version=VERSION,
         )
         # The AAS model and config are long-lived: keep the collector from walking them over and
         # over (it was ~10 % of the per-value cost), and let young garbage pile up a little more

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from simulators.agentproc import AgentProcess
@@ -164,3 +165,15 @@ def test_metrics_are_all_there_and_move_while_the_agent_runs(tmp_path: Path) -> 
                     assert e.code == 401 and "HTTP Basic" in e.read().decode()
             assert agent.stop() == 0
     assert "scrape-secret-1" not in (tmp_path / "agent.log").read_text()
+    # The version is in the status records too: the one at start and the periodic counters.
+    from agent.version import VERSION
+
+    statuses = [
+        r
+        for line in (tmp_path / "records.jsonl").read_bytes().splitlines()
+        if (msg := orjson.loads(line))["lane"] == "status"
+        for r in msg["records"]
+    ]
+    assert [r["version"] for r in statuses if r["kind"] == "agent-started"] == [VERSION]
+    assert all(r["version"] == VERSION for r in statuses if r["kind"] == "agent-stats")
+    assert any(r["kind"] == "agent-stats" for r in statuses)
