@@ -62,20 +62,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
 import orjson
 
 from agent.level_html import fmt as _f
 from agent.level_html import render_html
 from agent.stats import (
     HOUR,
-    LAT_BUCKETS,
     NO_SAMPLING,
     SCHEMA_VERSION,
     ElementInfo,
     Hist,
     StatsError,
+    add_hist,
     hist_from_blob,
+    new_hist,
     percentile,
 )
 
@@ -243,10 +243,10 @@ def _build(
         "SELECT sink, machine, lane, records, samples, hist FROM delivered WHERE hour >= ? AND hour < ?",
         (h_from, end),
     ):
-        acc = deliv.setdefault((sink, machine, lane), [0, 0, np.zeros(LAT_BUCKETS, dtype=np.int64)])
+        acc = deliv.setdefault((sink, machine, lane), [0, 0, new_hist()])
         acc[0] += records
         acc[1] += n
-        acc[2] += hist_from_blob(blob)
+        add_hist(acc[2], hist_from_blob(blob))
     connected = dict(
         db.execute(
             "SELECT machine, sum(seconds) FROM connected WHERE hour >= ? AND hour < ? GROUP BY machine",
@@ -453,10 +453,10 @@ def _gaps(rows: list[Any], start: float, end: float, machines: list[str]) -> dic
 def _latency(deliv: dict[tuple[str, str, str], list[Any]]) -> list[dict[str, Any]]:
     sinks: dict[str, list[Any]] = {}
     for (sink, _, lane), (records, n, hist) in sorted(deliv.items(), key=lambda kv: kv[0]):
-        acc = sinks.setdefault(sink, [0, 0, np.zeros(LAT_BUCKETS, dtype=np.int64), {}])
+        acc = sinks.setdefault(sink, [0, 0, new_hist(), {}])
         acc[0] += records
         acc[1] += n
-        acc[2] = acc[2] + hist
+        add_hist(acc[2], hist)
         acc[3][lane] = acc[3].get(lane, 0) + records
     out = []
     for sink, (records, n, hist, lanes) in sinks.items():

@@ -53,18 +53,18 @@ import contextlib
 import logging
 import math
 import sqlite3
+import struct
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import accumulate, chain, islice
 from operator import mul, sub
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
-import numpy.typing as npt
 import orjson
 
 log = logging.getLogger(__name__)
@@ -79,10 +79,12 @@ LAT_LOW: Final = 1e-3
 LAT_PER_DECADE: Final = 20
 LAT_TOP: Final = math.ceil(math.log10(HOUR / LAT_LOW) * LAT_PER_DECADE)  # 132: up to 3981 s
 LAT_BUCKETS: Final = LAT_TOP + 2
-LAT_EDGES: Final = LAT_LOW * 10.0 ** (np.arange(LAT_TOP + 1) / LAT_PER_DECADE)
-_HIST_DTYPE: Final = np.dtype("<i8")
+LAT_EDGES: Final = tuple(LAT_LOW * 10.0 ** (i / LAT_PER_DECADE) for i in range(LAT_TOP + 1))
+_HIST_BLOB: Final = struct.Struct(f"<{LAT_BUCKETS}q")  # a histogram as stored: little-endian int64 counts
 
-Hist = npt.NDArray[np.int64]
+Hist = list[int]
+"""A latency histogram: LAT_BUCKETS counts. Plain ints: at most 16 latencies come per message
+(uploader/forwarder.py), too few for an array library to pay off, so the agent needs none."""
 
 _SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -175,18 +177,36 @@ def _merge_acc(into: list[float], other: list[float]) -> None:
     into[_LAST] = max(into[_LAST], other[_LAST])
 
 
+def new_hist() -> Hist:
+    return [0] * LAT_BUCKETS
+
+
 def histogram(latencies: Sequence[float]) -> Hist:
     """Latencies (seconds) counted into the fixed buckets; values that are not finite are left out."""
-    lat = np.asarray(latencies, dtype=np.float64)
-    lat = lat[np.isfinite(lat)]
-    idx = np.zeros(lat.shape, dtype=np.int64)
-    pos = lat >= LAT_LOW
-    idx[pos] = np.minimum(np.floor(np.log10(lat[pos] / LAT_LOW) * LAT_PER_DECADE).astype(np.int64) + 1, LAT_TOP + 1)
-    return np.bincount(idx, minlength=LAT_BUCKETS).astype(_HIST_DTYPE)
+    hist = new_hist()
+    for x in latencies:
+        lat = float(x)
+        if not math.isfinite(lat):
+            continue
+        if lat < LAT_LOW:
+            hist[0] += 1
+        else:
+            hist[min(math.floor(math.log10(lat / LAT_LOW) * LAT_PER_DECADE) + 1, LAT_TOP + 1)] += 1
+    return hist
+
+
+def add_hist(into: Hist, other: Sequence[int]) -> None:
+    """Adds `other`'s counts to `into`, in place."""
+    for i, n in enumerate(other):
+        into[i] += int(n)
 
 
 def hist_from_blob(blob: bytes) -> Hist:
-    return np.frombuffer(blob, dtype=_HIST_DTYPE).copy()
+    return list(_HIST_BLOB.unpack(blob))
+
+
+def hist_to_blob(hist: Sequence[int]) -> bytes:
+    return _HIST_BLOB.pack(*hist)
 
 
 def bucket_bounds(i: int) -> tuple[float, float]:
@@ -198,19 +218,19 @@ def bucket_bounds(i: int) -> tuple[float, float]:
     return float(LAT_EDGES[i - 1]), float(LAT_EDGES[i])
 
 
-def percentile(hist: Hist, q: float) -> float | None:
+def percentile(hist: Sequence[int], q: float) -> float | None:
     """The `q` quantile (0..1) in seconds read from a merged histogram; None when it is empty.
 
     The bucket holding the value of rank ceil(q * n) is found; inside it the value is interpolated
     (geometrically; linearly in the bucket below 1 ms), so the result is within that bucket. In the
     top bucket (>= 3981 s) its lower bound is returned.
     """
-    total = int(hist.sum())
+    cum = list(accumulate(int(n) for n in hist))
+    total = cum[-1] if cum else 0
     if total <= 0:
         return None
     rank = max(1, math.ceil(q * total))
-    cum = np.cumsum(hist)
-    i = int(np.searchsorted(cum, rank))
+    i = bisect_left(cum, rank)
     before = int(cum[i - 1]) if i > 0 else 0
     frac = (rank - before - 0.5) / int(hist[i])
     lo, hi = bucket_bounds(i)
@@ -416,11 +436,11 @@ class Stats:
         with self._lock:
             acc = self._deliv.get(key)
             if acc is None:
-                acc = self._deliv[key] = [0, 0, np.zeros(LAT_BUCKETS, dtype=_HIST_DTYPE)]
+                acc = self._deliv[key] = [0, 0, new_hist()]
             acc[0] += count
             if hist is not None:
-                acc[1] += int(hist.sum())
-                acc[2] += hist
+                acc[1] += sum(hist)
+                add_hist(acc[2], hist)
 
     def source_state(self, machine: str, connected: bool, at: float) -> None:
         """The source of `machine` connected or disconnected at `at` (agent time): connected seconds per hour."""
@@ -549,7 +569,7 @@ class Stats:
                 else:
                     cur_d[0] += d[0]
                     cur_d[1] += d[1]
-                    cur_d[2] += d[2]
+                    add_hist(cur_d[2], d[2])
             for ckey, seconds in snap.conn.items():
                 self._conn[ckey] = self._conn.get(ckey, 0.0) + seconds
             self._analysis[:0] = snap.analysis
@@ -693,7 +713,8 @@ class Stats:
                 "elements = max(elements, excluded.elements)",
                 [(m, start, end, reason, k) for (m, start), (end, reason, k) in snap.gaps.items()],
             )
-            for (sink, machine, lane, hour), (records, samples, hist) in snap.deliv.items():
+            for (sink, machine, lane, hour), (records, samples, snap_hist) in snap.deliv.items():
+                hist = snap_hist
                 row = db.execute(
                     "SELECT records, samples, hist FROM delivered "
                     "WHERE sink = ? AND machine = ? AND lane = ? AND hour = ?",
@@ -702,10 +723,11 @@ class Stats:
                 if row is not None:
                     records += row[0]
                     samples += row[1]
-                    hist = hist + hist_from_blob(row[2])
+                    hist = hist_from_blob(row[2])  # a new list: the snapshot's stays as it is
+                    add_hist(hist, snap_hist)
                 db.execute(
                     "INSERT OR REPLACE INTO delivered VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (sink, machine, lane, hour * HOUR, records, samples, hist.astype(_HIST_DTYPE).tobytes()),
+                    (sink, machine, lane, hour * HOUR, records, samples, hist_to_blob(hist)),
                 )
             db.executemany(
                 "INSERT INTO connected VALUES (?, ?, ?) "

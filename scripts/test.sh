@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: makes the venv, finds or installs mosquitto and
-# node-opcua, lints (ruff, mypy --strict) and runs pytest. Extra arguments go to pytest.
+# Runs the whole test suite on a fresh machine: makes the venv (scripts/install.sh test: the first run
+# installs from requirements/test.lock, later runs skip that), finds or installs mosquitto and
+# node-opcua (npm ci only while node_modules is missing), lints (ruff, mypy --strict) and runs
+# pytest. Extra arguments go to pytest. Once installed, it runs with no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+bash scripts/install.sh test
 
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -21,7 +20,7 @@ fi
 
 if command -v npm >/dev/null 2>&1; then
   if [ ! -d simulators/nodeopcua/node_modules/node-opcua ]; then
-    echo "installing node-opcua (npm ci)"
+    echo "installing node-opcua (npm ci, from simulators/nodeopcua/package-lock.json; about half a minute)"
     (cd simulators/nodeopcua && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 else
@@ -29,7 +28,9 @@ else
        "install Node.js 18+ to run them" >&2
 fi
 
-.venv/bin/ruff check agent adapters aas_models uploader simulators tests bench
-.venv/bin/ruff format --check agent adapters aas_models uploader simulators tests bench
+echo "linting: ruff check, ruff format --check, mypy --strict"
+.venv/bin/ruff check -q agent adapters aas_models uploader simulators tests bench
+.venv/bin/ruff format -q --check agent adapters aas_models uploader simulators tests bench
 .venv/bin/mypy
+echo "running pytest (the whole suite: about 10 minutes)"
 exec .venv/bin/pytest "$@"

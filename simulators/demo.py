@@ -13,15 +13,19 @@ sink replaced (demo-out/demo-http.yaml), and the view reads the receiver's query
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import unicodedata
 import urllib.request
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -38,6 +42,103 @@ CLOUD = f"http://127.0.0.1:{CLOUD_PORT}"
 TOKEN_FILE = OUT / "cloud-token"
 # Straight to 127.0.0.1 whatever http_proxy says.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+WIDTH = 80  # the view and every line the demo prints fit a terminal this wide
+_LABEL = 7  # the row label column ("cnc01  ", "types  ")
+_TEXT_MAX = 16  # a text value is shown up to this many columns
+
+
+# -- formatting for the view: every value rounded, every line cut to the width ----------------------
+
+
+def text_width(s: str) -> int:
+    """Terminal columns `s` takes: East Asian wide characters (Korean) take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in s)
+
+
+def clip(s: str, width: int) -> str:
+    """`s` cut to `width` columns, ending in `…` when something was cut."""
+    if text_width(s) <= width:
+        return s
+    out, used = [], 0
+    for c in s:
+        w = text_width(c)
+        if used + w > width - 1:
+            break
+        out.append(c)
+        used += w
+    return "".join(out) + "…"
+
+
+def _sci(v: float) -> str:
+    mantissa, _, exponent = f"{v:.2e}".partition("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def fmt_number(v: float) -> str:
+    """A number rounded for the view: 3 to 4 significant digits, scientific beyond 1e6 or below 1e-3."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if abs(v) < 1_000_000:
+            return str(v)
+        try:
+            return _sci(float(v))
+        except OverflowError:  # beyond any float: the leading digits and the exponent
+            digits = str(abs(v))
+            return f"{'-' if v < 0 else ''}{digits[0]}.{digits[1:3]}e{len(digits) - 1}"
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "INF" if v > 0 else "-INF"
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-3:
+        return _sci(v)
+    return f"{v:.{min(3, max(0, 2 - math.floor(math.log10(a))))}f}"
+
+
+def fmt_value(v: Any) -> str:
+    """One value as the view shows it: numbers rounded, arrays as their length, texts cut."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return fmt_number(v)
+    if isinstance(v, list):
+        if v and isinstance(v[0], dict):  # a multi-language text: the first language's
+            return clip(repr(v[0].get("text", "")), _TEXT_MAX)
+        return f"[{len(v)}]"
+    return clip(str(v), _TEXT_MAX)
+
+
+def pack(label: str, items: Sequence[str], width: int = WIDTH, max_lines: int = 2) -> list[str]:
+    """`items` after a row label, two spaces apart, wrapped onto at most `max_lines` lines of `width`
+    columns (continuations indented under the first item); what does not fit is counted as `+N more`."""
+    indent = " " * _LABEL
+    room = width - _LABEL
+    lines: list[list[str]] = [[]]
+    used = 0
+    for n, raw in enumerate(items):
+        item = clip(raw, room)
+        w = text_width(item)
+        if lines[-1] and used + 2 + w > room:
+            if len(lines) == max_lines:
+                rest = len(items) - n
+                while lines[-1] and used + 2 + len(f"+{rest} more") > room:
+                    used -= text_width(lines[-1].pop()) + (2 if lines[-1] else 0)
+                    rest += 1
+                lines[-1].append(f"+{rest} more")
+                break
+            lines.append([])
+            used = 0
+        used += w + (2 if lines[-1] else 0)
+        lines[-1].append(item)
+    lab = clip(label, _LABEL - 1)
+    first = lab + " " * (_LABEL - text_width(lab))
+    return [(first if i == 0 else indent) + "  ".join(parts) for i, parts in enumerate(lines)]
+
+
+def _element(path: str, value: Any, unit: str) -> str:
+    shown = fmt_value(value)
+    return f"{path}={shown} {unit}" if unit else f"{path}={shown}"
 
 
 class View:
@@ -85,39 +186,45 @@ class View:
             elif lane == "status" and r.get("kind") in ("node-problem", "bad-value"):
                 self.problems.append(f"{r.get('path', '')}: {r.get('message', '')}")
 
-    def headline(self) -> str:
-        return (
-            f"{self.messages} messages, "
-            + ", ".join(f"{lane} {n}" for lane, n in sorted(self.lanes.items()))
-            + f", duplicates dropped by id: {self.duplicates}"
-        )
+    def headline(self) -> list[str]:
+        lanes = [f"{lane} {n}" for lane, n in sorted(self.lanes.items())]
+        return [
+            *pack("got", [f"{self.messages} messages;", "records by lane:", *(lanes or ["none yet"])]),
+            clip(f"       (each record once: {self.duplicates} duplicates dropped by their record id)", WIDTH),
+        ]
 
-    def alarms(self) -> str:
-        return " | ".join(self.events[-3:]) or "none yet"
+    def alarms(self) -> list[str]:
+        return [clip(f"       {e}", WIDTH) for e in self.events[-3:]] or ["       none yet"]
 
     def footer(self) -> list[str]:
         return []
 
-    def render(self, out: TextIO, elapsed: float, clear: bool) -> None:
-        lines = [f"edge-agent demo — {elapsed:5.1f} s — {self.headline()}", ""]
-        assets = sorted({a for a, _ in self.latest})
+    def lines(self, elapsed: float) -> list[str]:
+        """The view: a title, what arrived, the latest values, alarms, gaps, problems; each line fits WIDTH."""
+        lines = [clip(f"edge-agent demo  {elapsed:.0f} s  (Ctrl-C stops it; logs in demo-out/)", WIDTH)]
+        lines += self.headline()
+        lines += ["", "latest value per machine (first elements; unit after the value):"]
+        rows = [(a, p, v) for (a, p), v in sorted(self.latest.items()) if "." not in p]
+        assets = sorted({a for a, _, _ in rows})
         for asset in assets:
-            items = [(p, v) for (a, p), v in sorted(self.latest.items()) if a == asset and "." not in p]
-            shown = "  ".join(f"{p}={_fmt(v[0])}{v[1]}" for p, v in items[:9])
-            lines.append(f"{asset:6s} {shown}")
+            lines += pack(asset, [_element(p, v[0], v[1]) for a, p, v in rows if a == asset])
+        if not assets:
+            lines.append("       waiting for the first values...")
         diag = [(p, v) for (a, p), v in sorted(self.latest.items()) if p.startswith("Diagnostics.")]
         if diag:
-            lines.append("")
-            lines.append("types  " + "  ".join(f"{p.split('.', 1)[1]}={_fmt(v[0])}" for p, v in diag[:10]))
-            lines.append("       " + "  ".join(f"{p.split('.', 1)[1]}={_fmt(v[0])}" for p, v in diag[10:]))
-        lines += ["", "recent alarms: " + self.alarms()]
+            lines += ["", "every OPC UA type through the agent, edge values included ([n]: n values):"]
+            lines += pack("types", [_element(p.split(".", 1)[1], v[0], "") for p, v in diag], max_lines=3)
+        lines += ["", "recent alarms (alarm events from the machines):", *self.alarms()]
         if self.gaps:
-            lines.append("gaps: " + " | ".join(self.gaps[-3:]))
+            lines.append("gaps (collection interrupted: machine, elements, from..to, why):")
+            lines += [clip(f"       {g}", WIDTH) for g in self.gaps[-3:]]
         if self.problems:
-            lines.append("problems: " + " | ".join(self.problems[-3:]))
-        lines += self.footer()
-        text = "\n".join(line[:200] for line in lines)
-        out.write(("\x1b[H\x1b[2J" if clear else "\n") + text + "\n")
+            lines.append("problems (a node the agent could not collect, and why):")
+            lines += [clip(f"       {p}", WIDTH) for p in self.problems[-3:]]
+        return [clip(line, WIDTH) for line in lines + self.footer()]
+
+    def render(self, out: TextIO, elapsed: float, clear: bool) -> None:
+        out.write(("\x1b[H\x1b[2J" if clear else "\n") + "\n".join(self.lines(elapsed)) + "\n")
         out.flush()
 
 
@@ -151,24 +258,25 @@ class CloudView(View):
         except OSError as e:
             self.problems = [f"cannot query the receiver at {CLOUD}: {e}"]
 
-    def headline(self) -> str:
-        stored = ", ".join(f"{lane} {n}" for lane, n in sorted(self.lanes.items()))
-        return f"records stored by the receiver (each id once): {stored or 'none yet'}"
+    def headline(self) -> list[str]:
+        stored = [f"{lane} {n}" for lane, n in sorted(self.lanes.items())]
+        return pack("stored", ["by the receiver, each record id once:", *(stored or ["none yet"])])
 
-    def alarms(self) -> str:
-        return f"{self.lanes['event']} alarm events stored"
+    def alarms(self) -> list[str]:
+        return [f"       {self.lanes['event']} alarm events stored"]
 
     def footer(self) -> list[str]:
-        return ["", "query it (token in demo-out/cloud-token):", *_queries()]
+        return ["", "query the receiver:", *_queries()]
 
 
 def _queries() -> list[str]:
-    auth = '-H "Authorization: Bearer $(cat demo-out/cloud-token)"'
     return [
-        f"  curl -s {auth} {CLOUD}/v1/assets",
-        f"  curl -s {auth} {CLOUD}/v1/assets/cnc01/latest",
-        f'  curl -s {auth} "{CLOUD}/v1/assets/cnc01/records?element=SpindleSpeed&limit=5"',
-        f"  curl -s {auth} {CLOUD}/v1/gaps",
+        f"  c={CLOUD}",
+        '  a="Authorization: Bearer $(cat demo-out/cloud-token)"',
+        '  curl -sH "$a" $c/v1/assets',
+        '  curl -sH "$a" $c/v1/assets/cnc01/latest',
+        '  curl -sH "$a" "$c/v1/assets/cnc01/records?element=SpindleSpeed&limit=5"',
+        '  curl -sH "$a" $c/v1/gaps',
     ]
 
 
@@ -192,7 +300,21 @@ def _http_config() -> Path:
     return path
 
 
-def _start_cloud(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+class _Stop:
+    """Ctrl-C (SIGINT) or SIGTERM: the first asks the demo to stop cleanly, a second to skip what is left."""
+
+    def __init__(self) -> None:
+        self.requested = 0
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.requested += 1
+
+    def __bool__(self) -> bool:
+        return self.requested > 0
+
+
+def _start_cloud(env: dict[str, str], stop: _Stop) -> tuple[subprocess.Popen[bytes], str] | None:
+    """The reference receiver, once it answers; None when the demo was stopped while it started."""
     token = secrets.token_urlsafe(24)
     fd = os.open(TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -200,10 +322,10 @@ def _start_cloud(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     cloud = subprocess.Popen(
         [sys.executable, "-m", "simulators.cloud", "--port", str(CLOUD_PORT), "--db", str(OUT / "cloud.sqlite3"),
          "--token-file", str(TOKEN_FILE)],
-        cwd=ROOT, stdout=(OUT / "cloud.log").open("wb"), stderr=subprocess.STDOUT, env=env,
+        cwd=ROOT, stdout=(OUT / "cloud.log").open("wb"), stderr=subprocess.STDOUT, env=env, process_group=0,
     )  # fmt: skip
     deadline = time.monotonic() + 30
-    while True:
+    while not stop:
         try:
             with _OPENER.open(f"{CLOUD}/v1/health", timeout=1):
                 return cloud, token
@@ -214,33 +336,58 @@ def _start_cloud(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
                     f"the cloud receiver did not start; is port {CLOUD_PORT} in use? see demo-out/cloud.log"
                 ) from None
             time.sleep(0.1)
+    stop_process(cloud)
+    return None
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, list):
-        if v and isinstance(v[0], dict):
-            return repr(v[0].get("text", ""))
-        return f"[{len(v)}]"
-    s = str(v)
-    return s if len(s) <= 16 else s[:15] + "…"
-
-
-def _wait_ready(proc: subprocess.Popen[str], timeout: float) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], timeout: float, stop: _Stop) -> bool:
+    """Waits for the simulator's READY line; False when the demo was stopped first."""
     assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    seen = b""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("READY"):
-            return
-        if not line and proc.poll() is not None:
-            raise SystemExit(f"the simulator exited early (code {proc.returncode}); is port {PORT} in use?")
-    raise SystemExit("the simulator did not become ready in time")
+    while not stop:
+        if time.monotonic() > deadline:
+            raise SystemExit("the simulator did not become ready in time; see demo-out/simulator.log")
+        if select.select([fd], [], [], 0.2)[0]:
+            chunk = os.read(fd, 4096)
+            seen += chunk
+            if seen.startswith(b"READY") or b"\nREADY" in seen:
+                return True
+            if not chunk:
+                proc.wait(5)
+                raise SystemExit(
+                    f"the simulator exited early (code {proc.returncode}); is port {PORT} in use? "
+                    "see demo-out/simulator.log"
+                )
+    return False
+
+
+def _run_unless_hurried(args: list[str], stop: _Stop) -> subprocess.CompletedProcess[str] | None:
+    """Runs a short command to its end, unless a second Ctrl-C asks to skip it (then None)."""
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, process_group=0
+    )
+    while True:
+        try:
+            out, _ = proc.communicate(timeout=0.2)
+            return subprocess.CompletedProcess(args, proc.returncode, out, "")
+        except subprocess.TimeoutExpired:
+            if stop.requested > 1:
+                stop_process(proc)
+                return None
+
+
+def _say(*lines: str) -> None:
+    for line in lines:
+        print(clip(line, WIDTH), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=None, help="stop after N seconds (default: until Ctrl-C)")
     ap.add_argument("--keep", action="store_true", help="keep demo-out/ from an earlier run (buffer, records)")
     ap.add_argument(
@@ -254,33 +401,33 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # The children get no Ctrl-C of their own (process_group=0): the demo stops them, in order.
+    _say(f"starting the OPC UA factory simulator (3 machines, opc.tcp://127.0.0.1:{PORT}/)")
     sim = subprocess.Popen(
         [sys.executable, "-m", "simulators.factory", "--port", str(PORT), "--machines", "3", "--period", "0.5",
          "--alarm-every", "6"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=(OUT / "simulator.log").open("w"), text=True, env=env,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=(OUT / "simulator.log").open("w"), env=env, process_group=0,
     )  # fmt: skip
     agent: subprocess.Popen[bytes] | None = None
     cloud: subprocess.Popen[bytes] | None = None
     config = CONFIG
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        _wait_ready(sim, 60)
         view = View(OUT / "records.jsonl")
-        if args.cloud == "http":
-            cloud, token = _start_cloud(env)
-            config = _http_config()
-            view = CloudView(token)
+        if _wait_ready(sim, 60, stop) and args.cloud == "http":
+            _say(f"starting the reference cloud receiver ({CLOUD}, storing into demo-out/cloud.sqlite3)")
+            started = _start_cloud(env, stop)
+            if started is not None:
+                cloud, token = started
+                config = _http_config()
+                view = CloudView(token)
+        if stop:
+            _say("stopped (Ctrl-C) before the agent started: nothing was collected.")
+            return 0
+        _say(f"starting the edge agent (-c {config.relative_to(ROOT)}); the live view follows")
         with (OUT / "agent.log").open("wb") as log:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "agent.cli", "run", "-c", str(config), "--log-format", "json"],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, process_group=0,
             )  # fmt: skip
         start = time.monotonic()
         tty = sys.stdout.isatty()
@@ -297,36 +444,55 @@ def main(argv: list[str] | None = None) -> int:
                 view.render(sys.stdout, elapsed, clear=tty)
                 last_render = elapsed
             time.sleep(0.2)
+        by_signal = bool(stop)
+        _say("", "stopping the agent (Ctrl-C again skips the reports at the end)")
         agent.send_signal(signal.SIGTERM)
-        code = agent.wait(60)
+        try:
+            code = agent.wait(60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            code = agent.wait()
+        if by_signal and code == -signal.SIGTERM:
+            code = 0  # stopped before it had set up its own handling of SIGTERM: nothing was lost
         view.poll()
         view.render(sys.stdout, time.monotonic() - start, clear=False)
-        subprocess.run(
+        if view.lanes["data"] == 0:
+            if by_signal:
+                _say("", f"agent stopped (exit {code}) before it delivered a value; logs: demo-out/agent.log")
+                return 0 if code == 0 else 1
+            _say("", f"no value was delivered; agent exit {code}; see demo-out/agent.log")
+            return 1
+        _run_unless_hurried(
             [sys.executable, "-m", "agent.cli", "export", "-c", str(config), "--format", "aasx", "-o",
-             str(OUT / "demo.aasx")],
-            cwd=ROOT, check=False, capture_output=True,
+             str(OUT / "demo.aasx")], stop,
         )  # fmt: skip
-        level = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "level", "-c", str(config), "-o", str(OUT / "level.html")],
-            cwd=ROOT, check=False, capture_output=True, text=True,
-        )  # fmt: skip
-        print("\nlevel evidence from what the agent measured (demo-out/level.html):")
-        print("  " + "\n  ".join((level.stdout or level.stderr).strip().splitlines()))
+        level = _run_unless_hurried(
+            [sys.executable, "-m", "agent.cli", "level", "-c", str(config), "-o", str(OUT / "level.html")], stop
+        )
+        if level is not None:
+            _say("", "level evidence from what the agent measured (demo-out/level.html):")
+            _say(*("  " + line for line in level.stdout.strip().splitlines()))
+        _say("", f"agent stopped (exit {code}). What the demo left in demo-out/:")
         if args.cloud == "http":
-            print(
-                f"\nagent stopped (exit {code}). Records: demo-out/cloud.sqlite3 (table records, one row per id), "
-                "AAS: demo-out/demo.aasx, logs: demo-out/agent.log, demo-out/cloud.log\n"
-                "To query them again, start the receiver on what it stored:\n"
-                f"  .venv/bin/python -m simulators.cloud --port {CLOUD_PORT} --db demo-out/cloud.sqlite3 "
-                "--token-file demo-out/cloud-token\n"
-                "and ask it:\n" + "\n".join(_queries())
+            _say(
+                "  cloud.sqlite3  the records (table records, one row per id)",
+                "  demo.aasx      the Asset Administration Shells",
+                "  level.html     the level evidence report",
+                "  agent.log, cloud.log",
+                "To query them again, start the receiver on what it stored:",
+                f"  .venv/bin/python -m simulators.cloud --port {CLOUD_PORT} \\",
+                "      --db demo-out/cloud.sqlite3 --token-file demo-out/cloud-token",
+                "and ask it:",
+                *_queries(),
             )
         else:
-            print(
-                f"\nagent stopped (exit {code}). Records: demo-out/records.jsonl, AAS: demo-out/demo.aasx, "
-                "logs: demo-out/agent.log"
+            _say(
+                "  records.jsonl  the records as delivered (one message per line)",
+                "  demo.aasx      the Asset Administration Shells",
+                "  level.html     the level evidence report",
+                "  agent.log      the agent's log",
             )
-        return 0 if code == 0 and view.lanes["data"] > 0 else 1
+        return 0 if code == 0 else 1
     finally:
         if agent is not None and agent.poll() is None:
             agent.kill()
