@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +35,7 @@ from agent.config_api import ApiConfig
 from agent.config_base import ID_SHORT, ConfigError, LanguageTag, PlainId, Text
 from agent.config_base import Model as _Model
 from agent.config_control import Control, allow_problem
-from agent.config_errors import Loc, Located, Shown, format_errors, key_lines, key_path, place
+from agent.config_errors import KeyLines, Loc, Located, SafeLoader, Shown, format_errors, key_path, place
 from agent.config_sinks import (
     HttpSinkConfig,
     MqttSinkConfig,
@@ -408,7 +409,7 @@ _REFERENCE = re.compile(r"\$\{(?:(file|credential):([^}]+)|([A-Z_][A-Z0-9_]*))\}
 def _expand_env(
     data: Any,
     file: str,
-    lines: dict[tuple[str | int, ...], int],
+    lines: Mapping[tuple[str | int, ...], int],
     notes: list[str],
     at: tuple[str | int, ...] = (),
 ) -> Any:
@@ -490,9 +491,9 @@ def secrets(cfg: Config) -> list[str]:
 
 
 def parse(text: str, file: str = "<config>", notes: list[str] | None = None) -> Config:
-    lines = key_lines(text)
+    lines = KeyLines(text)
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{file}:{mark.line + 1}" if mark is not None else file

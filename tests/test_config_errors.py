@@ -115,3 +115,20 @@ def test_references_point_at_the_key_that_names_them() -> None:
         "x.yaml:28: control.allow[0].machine: allow cnc1 Spindle.Speed: no equipment 'cnc1' "
         "(did you mean 'cnc01'?); defined: cnc01"
     )
+
+
+def test_a_valid_config_is_parsed_once_and_line_numbers_are_worked_out_only_for_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second, pure-Python parse that finds each key's line is paid only when an error is reported."""
+    from agent import config_errors
+
+    calls: list[int] = []
+    real = config_errors.key_lines
+    monkeypatch.setattr(config_errors, "key_lines", lambda text: calls.append(1) or real(text))
+    parse(GOOD, "good.yaml")
+    assert calls == []
+    with pytest.raises(ConfigError) as e:
+        parse(GOOD.replace("sampling_ms: 100", "sampling_ms: -5"), "bad.yaml")
+    assert calls == [1] and "bad.yaml:21:" in str(e.value) and "sampling_ms" in str(e.value)
+    assert config_errors.SafeLoader.__name__ == "CSafeLoader"  # libyaml is there: the fast loader is used
