@@ -9,8 +9,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import orjson
 import pytest
 
 from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
@@ -27,6 +28,20 @@ EXPECTED_XS: dict[str, str] = {
     "DateTime": "xs:dateTime", "UtcTime": "xs:dateTime", "ByteString": "xs:base64Binary",
     "LocalizedText": "langString", "StatusCode": "xs:unsignedInt", "Guid": "xs:string", "NodeId": "xs:string",
 }  # fmt: skip
+
+
+def file_records(
+    path: Path, lane: str, keep: Callable[[dict[str, Any]], bool] = lambda r: True
+) -> list[dict[str, Any]]:
+    """The records of `lane` a file sink wrote to `path` (none while it has written nothing), those `keep` takes."""
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    for line in path.read_bytes().splitlines():
+        msg = orjson.loads(line)
+        if msg["lane"] == lane:
+            out += [r for r in msg["records"] if keep(r)]
+    return out
 
 
 def unavailable(reason: str) -> NoReturn:

@@ -34,7 +34,7 @@ from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
 from simulators.factory.agentconfig import factory_config
 from simulators.ports import free_port
-from tests.helpers import unavailable, until, wait_until
+from tests.helpers import file_records, unavailable, until, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -95,17 +95,6 @@ def config_text(
 
 def make_config(tmp: Path, **kw: Any) -> Config:
     return parse(config_text(tmp, free_port(), free_port(), **kw))
-
-
-def records(path: Path, lane: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out: list[dict[str, Any]] = []
-    for line in path.read_bytes().splitlines():
-        msg = orjson.loads(line)
-        if msg["lane"] == lane:
-            out += msg["records"]
-    return out
 
 
 class Recorded:
@@ -605,7 +594,7 @@ def test_a_running_agent_serves_live_values_records_sessions_and_writes(tmp_path
             assert http.call("POST", "/logout", token=lee)[0] == 204
 
             def used() -> list[dict[str, Any]]:
-                return [r for r in records(out, "usage") if r.get("action", "").startswith("api")]
+                return [r for r in file_records(out, "usage") if r.get("action", "").startswith("api")]
 
             wait_until(
                 "the sessions on the usage lane", lambda: len([u for u in used() if u["use"] == "DO6002"]) == 2, 30
@@ -624,7 +613,7 @@ def test_a_running_agent_serves_live_values_records_sessions_and_writes(tmp_path
     assert lees[0] == "DO6001" and lees[-1] == "DO6002" and "DO6005" in lees
     [write] = [e for e in events if e["use"] == "DO6005"]
     assert write["action"] == "api cnc01 Control.FeedOverride" and write["bytes"] == len("80")
-    [status_record] = [r for r in records(out, "status") if r["kind"] == "control-write"]
+    [status_record] = [r for r in file_records(out, "status") if r["kind"] == "control-write"]
     assert status_record["event"] == write["event"] and status_record["user"] == "lee" and status_record["new"] == 80.0
     for where, text in (
         ("the agent log", (tmp_path / "agent.log").read_bytes()),
@@ -672,7 +661,7 @@ def test_the_idta_test_engines_pass_the_running_agent_for_the_read_profiles(tmp_
         assert result.level in (Level.INFO, Level.WARNING), profile
         assert matrix.valid_accepted > 50 and matrix.invalid_rejected > 20, profile
         assert matrix.valid_rejected == 0 and matrix.invalid_accepted == 0, profile
-    assert not [r for r in records(out, "usage") if r.get("action", "").startswith("api")], (
+    assert not [r for r in file_records(out, "usage") if r.get("action", "").startswith("api")], (
         "requests without users on loopback are no person's use: nothing recorded"
     )
 

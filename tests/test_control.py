@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from simulators.factory import FactoryThread, catalogue
 from simulators.factory.agentconfig import factory_config
 from simulators.factory.server import server_certificate
 from simulators.ports import free_port
-from tests.helpers import wait_until
+from tests.helpers import file_records, wait_until
 
 FEED = "ns=2;s=CNC01.Control.FeedOverride"
 PROGRAM = "ns=2;s=CNC01.Control.ProgramSelect"
@@ -265,17 +265,6 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def records(path: Path, lane: str, keep: Callable[[dict[str, Any]], bool] = lambda r: True) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out: list[dict[str, Any]] = []
-    for line in path.read_bytes().splitlines():
-        msg = orjson.loads(line)
-        if msg["lane"] == lane:
-            out += [r for r in msg["records"] if keep(r)]
-    return out
-
-
 @pytest.mark.timeout(180)
 def test_the_cli_writes_and_a_running_agent_carries_the_records(tmp_path: Path) -> None:
     out = tmp_path / "records.jsonl"
@@ -283,23 +272,23 @@ def test_the_cli_writes_and_a_running_agent_carries_the_records(tmp_path: Path) 
         config = tmp_path / "agent.yaml"
         config.write_text(config_text(tmp_path, factory.port))
         with AgentProcess(config, tmp_path / "agent.log") as agent:
-            wait_until("data in the file sink", lambda: records(out, "data"), 60)
+            wait_until("data in the file sink", lambda: file_records(out, "data"), 60)
             done = cli(config, "cnc01", "Control.FeedOverride", "75")
             assert done.returncode == 0, done.stdout + done.stderr
             assert "100.0 -> 75.0 (read back 75.0): written (Good)" in done.stdout and "took " in done.stdout
             assert factory.read(FEED) == 75.0
 
             def writes() -> list[dict[str, Any]]:
-                return records(out, "status", lambda r: r["kind"] == "control-write")
+                return file_records(out, "status", lambda r: r["kind"] == "control-write")
 
             [status] = wait_until("the control-write status record", writes, 30)
             assert (status["old"], status["new"], status["readBack"]) == (100.0, 75.0, 75.0)
             assert status["result"] == "written" and status["node"] == FEED
-            [used] = wait_until("the usage record", lambda: records(out, "usage"), 30)
+            [used] = wait_until("the usage record", lambda: file_records(out, "usage"), 30)
             assert used["use"] == "DO6005" and used["event"] == status["event"] and used["bytes"] == 2
             assert used["user"] == usage.os_user() and used["ip"] == "127.0.0.1"
             # The collected value shows the write too: the agent subscribes to the control node.
-            wait_until("75.0 collected", lambda: records(out, "data", lambda r: r.get("value") == 75.0), 30)
+            wait_until("75.0 collected", lambda: file_records(out, "data", lambda r: r.get("value") == 75.0), 30)
 
             refused = cli(config, "cnc01", "State", "IDLE")
             assert refused.returncode == 1 and "BadUserAccessDenied" in refused.stderr, refused.stderr
@@ -308,7 +297,7 @@ def test_the_cli_writes_and_a_running_agent_carries_the_records(tmp_path: Path) 
             assert len(wait_until("the refusal's record", lambda: writes()[1:], 30)) == 1
             assert writes()[1]["result"] == "refused"
             assert agent.stop() == 0, agent.log()[-3000:]
-    assert [r["use"] for r in records(out, "usage")] == ["DO6005", "DO6005"], "the guard's refusal is not logged"
+    assert [r["use"] for r in file_records(out, "usage")] == ["DO6005", "DO6005"], "the guard's refusal is not logged"
     assert [p.name for p in usage.spool_dir(tmp_path / "data").iterdir()] == [usage.CONFIG_SEEN]
     bad = tmp_path / "bad.yaml"
     bad.write_text(config_text(tmp_path, 4840, "control:\n  allow:\n    - {machine: cnc9, element: State}\n"))

@@ -24,7 +24,7 @@ from adapters.sample import NodeProblem, Sample
 from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
 from simulators.ports import free_port
-from tests.helpers import Collected, wait_until
+from tests.helpers import Collected, file_records, wait_until
 
 SPEED = "ns=2;s=CNC01.SpindleSpeed"
 COUNT = "ns=2;s=CNC01.PartCount"
@@ -199,19 +199,8 @@ sinks:
     return path
 
 
-def _records(path: Path, lane: str) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out: list[dict[str, Any]] = []
-    for line in path.read_bytes().splitlines():
-        msg = orjson.loads(line)
-        if msg["lane"] == lane:
-            out += msg["records"]
-    return out
-
-
 def _statuses(path: Path, kind: str, element: str) -> list[str]:
-    return [r["message"] for r in _records(path, "status") if r["kind"] == kind and r.get("path") == element]
+    return [r["message"] for r in file_records(path, "status") if r["kind"] == kind and r.get("path") == element]
 
 
 def test_the_agent_keeps_learnt_paths_across_its_restart_and_reports_a_changed_type(tmp_path: Path) -> None:
@@ -232,7 +221,7 @@ def test_the_agent_keeps_learnt_paths_across_its_restart_and_reports_a_changed_t
         restarted = fac.written(SPEED)[-1][0].isoformat().replace("+00:00", "Z")
 
         def speeds() -> list[dict[str, Any]]:
-            return [r for r in _records(records, "data") if r["path"] == "SpindleSpeed" and r["sourceTime"] > restarted]
+            return file_records(records, "data", lambda r: r["path"] == "SpindleSpeed" and r["sourceTime"] > restarted)
 
         with AgentProcess(config, tmp_path / "agent2.log"):
             wait_until("spindle speeds after the renumbering", lambda: len(speeds()) >= 3, 60)
