@@ -72,7 +72,8 @@ fi
 lock=requirements/${profiles[$rank]}.lock
 total=$(grep -c '^[A-Za-z0-9]' "$lock")
 if [ "$have_key" = none ]; then
-  echo "installing $total packages from $lock into $venv (first run: about a minute; needs the package index)"
+  echo "installing $total packages from $lock into $venv"
+  echo "  (first run: about a minute; needs the package index)"
 elif [ "$have_key" = "$key" ]; then
   echo "adding what ${profiles[$rank]} needs to $venv: $lock ($total packages, most already there)"
 else
@@ -120,8 +121,9 @@ failed() {
 export PYTHONUNBUFFERED=1
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --require-hashes --no-deps \
   -r "$lock" 2>&1 | tee -a "$log" | progress || failed
-echo "  installing edge-agent itself (editable: your changes to the source take effect without this step)"
+echo "  installing edge-agent itself (editable: source changes need no reinstall)"
 "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --no-index --no-deps \
   --no-build-isolation -e . >>"$log" 2>&1 || failed
 echo "$key $rank" >"$stamp"
-echo "installed in $((SECONDS - started)) s; next runs skip this until pyproject.toml or requirements/ change"
+echo "installed in $((SECONDS - started)) s; later runs skip this until pyproject.toml"
+echo "  or requirements/ change"

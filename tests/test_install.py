@@ -244,7 +244,7 @@ def test_an_unchanged_checkout_skips_pip_and_needs_no_index(tmp_path: Path) -> N
     first = run(["bash", "scripts/install.sh", "demo"], checkout, env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert re.search(r"installing \d+ packages from requirements/demo\.lock", first.stdout), first.stdout
-    assert "installed in" in first.stdout and "next runs skip this" in first.stdout
+    assert "installed in" in first.stdout and "later runs skip this" in first.stdout
     assert pip_log.exists(), "the first run did not run pip"
     assert (checkout / ".venv/.edge-agent-install").exists()
     installed = run([str(checkout / ".venv/bin/edge-agent"), "--version"], checkout, env)
