@@ -67,7 +67,6 @@ class Committer:
         self._quota_report = quota_report
         self._on_stored = on_stored
         self._held = [_Held() for _ in self.buffers]
-        self.quota_dropped = [0] * len(self.buffers)  # per buffer: records its disk quota dropped, since start
         self.last_error = ""  # why the last commit failed, for the gap it becomes
 
     def hold_gaps(self, records: Sequence[GapRecord]) -> None:
@@ -78,14 +77,14 @@ class Committer:
     async def commit(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
         """Commit rows and marks to every buffer; False if one refused data or event rows for good."""
         ok = True
-        for i, (buf, held, lanes) in enumerate(zip(self.buffers, self._held, self._lanes, strict=True)):
+        for buf, held, lanes in zip(self.buffers, self._held, self._lanes, strict=True):
             mine = rows if lanes is None else [r for r in rows if r[0] in lanes]
-            ok = await self._commit_one(i, buf, held, mine, marks or {}, lanes) and ok
+            ok = await self._commit_one(buf, held, mine, marks or {}, lanes) and ok
         self._on_stored()
         return ok
 
     async def _commit_one(
-        self, index: int, buf: Buffer, held: _Held, rows: list[Row], marks: dict[str, str], lanes: frozenset[str] | None
+        self, buf: Buffer, held: _Held, rows: list[Row], marks: dict[str, str], lanes: frozenset[str] | None
     ) -> bool:
         all_rows = [("gap", r.equipment, r.ts, r.body) for r in held.gaps] + held.status + rows
         if lanes is not None:
@@ -103,7 +102,6 @@ class Committer:
         while True:
             try:
                 dropped = buf.add(all_rows, marks.items(), unmark=unmark)
-                self.quota_dropped[index] += dropped.count
                 break
             except BufferError as exc:
                 if not held.failing:

@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from agent.committer import AGENT_KEY
-from agent.status import Parts, file_bytes
+from agent.status import Parts, buffer_figures
 
 _AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, float("inf"))
 _RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
@@ -129,11 +129,13 @@ class _State(Collector):
         depth = GaugeMetricFamily("edge_agent_buffer_records", "records waiting in the buffer", labels=["sink", "lane"])
         size = GaugeMetricFamily("edge_agent_buffer_bytes", "size of the buffer's files", labels=["sink"])
         dropped = CounterMetricFamily("edge_agent_dropped", "records given up, by reason", labels=["sink", "reason"])
-        for i, (sink, buf) in enumerate(zip(p.sinks, p.buffers, strict=True)):
+        for sink, buf in zip(p.sinks, p.buffers, strict=True):
             for lane, n in buf.pending().items():
                 depth.add_metric([sink, lane], n)
-            size.add_metric([sink], file_bytes(buf.path))
-            dropped.add_metric([sink, "quota"], p.pipeline.committer.quota_dropped[i])
+            on_disk, quota = buffer_figures(buf)
+            if on_disk is not None and quota is not None:
+                size.add_metric([sink], on_disk)
+                dropped.add_metric([sink, "quota"], quota)
         failures = CounterMetricFamily("edge_agent_send_failures", "batches not wholly confirmed", labels=["sink"])
         for f in p.forwarders:
             dropped.add_metric([f.sink.name, "rejected"], f.stats.rejected_records)

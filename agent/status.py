@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aas_models.text import Text
@@ -24,7 +23,7 @@ from adapters.opcua.values import status_name
 from agent.config import Config
 from agent.measure import Measure
 from agent.pipeline import Pipeline
-from uploader.buffer import Buffer
+from uploader.buffer import Buffer, BufferError
 from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
 
@@ -111,18 +110,19 @@ def snapshot(cfg: Config, parts: Parts, *, version: str, started: datetime) -> d
             }
         )
     sinks = []
-    for i, (name, buf) in enumerate(zip(parts.sinks, parts.buffers, strict=True)):
+    for name, buf in zip(parts.sinks, parts.buffers, strict=True):
         f = next((f for f in parts.forwarders if f.buffer is buf), None)
+        size, dropped = buffer_figures(buf)
         sinks.append(
             {
                 "name": name,
                 "connected": bool(f is not None and f.sink.connected),
                 "buffer": buf.pending(),
-                "bufferBytes": file_bytes(buf.path),
+                "bufferBytes": size,
                 "sent": f.stats.sent_records if f is not None else 0,
                 "rejected": f.stats.rejected_records if f is not None else 0,
                 "failedSends": f.stats.failed_sends if f is not None else 0,
-                "quotaDropped": pipeline.committer.quota_dropped[i],
+                "quotaDropped": dropped,
                 "lastSuccess": _iso(f.stats.last_success) if f is not None else None,
                 "lastError": f.stats.last_error if f is not None else "",
             }
@@ -160,12 +160,11 @@ def snapshot(cfg: Config, parts: Parts, *, version: str, started: datetime) -> d
     }
 
 
-def file_bytes(path: Path) -> int:
-    """A SQLite file's size with its -wal and -shm."""
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += path.with_name(path.name + suffix).stat().st_size
-        except OSError:
-            continue
-    return total
+def buffer_figures(buf: Buffer) -> tuple[int | None, int | None]:
+    """(bytes on disk with the WAL, records the disk quota dropped since open) from the buffer's own
+    counters; (None, None) while the buffer cannot be read (a page or status shows it as unknown)."""
+    try:
+        st = buf.stats()
+    except BufferError:
+        return None, None
+    return st.db_bytes + st.wal_bytes, sum(st.dropped.values())

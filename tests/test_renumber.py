@@ -70,8 +70,10 @@ def values_since(sink: Collected, handle: int, since: datetime) -> list[tuple[da
     return [(s.source_time, s.value) for s in sink.of(handle) if s.source_time and s.source_time > since]
 
 
-def source_for(url: str, items: list[NodeItem], sink: Collected, **kw: object) -> OpcUaSource:
-    endpoint = Endpoint(id="plc", url=url, publishing_interval_ms=100, timeout_s=5)
+def source_for(
+    url: str, items: list[NodeItem], sink: Collected, publishing_ms: float = 100, **kw: object
+) -> OpcUaSource:
+    endpoint = Endpoint(id="plc", url=url, publishing_interval_ms=publishing_ms, timeout_s=5)
     return OpcUaSource(
         endpoint, items, emit=sink.emit, emit_events=sink.emit_events, interrupted=sink.interrupted,
         problem=sink.problem, state=sink.state, delays=quick, **kw,  # type: ignore[arg-type]
@@ -126,7 +128,9 @@ def test_a_deleted_node_is_reported_before_the_next_publish_is_through() -> None
             NodeItem(handle=1, node=fac.address(SPEED), opcua_type="Double"),
             NodeItem(handle=2, node=fac.address(STEADY), opcua_type="Double"),
         ]
-        source = source_for(fac.endpoint, items, sink)
+        # A publishing interval of a gateway's usual order (the factory changes values every 0.1 s, so every
+        # publish carries data): the re-check's one Read must fit in it even on a loaded machine.
+        source = source_for(fac.endpoint, items, sink, publishing_ms=500)
         removed: list[float] = []
 
         def removed_and_reported() -> bool:

@@ -305,17 +305,28 @@ class AuthRoutes:
         return web.Response(status=204)
 
 
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(user, password) of an HTTP Basic Authorization header; None for another scheme; ValueError when it is
+    Basic but not base64 of user:password."""
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        sep = ""
+    if not sep:
+        raise ValueError("the Basic Authorization header is not base64 of user:password")
+    return name, password
+
+
 async def _credentials(request: web.Request) -> tuple[str, str]:
     """(user, password) from HTTP Basic or a JSON body; ApiError 400 when neither is readable."""
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("basic "):
-        try:
-            name, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            sep = ""
-        if not sep:
-            raise ApiError(400, "the Basic Authorization header is not base64 of user:password")
-        return name, password
+    try:
+        basic = basic_credentials(request.headers.get("Authorization", ""))
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+    if basic is not None:
+        return basic
     try:
         doc: Any = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

@@ -9,8 +9,6 @@ login throttle. Neither is an AAS read, so neither is recorded as usage (DO6003 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -20,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from agent.api.aas import ApiError
-from agent.api.auth import Sessions
+from agent.api.auth import Sessions, basic_credentials
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
 _STATIC = resources.files("agent.api") / "static"
@@ -82,13 +80,13 @@ def _may_read(sessions: Sessions, request: web.Request) -> bool:
     if sessions.authenticate(header) is not None:
         return True
     ip = request.remote or ""
-    if not header.lower().startswith("basic ") or sessions.throttled(ip):
-        return False
     try:
-        name, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+        basic = basic_credentials(header)
+    except ValueError:
         return False
-    if sessions.check(name, password) is None:
+    if basic is None or sessions.throttled(ip):
+        return False
+    if sessions.check(*basic) is None:
         sessions.failed(ip)
         return False
     return True

@@ -139,8 +139,8 @@ function drawSinks(doc, now) {
     sparkline(spark, t);
     body.append(el("tr", { "data-sink": s.name },
       el("td", {}, s.name), el("td", { class: s.connected ? "" : "bad" }, s.connected ? "up" : "down"),
-      el("td", {}, lanes), el("td", {}, spark), el("td", { class: "num" }, show(s.bufferBytes / 1048576) + " MiB"),
-      el("td", { class: "num" }, show(s.sent)), el("td", { class: "num" }, show(s.rejected + s.quotaDropped)),
+      el("td", {}, lanes), el("td", {}, spark), el("td", { class: "num" }, s.bufferBytes === null ? "unreadable" : show(s.bufferBytes / 1048576) + " MiB"),
+      el("td", { class: "num" }, show(s.sent)), el("td", { class: "num" }, show(s.rejected + (s.quotaDropped || 0))),
       el("td", { class: s.lastError ? "bad" : "" }, s.lastError || "")));
   }
 }
