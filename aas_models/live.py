@@ -8,6 +8,7 @@ ring, `apply_series` writes the rings that changed into the Time Series Data sub
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -100,6 +101,27 @@ def _show(value: object) -> str:
 
 def _expected(slot: ElementSlot) -> str:
     return f"list of {slot.value_type.xs}" if slot.spec.is_array else slot.value_type.xs
+
+
+def carry(old: ShellEnvironment, new: ShellEnvironment) -> None:
+    """The current value of every element of `old` into the same element of `new` (same shell, path and
+    type), for a model rebuilt by a reload: an element whose value changes rarely does not read as empty
+    until it changes. Call `LiveValues.apply(old)` first, so the latest values are in `old`."""
+    for slot in new.slots():
+        try:
+            before = old.slot(slot.shell_id, slot.path)
+        except (UnknownElementError, KeyError):
+            continue
+        if before.value_type != slot.value_type or type(before.element) is not type(slot.element):
+            continue
+        element = slot.element
+        if isinstance(element, model.SubmodelElementList):
+            assert isinstance(before.element, model.SubmodelElementList)
+            with contextlib.suppress(ValueRejected, TypeError, ValueError):  # a list of texts starts empty
+                _write(slot, [child.value for child in before.element.value])
+        elif isinstance(element, model.Property | model.MultiLanguageProperty):
+            assert isinstance(before.element, model.Property | model.MultiLanguageProperty)
+            element.value = before.element.value
 
 
 def _write(slot: ElementSlot, value: object) -> None:

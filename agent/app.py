@@ -20,28 +20,31 @@ from typing import Any
 
 import orjson
 
-from aas_models.live import LiveValues
+from aas_models.live import LiveValues, carry
 from aas_models.timeseries import rings_for
 from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
-from agent import nodepaths, usage
+from agent import logs, nodepaths, usage
 from agent.api.operator import Operator
 from agent.api.server import ApiServer
 from agent.backoff import Backoff
-from agent.config import Config
+from agent.config import Config, ConfigError, secrets
+from agent.config import Source as SourceConfig
+from agent.config import load as load_config
 from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.measure import Measure
 from agent.metrics import Metrics
 from agent.pipeline import Pipeline
+from agent.reload import Changes, compare
 from agent.runstate import RunState
 from agent.shells import build_shells
 from agent.status import Parts, snapshot
 from agent.supervisor import ComponentFailed, Supervisor
 from agent.version import VERSION
-from agent.wiring import application_uri, endpoint, lanes, make_sink, plan
+from agent.wiring import AnySink, application_uri, endpoint, lanes, make_sink, plan
 from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
@@ -70,51 +73,16 @@ class Agent:
         self.forwarders: list[Forwarder] = []
         self.dead_letters = open_dead_letters(cfg.agent.data_dir / DEAD_LETTERS)
         self.measure = Measure(
-            cfg, {e.id: cfg.aas_id(e) for e in cfg.equipment}, now=datetime.now(UTC).timestamp(), live=self.live
+            cfg, _shells(cfg), now=datetime.now(UTC).timestamp(), live=self.live, handles=self.plan.handles
         )
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
         self.metrics = Metrics(VERSION)
         for s in cfg.sinks:
-            # A chunk per message: whole chunks leave the buffer together, in one delete.
-            buf, recovery = open_buffer(
-                cfg.agent.data_dir / f"buffer-{s.id}.db",
-                quota_bytes=quota,
-                synchronous=cfg.buffer.synchronous,
-                chunk_records=s.batch.max_message_records,
-                min_free_bytes=int(cfg.buffer.min_free_mb * MIB),
-                reserve_bytes=int(cfg.buffer.reserve_mb * MIB),
-                protected_ceiling=int(quota * cfg.buffer.protected_share),
-            )
-            self._note_buffer(s.id, buf, recovery)
-            sink, batching = make_sink(cfg, s, buf.origin)
-            if isinstance(s, MqttSinkConfig) and s.password is not None and s.tls is None:
-                log.warning(
-                    "sink %r sends its MQTT password to %s:%d without TLS: anyone on the path can read it. "
-                    "Configure tls (the broker's TLS listener).",
-                    s.id,
-                    s.host,
-                    s.port,
-                )
-            if isinstance(s, MqttSinkConfig) and s.protocol == "3.1.1":
-                log.warning(
-                    "sink %r uses MQTT 3.1.1, which cannot tell a refused publish from a delivered one: a broker "
-                    "that denies a topic (ACL) still acknowledges it, and those records are lost. Use protocol: 5.",
-                    s.id,
-                )
+            buf = self._open_buffer(cfg, s, quota)
+            sink, forwarder = self._sink_on(s, buf)
             self.buffers.append(buf)
             self.sinks.append(sink)
-            self.forwarders.append(
-                Forwarder(
-                    buf,
-                    sink,
-                    site=cfg.site.id,
-                    batching=batching,
-                    delays=Backoff(initial=0.5, maximum=30.0).delays,
-                    dead_letters=self.dead_letters,
-                    on_delivered=functools.partial(self._delivered, s.id),
-                    on_round_trip=self.metrics.round_trip(s.id),
-                )
-            )
+            self.forwarders.append(forwarder)
         self.pipeline = Pipeline(
             self.plan.bindings,
             self.plan.events,
@@ -130,34 +98,19 @@ class Agent:
         self.pipeline.restore_marks()
         self._first_connect: set[str] = set()
         self.started = datetime.now(UTC)
-        app_uri = application_uri(cfg)
+        self.config_path = config_path
+        self.app_uri = application_uri(cfg)
         self.pki = Pki(cfg.agent.data_dir / "pki")
-        self.own_certificate = self.pki.ensure_own(app_uri)
+        self.own_certificate = self.pki.ensure_own(self.app_uri)
         for src in cfg.sources:
-            items = self.plan.items.get(src.id, [])
-            events = self.plan.event_items.get(src.id, [])
-            if not items and not events:
-                continue
-            self.sources.append(
-                OpcUaSource(
-                    endpoint(src, app_uri, config_path),
-                    items,
-                    events,
-                    emit=self.pipeline.on_samples,
-                    emit_events=self.pipeline.on_events,
-                    interrupted=self.pipeline.on_interruption,
-                    problem=self.pipeline.on_problem,
-                    state=self._on_state,
-                    delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
-                    pki=self.pki,
-                    own_certificate=self.own_certificate,
-                    paths=nodepaths.load(nodepaths.path_for(cfg.agent.data_dir, src.id), src.endpoint),
-                    learnt=functools.partial(
-                        nodepaths.save, nodepaths.path_for(cfg.agent.data_dir, src.id), src.endpoint
-                    ),
-                )
-            )
+            source = self._source(src)
+            if source is not None:
+                self.sources.append(source)
         self.pipeline.on_mismatch = self._recheck
+        self._handles = dict(self.plan.handles)  # every element's handle, also of those a reload removed
+        self._reloading = asyncio.Lock()
+        self._running = False  # collectors started, not yet stopping: a reload may change them
+        self._api: ApiServer | None = None
         self.parts = Parts(
             self.pipeline,
             self.measure,
@@ -174,6 +127,224 @@ class Agent:
             window_s=cfg.agent.failure_window_s,
             report=self._component_report,
         )
+
+    def _open_buffer(self, cfg: Config, s: AnySink, quota: int) -> Buffer:
+        """The buffer of sink `s` (opened, or recovered when damaged: noted, to be recorded)."""
+        # A chunk per message: whole chunks leave the buffer together, in one delete.
+        buf, recovery = open_buffer(
+            cfg.agent.data_dir / f"buffer-{s.id}.db",
+            quota_bytes=quota,
+            synchronous=cfg.buffer.synchronous,
+            chunk_records=s.batch.max_message_records,
+            min_free_bytes=int(cfg.buffer.min_free_mb * MIB),
+            reserve_bytes=int(cfg.buffer.reserve_mb * MIB),
+            protected_ceiling=int(quota * cfg.buffer.protected_share),
+        )
+        self._note_buffer(s.id, buf, recovery)
+        return buf
+
+    def _sink_on(self, s: AnySink, buf: Buffer) -> tuple[Sink, Forwarder]:
+        """The sink `s` and its forwarder, sending from `buf`."""
+        sink, batching = make_sink(self.cfg, s, buf.origin)
+        if isinstance(s, MqttSinkConfig) and s.password is not None and s.tls is None:
+            log.warning(
+                "sink %r sends its MQTT password to %s:%d without TLS: anyone on the path can read it. "
+                "Configure tls (the broker's TLS listener).",
+                s.id,
+                s.host,
+                s.port,
+            )
+        if isinstance(s, MqttSinkConfig) and s.protocol == "3.1.1":
+            log.warning(
+                "sink %r uses MQTT 3.1.1, which cannot tell a refused publish from a delivered one: a broker "
+                "that denies a topic (ACL) still acknowledges it, and those records are lost. Use protocol: 5.",
+                s.id,
+            )
+        forwarder = Forwarder(
+            buf,
+            sink,
+            site=self.cfg.site.id,
+            batching=batching,
+            delays=Backoff(initial=0.5, maximum=30.0).delays,
+            dead_letters=self.dead_letters,
+            on_delivered=functools.partial(self._delivered, s.id),
+            on_round_trip=self.metrics.round_trip(s.id),
+        )
+        return sink, forwarder
+
+    def _source(self, src: SourceConfig) -> OpcUaSource | None:
+        """The collector of one configured source; None when no equipment is read from it."""
+        items = self.plan.items.get(src.id, [])
+        events = self.plan.event_items.get(src.id, [])
+        if not items and not events:
+            return None
+        data_dir = self.cfg.agent.data_dir
+        return OpcUaSource(
+            endpoint(src, self.app_uri, self.config_path),
+            items,
+            events,
+            emit=self.pipeline.on_samples,
+            emit_events=self.pipeline.on_events,
+            interrupted=self.pipeline.on_interruption,
+            problem=self.pipeline.on_problem,
+            state=self._on_state,
+            delays=Backoff(initial=src.reconnect_initial_s, maximum=src.reconnect_max_s).delays,
+            pki=self.pki,
+            own_certificate=self.own_certificate,
+            paths=nodepaths.load(nodepaths.path_for(data_dir, src.id), src.endpoint),
+            learnt=functools.partial(nodepaths.save, nodepaths.path_for(data_dir, src.id), src.endpoint),
+        )
+
+    async def reload(self, why: str) -> dict[str, Any]:
+        """Re-read the config file and apply what changed (agent/reload.py says what may change without a
+        restart). Answers {"applied", "message", "changes"}; never raises for a bad or refused config: it
+        is logged and recorded, and the agent goes on as it was."""
+        async with self._reloading:
+            try:
+                return await self._reload(why)
+            except Exception as e:  # a bug: the agent goes on with what is applied; say so loudly
+                log.exception("reload (%s) failed part way", why)
+                return {"applied": False, "message": f"reload failed part way: {type(e).__name__}: {e}"}
+
+    async def _refuse(self, message: str, changes: Changes | None = None) -> dict[str, Any]:
+        log.error("configuration not reloaded: %s", message)
+        details = {"changes": changes.as_dict()} if changes is not None else {}
+        await self.pipeline.status("config-reload-refused", f"configuration not reloaded: {message}", **details)
+        return {"applied": False, "message": message, **details}
+
+    async def _reload(self, why: str) -> dict[str, Any]:
+        if not self._running:  # nothing is recorded: the buffers may be closed already
+            log.warning("configuration not reloaded (%s): the agent is starting or stopping", why)
+            return {"applied": False, "message": "the agent is starting or stopping; try again once it runs"}
+        if self.config_path is None:
+            return await self._refuse("the agent was started without a configuration file")
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            env = build_shells(new)
+        except (ConfigError, ValueError) as e:
+            return await self._refuse(f"{self.config_path} has errors; nothing was changed:\n{e}")
+        changes = compare(self.cfg, new)
+        if changes.restart:
+            return await self._refuse(
+                f"{', '.join(changes.restart)} change only with a restart (systemctl restart edge-agent); nothing "
+                "was changed",
+                changes,
+            )
+        if changes.empty:
+            log.info("configuration reloaded (%s): nothing changed", why)
+            return {"applied": True, "message": "nothing changed", "changes": {}}
+        # New buffers first: a buffer that cannot be opened refuses the reload before anything changed.
+        quota = int(new.buffer.quota_mb * MIB / len(new.sinks))
+        parts = zip(self.cfg.sinks, self.buffers, self.sinks, self.forwarders, strict=True)
+        current = {s.id: (b, k, f) for s, b, k, f in parts}
+        opened: dict[str, Buffer] = {}
+        notes = len(self._buffer_notes)
+        try:
+            for s in new.sinks:
+                if s.id not in current:
+                    opened[s.id] = self._open_buffer(new, s, quota)
+        except (BufferError, ValueError, OSError) as e:
+            for b in opened.values():
+                b.close()
+            return await self._refuse(f"a new sink's buffer cannot be opened: {e}", changes)
+        reason = f"configuration reloaded ({why})"
+        sup = self.supervisor
+        going = [*changes.sinks_removed, *changes.sinks_changed]
+        if going:  # (stop() without names stops everything)
+            await sup.stop(*[f"forwarder-{i}" for i in going], *[f"sink-{i}" for i in going])
+        for i in going:
+            with contextlib.suppress(Exception):
+                await current[i][1].stop()
+        self.cfg = new
+        logs.mask(secrets(new))
+        buffers, sinks, forwarders, fresh = [], [], [], []
+        for s in new.sinks:
+            if s.id in opened:
+                buf = opened[s.id]
+                buf.add([], self.buffers[0].marks().items())  # each element's last stored stamp, as the others
+            else:
+                buf = current[s.id][0]
+            buf.quota_bytes, buf.protected_ceiling = quota, int(quota * new.buffer.protected_share)
+            buf.chunk_records = s.batch.max_message_records
+            if s.id in current and s.id not in changes.sinks_changed:
+                sink, forwarder = current[s.id][1:]
+            else:
+                sink, forwarder = self._sink_on(s, buf)
+                fresh.append((sink, forwarder))
+            buffers.append(buf)
+            sinks.append(sink)
+            forwarders.append(forwarder)
+        # The model: rebuilt, with the current values and each unchanged shell's recent records.
+        self.live.apply(self.env)
+        carry(self.env, env)
+        rings = rings_for(env.shells)
+        for sid, ring in rings.items():
+            before = self.live.series.get(sid)
+            if before is not None and before.variables == ring.variables:
+                rings[sid] = before
+        self.live.series = rings
+        self.env = env
+        self.plan = plan(new, env, self._handles)
+        self._handles |= self.plan.handles
+        self.measure.reconfigure(new, _shells(new), self.plan.handles, datetime.now(UTC).timestamp())
+        removed = await self.pipeline.reconfigure(
+            self.plan.bindings, self.plan.events, buffers, [lanes(s) for s in new.sinks], reason
+        )
+        for i in changes.sinks_removed:
+            buf = current[i][0]
+            if pending := buf.pending():
+                log.warning("sink %s removed: %d records stay in %s (sent if the sink is configured again)",
+                            i, pending, buf.path)  # fmt: skip
+            buf.close()
+        self.buffers[:], self.sinks[:], self.forwarders[:] = buffers, sinks, forwarders
+        self.parts.sinks[:] = [s.id for s in new.sinks]
+        await self._resource(changes, reason)
+        for sink, forwarder in fresh:
+            sup.start(f"sink-{sink.name}", sink.run)
+            sup.start(f"forwarder-{sink.name}", forwarder.run)
+        if self._api is not None:
+            self._api.use(env)
+        for kind, message, details in self._buffer_notes[notes:]:
+            await self.pipeline.status(kind, message, **details)
+        try:
+            usage.config_applied(new.agent.data_dir, self.config_path)
+        except (OSError, ValueError) as e:
+            log.warning("the configuration change could not be recorded for the usage log: %s", e)
+        message = f"{reason}: {changes.summary()}"
+        log.info("%s", message)
+        await self.pipeline.status("config-reloaded", message, changes=changes.as_dict(), elementsRemoved=len(removed))
+        return {"applied": True, "message": message, "changes": changes.as_dict()}
+
+    async def _resource(self, changes: Changes, reason: str) -> None:
+        """Each source's collector after a reload: told its new items (its session goes on), or stopped,
+        or started anew (a source with new connection settings: its elements' gap lasts until it is back)."""
+        sup = self.supervisor
+        running = {s.endpoint.id: s for s in self.sources}
+        keep: list[OpcUaSource] = []
+        for conf in self.cfg.sources:
+            cur = running.pop(conf.id, None)
+            items, events = self.plan.items.get(conf.id, []), self.plan.event_items.get(conf.id, [])
+            if cur is not None and conf.id not in changes.sources_changed and (items or events):
+                await cur.update(items, events)
+                keep.append(cur)
+                continue
+            if cur is not None:
+                running[conf.id] = cur  # stopped below
+            new = self._source(conf)
+            if new is not None:
+                keep.append(new)
+        for sid, cur in running.items():
+            if sid in changes.sources_changed:
+                bound = self.pipeline.bindings.keys() | self.pipeline.events.keys()
+                handles = tuple(h for h in self._source_handles(cur) if h in bound)
+                await self.pipeline.on_interruption(Interruption(sid, handles, datetime.now(UTC), None, reason))
+            await sup.stop(f"source-{sid}")
+            self._first_connect.discard(sid)  # a new collector's first connect ends the gap
+        names = {s.endpoint.id for s in self.sources}
+        self.sources[:] = keep
+        for src in keep:
+            if src.endpoint.id not in names or src.endpoint.id in running:
+                sup.start(f"source-{src.endpoint.id}", src.run)
 
     def status(self) -> dict[str, Any]:
         """The status page's document (agent/status.py)."""
@@ -247,10 +418,12 @@ class Agent:
         else:
             return
         for src in self.sources:
-            await self.pipeline.on_interruption(Interruption(src.endpoint.id, self._handles(src), since, None, reason))
+            await self.pipeline.on_interruption(
+                Interruption(src.endpoint.id, self._source_handles(src), since, None, reason)
+            )
 
     @staticmethod
-    def _handles(src: OpcUaSource) -> tuple[int, ...]:
+    def _source_handles(src: OpcUaSource) -> tuple[int, ...]:
         return tuple(i.handle for i in src.items) + tuple(e.handle for e in src.events)
 
     async def _component_report(self, name: str, kind: str, message: str) -> None:
@@ -315,10 +488,13 @@ class Agent:
             sup.start(f"forwarder-{f.sink.name}", f.run)
         sup.start("heartbeat", self._heartbeat)
         sup.start("usage-spool", self._usage_spool)
+        self._running = True
         try:
             await sup.wait(stop)
         finally:
-            await self._shutdown(drain_timeout)
+            self._running = False
+            async with self._reloading:  # a reload under way finishes first
+                await self._shutdown(drain_timeout)
 
     async def _shutdown(self, drain_timeout: float) -> None:
         sup = self.supervisor
@@ -327,7 +503,9 @@ class Agent:
         self.runstate.beat()
         try:
             await self.pipeline.flush(everything=True)
-            await self.pipeline.stopping({s.endpoint.id: self._handles(s) for s in self.sources}, "agent was stopped")
+            await self.pipeline.stopping(
+                {s.endpoint.id: self._source_handles(s) for s in self.sources}, "agent was stopped"
+            )
             await self.pipeline.status("agent-stopping", "stopped by request")
             await self.pipeline.store(self.measure.summaries(datetime.now(UTC).timestamp(), final=True))
         except Exception:  # the buffers are closed below anyway; what is stored so far is safe
@@ -351,12 +529,12 @@ class Agent:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
         if self.cfg.api.enabled:
-            api = ApiServer(
+            api = self._api = ApiServer(
                 self.cfg,
                 self.env,
                 self.live,
                 record=self.pipeline.usage,
-                operator=Operator(metrics=self.metrics.text, status=self.status),
+                operator=Operator(metrics=self.metrics.text, status=self.status, reload=self.reload),
             )
             self.supervisor.start("api", api.run)
 
@@ -392,6 +570,11 @@ class Agent:
             await asyncio.sleep(every)
 
 
+def _shells(cfg: Config) -> dict[str, str]:
+    """equipment id -> its shell's id"""
+    return {e.id: cfg.aas_id(e) for e in cfg.equipment}
+
+
 def open_dead_letters(path: Path) -> DeadLetters:
     """The dead-letter store; a damaged one is moved aside (kept for a person) and a new one started."""
     try:
@@ -425,6 +608,14 @@ def run_agent(cfg: Config, stop_after: float | None = None, config_path: Path | 
             agent = Agent(cfg, config_path)
         except (BufferError, ValueError, OSError) as e:
             raise StartError(str(e)) from None
+        reloads: set[asyncio.Task[Any]] = set()
+
+        def hangup() -> None:  # SIGHUP: re-read the config (systemctl reload); one at a time, in order
+            task = asyncio.ensure_future(agent.reload("SIGHUP"))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         await agent.run(stop)
 
     # Buffers, dead letters, keys and the heartbeat hold the plant's data: for the service user only.

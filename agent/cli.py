@@ -347,9 +347,10 @@ from agent.cli_service import service_group  # noqa: E402  (systemd service: age
 
 main.add_command(service_group)
 
-from agent.cli_status import status_command  # noqa: E402  (asks the running agent: agent/cli_status.py)
+from agent.cli_status import reload_command, status_command  # noqa: E402  (asks the running agent)
 
 main.add_command(status_command)
+main.add_command(reload_command)
 
 if __name__ == "__main__":
     main()

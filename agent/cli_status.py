@@ -1,4 +1,5 @@
-"""`edge-agent status`: what the operator's status page shows, from the running agent's local API, as text."""
+"""`edge-agent status`: what the operator's status page shows, from the running agent's local API, as text;
+`edge-agent reload`: the running agent re-reads its config (agent/reload.py)."""
 
 from __future__ import annotations
 
@@ -19,38 +20,19 @@ from agent import config as config_mod
 WIDTH = 80
 
 
+USER = click.option(
+    "--user", default=None, help="an api.users name (its password from EDGE_AGENT_PASSWORD or a prompt)"
+)
+CONFIG = click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+
+
 @click.command("status")
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--user", default=None, help="an api.users name (its password from EDGE_AGENT_PASSWORD or a prompt)")
+@CONFIG
+@USER
 @click.option("--json", "as_json", is_flag=True, help="the status document as it is (GET /status)")
 def status_command(config_path: Path, user: str | None, as_json: bool) -> None:
     """Ask the running agent (its local API, api.host:api.port of the config) how it is doing."""
-    try:
-        cfg = config_mod.load(config_path)
-    except config_mod.ConfigError as e:
-        click.echo(f"configuration error:\n{e}", err=True)
-        sys.exit(2)
-    api = cfg.api
-    if not api.enabled:
-        click.echo("the config turns the local API off (api.enabled: false): the agent cannot be asked", err=True)
-        sys.exit(2)
-    host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host
-    url = f"http://{host}:{api.port}/status"
-    request = urllib.request.Request(url)
-    if api.users:
-        name = user or api.users[0].name
-        password = os.environ.get("EDGE_AGENT_PASSWORD") or click.prompt(f"password of {name}", hide_input=True)
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=10) as r:
-            doc = orjson.loads(r.read())
-    except urllib.error.HTTPError as e:
-        click.echo(f"the agent at {url} answered {e.code}: {_message(e)}", err=True)
-        sys.exit(1)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        click.echo(f"no agent answers at {url} ({reason}): is it running with this config?", err=True)
-        sys.exit(1)
+    doc = _ask(config_path, user, "/status")
     if as_json:
         click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return
@@ -93,6 +75,54 @@ def _age(s: float | None) -> str:
     if s < 3600:
         return f"{s / 60:.0f}min"
     return f"{s / 3600:.1f}h"
+
+
+@click.command("reload")
+@CONFIG
+@USER
+def reload_command(config_path: Path, user: str | None) -> None:
+    """Make the running agent re-read its config file and apply what changed, without a restart (as
+    SIGHUP and `systemctl reload edge-agent` do). Exit 0 when applied, 1 when refused (the reason is
+    printed; the agent goes on as it was)."""
+    doc = _ask(config_path, user, "/reload", refused_ok=True)
+    click.echo(doc.get("message", ""))
+    if not doc.get("applied"):
+        sys.exit(1)
+
+
+def _ask(config_path: Path, user: str | None, route: str, *, refused_ok: bool = False) -> dict[str, Any]:
+    """The running agent's answer on `route` (POST for /reload, else GET); exits with a message when there
+    is none. `refused_ok`: a 409 (the agent refused) is an answer too."""
+    try:
+        cfg = config_mod.load(config_path)
+    except config_mod.ConfigError as e:
+        click.echo(f"configuration error:\n{e}", err=True)
+        sys.exit(2)
+    api = cfg.api
+    if not api.enabled:
+        click.echo("the config turns the local API off (api.enabled: false): the agent cannot be asked", err=True)
+        sys.exit(2)
+    host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host
+    url = f"http://{host}:{api.port}{route}"
+    request = urllib.request.Request(url, method="POST" if route == "/reload" else "GET")
+    if api.users:
+        name = user or api.users[0].name
+        password = os.environ.get("EDGE_AGENT_PASSWORD") or click.prompt(f"password of {name}", hide_input=True)
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=60) as r:
+            doc: dict[str, Any] = orjson.loads(r.read())
+            return doc
+    except urllib.error.HTTPError as e:
+        if refused_ok and e.code == 409:
+            refused: dict[str, Any] = orjson.loads(e.read())
+            return refused
+        click.echo(f"the agent at {url} answered {e.code}: {_message(e)}", err=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        click.echo(f"no agent answers at {url} ({reason}): is it running with this config?", err=True)
+        sys.exit(1)
 
 
 def render(doc: dict[str, Any]) -> str:

@@ -69,6 +69,13 @@ class Committer:
         self._held = [_Held() for _ in self.buffers]
         self.last_error = ""  # why the last commit failed, for the gap it becomes
 
+    def reconfigure(self, buffers: Sequence[Buffer], lanes: Sequence[frozenset[str] | None]) -> None:
+        """A reload: commit to `buffers` from now on; a buffer kept keeps what it still holds back."""
+        held = {id(b): h for b, h in zip(self.buffers, self._held, strict=True)}
+        self.buffers = tuple(buffers)
+        self._lanes = tuple(lanes) or (None,) * len(self.buffers)
+        self._held = [held.get(id(b)) or _Held() for b in self.buffers]
+
     def hold_gaps(self, records: Sequence[GapRecord]) -> None:
         """Gap records for every buffer, written with the next commit (and kept until they are)."""
         for held in self._held:

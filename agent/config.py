@@ -212,6 +212,10 @@ class Equipment(_Model):
             _by_value([(p.path, ("points", i, "path")) for i, p in enumerate(self.points)]),
             "a path is mapped once per equipment",
         )
+        problems += _twice(
+            _by_value([(ev.name, ("events", i, "name")) for i, ev in enumerate(self.events)]),
+            "each event source of an equipment needs its own name (its events and gaps are told apart by it)",
+        )
         seen = {p.path for p in self.points}
         needed: dict[str, int] = {}  # collection path -> first point inside it
         for i, p in enumerate(self.points):

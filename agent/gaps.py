@@ -199,6 +199,18 @@ class GapBook:
             out.append(GapRecord(equipment, first.since, body, clears))
         return out
 
+    def close(self, handles: Iterable[int], end: datetime) -> list[GapRecord]:
+        """Elements no longer collected (a reload removed them): the open gap of each is written now, ending
+        at `end` (its element's end stays null: no value of it will come)."""
+        chosen = {h for h in handles if h in self.open}
+        if not chosen:
+            return []
+        out = self._records(_Pending(end, 0.0, chosen), chosen, clear=True)
+        for h in chosen:
+            del self.open[h]
+            self.first.pop(h, None)
+        return out
+
     def provisional(self, end: datetime) -> list[GapRecord]:
         """Records for every element still open, as they stand (`end: null` where no value came yet),
         without closing them: for a clean stop, so a receiver knows before the next start what it

@@ -99,6 +99,14 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{' '.join(fields)}]{nl}{rest}"
 
 
+def mask(secrets: Iterable[str]) -> None:
+    """More secrets to mask from now on (a reloaded configuration's), in every handler `setup` made."""
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, Redact):
+                f.secrets = sorted({*f.secrets, *(s for s in secrets if s)}, key=len, reverse=True)
+
+
 def setup(level: str = "info", fmt: str = "auto", secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())

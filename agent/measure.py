@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 from aas_models.live import LiveValues
 from agent.analysis import AnalysisSpec, MachineAnalyzer
 from agent.committer import AGENT_KEY
-from agent.config import Config
+from agent.config import AnalysisConfig, Config
+from agent.handles import Key, assign, point_key
 from agent.shells import analysis_values
 from agent.stats import ElementInfo, Stats, StatsError
 from uploader import wire
@@ -41,62 +43,88 @@ class _Machine:
     id: str
     shell: str
     source: str
+    config: AnalysisConfig | None = None
     handles: list[int] = field(default_factory=list)
     analyzer: MachineAnalyzer | None = None
     interval_s: float = 60.0
     next_summary: float = 0.0
 
 
-def elements(cfg: Config) -> list[ElementInfo]:
-    """Every configured element, with the handle `wiring.plan` gives it (points in config order, then events)."""
+def elements(cfg: Config, handles: Mapping[Key, int] | None = None) -> list[ElementInfo]:
+    """Every configured point, with its handle (agent/handles.py: `handles`, or those a start gives)."""
+    given = handles if handles is not None else assign(cfg)
     out: list[ElementInfo] = []
-    handle = 0
     for e in cfg.equipment:
         for p in e.points:
-            handle += 1
             ms = round(p.sampling_ms) if p.sampling_ms is not None else None
-            out.append(ElementInfo(handle, e.id, p.path, ms, p.mode))
-        handle += len(e.events)
+            out.append(ElementInfo(given[point_key(e.id, p.path)], e.id, p.path, ms, p.mode))
     return out
 
 
 class Measure:
-    def __init__(self, cfg: Config, shells: dict[str, str], *, now: float, live: LiveValues | None = None) -> None:
-        """`shells`: equipment id -> its shell id; `live`: where the last period's figures are served."""
+    def __init__(
+        self,
+        cfg: Config,
+        shells: dict[str, str],
+        *,
+        now: float,
+        live: LiveValues | None = None,
+        handles: Mapping[Key, int] | None = None,
+    ) -> None:
+        """`shells`: equipment id -> its shell id; `live`: where the last period's figures are served;
+        `handles`: each element's (agent/handles.py)."""
         self.live = live
-        infos = elements(cfg)
+        infos = elements(cfg, handles)
         self.stats = Stats(cfg.agent.data_dir / STATS_FILE, infos, retention_days=cfg.agent.stats_retention_days)
         self.machines: dict[str, _Machine] = {}
         self.watch: dict[int, list[tuple[MachineAnalyzer, str]]] = {}
-        by_path = {(i.machine, i.path): i.handle for i in infos}
-        for e in cfg.equipment:
-            m = self.machines[e.id] = _Machine(e.id, shells[e.id], e.source)
-            m.handles = [by_path[(e.id, p.path)] for p in e.points]
-            a = e.analysis
-            if a is None:
-                continue
-            spec = AnalysisSpec(
-                machine=e.id,
-                state=a.state,
-                running=frozenset(a.running),
-                alarm=a.alarm,
-                part_count=a.part_count,
-                good_count=a.good_count,
-                scrap_count=a.scrap_count,
-                ideal_cycle_s=a.ideal_cycle_s,
-                interval_s=a.interval_s,
-                counter_modulus=a.counter_modulus,
-            )
-            m.analyzer = MachineAnalyzer(spec, now)
-            m.interval_s = a.interval_s
-            m.next_summary = now + a.interval_s
-            for role, path in a.paths().items():
-                self.watch.setdefault(by_path[(e.id, path)], []).append((m.analyzer, role))
+        self._machines(cfg, shells, infos, now)
         self._failing = False
         self.gap_seconds: dict[str, float] = {}  # per source: seconds of its closed interruptions, since start
         self.open_gaps: dict[str, float] = {}  # per source: start (epoch) of its open interruption
         # The latest interruptions, for the status page: [source, start, end or None, reason], oldest first.
         self.recent_gaps: deque[list[Any]] = deque(maxlen=RECENT_GAPS)
+
+    def reconfigure(self, cfg: Config, shells: dict[str, str], handles: Mapping[Key, int], now: float) -> None:
+        """A reload: the elements and machines of `cfg`. A machine whose analysis settings and elements
+        did not change keeps its analyzer (its period goes on); the figures collected so far stay."""
+        infos = elements(cfg, handles)
+        self.stats.configure(infos)
+        self._machines(cfg, shells, infos, now)
+
+    def _machines(self, cfg: Config, shells: dict[str, str], infos: list[ElementInfo], now: float) -> None:
+        by_path = {(i.machine, i.path): i.handle for i in infos}
+        machines: dict[str, _Machine] = {}
+        watch: dict[int, list[tuple[MachineAnalyzer, str]]] = {}
+        for e in cfg.equipment:
+            m = machines[e.id] = _Machine(e.id, shells[e.id], e.source, config=e.analysis)
+            m.handles = [by_path[(e.id, p.path)] for p in e.points]
+            a = e.analysis
+            if a is None:
+                continue
+            before = self.machines.get(e.id)
+            same = before is not None and before.config == a and before.handles == m.handles
+            if before is not None and before.analyzer is not None and same:
+                m.analyzer, m.interval_s, m.next_summary = before.analyzer, before.interval_s, before.next_summary
+            else:
+                spec = AnalysisSpec(
+                    machine=e.id,
+                    state=a.state,
+                    running=frozenset(a.running),
+                    alarm=a.alarm,
+                    part_count=a.part_count,
+                    good_count=a.good_count,
+                    scrap_count=a.scrap_count,
+                    ideal_cycle_s=a.ideal_cycle_s,
+                    interval_s=a.interval_s,
+                    counter_modulus=a.counter_modulus,
+                )
+                m.analyzer = MachineAnalyzer(spec, now)
+                m.interval_s = a.interval_s
+                m.next_summary = now + a.interval_s
+            for role, path in a.paths().items():
+                watch.setdefault(by_path[(e.id, path)], []).append((m.analyzer, role))
+        self.machines, self.watch = machines, watch
 
     def _of(self, source: str) -> list[_Machine]:
         return [m for m in self.machines.values() if m.source == source]

@@ -123,31 +123,11 @@ class Pipeline:
         self.measure = measure
         self._watch = measure.watch if measure is not None else {}
         self._interrupted: dict[str, tuple[datetime, str]] = {}  # source -> start and reason of its open interruption
-        self.bindings: dict[int, Binding] = {b.handle: b for b in bindings}
-        self.events: dict[int, EventBinding] = {e.handle: e for e in events}
         self.buffers = tuple(buffers)
         self.live = live
-        # Each shell's recent records (Time Series Data, aas_models/timeseries.py): handle -> its shell's ring,
-        # for the elements the records carry. Per stored value one append of plain values, no SDK work.
-        self._ring_of = {
-            b.handle: ring
-            for b in bindings
-            if (ring := live.series.get(b.shell_id)) is not None and b.path in ring.variables
-        }
-        self._series = {h: ring.values.append for h, ring in self._ring_of.items()}
-        self._rings = tuple({id(ring): ring for ring in self._ring_of.values()}.values())
         self._flush_s = flush_s
-        members = {
-            b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
-            for b in bindings
-        }
-        members |= {
-            e.handle: Member(
-                e.source, e.equipment, e.shell_id, e.submodel_id, e.name, f"open:{e.equipment}!{e.name}", True
-            )
-            for e in events
-        }
-        self.gaps = GapBook(members, wait_s=gap_wait_s)
+        self.gaps = GapBook({}, wait_s=gap_wait_s)
+        self._bind(bindings, events)
         self.committer = Committer(
             self.buffers,
             delays=delays,
@@ -169,6 +149,76 @@ class Pipeline:
         self.not_stored = 0  # values of batches no buffer took (each reported in a gap record)
         self.problems: dict[int, tuple[NodeProblem, datetime]] = {}  # handle -> the last problem reported, when
         self.null_values = 0
+
+    def _bind(self, bindings: Sequence[Binding], events: Sequence[EventBinding]) -> None:
+        self.bindings: dict[int, Binding] = {b.handle: b for b in bindings}
+        self.events: dict[int, EventBinding] = {e.handle: e for e in events}
+        # Each shell's recent records (Time Series Data, aas_models/timeseries.py): handle -> its shell's ring,
+        # for the elements the records carry. Per stored value one append of plain values, no SDK work.
+        self._ring_of = {
+            b.handle: ring
+            for b in bindings
+            if (ring := self.live.series.get(b.shell_id)) is not None and b.path in ring.variables
+        }
+        self._series = {h: ring.values.append for h, ring in self._ring_of.items()}
+        self._rings = tuple({id(ring): ring for ring in self._ring_of.values()}.values())
+        members = {
+            b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
+            for b in bindings
+        }
+        members |= {
+            e.handle: Member(
+                e.source, e.equipment, e.shell_id, e.submodel_id, e.name, f"open:{e.equipment}!{e.name}", True
+            )
+            for e in events
+        }
+        # Members of removed elements stay: their accumulated losses are still written with their names.
+        self.gaps.members = {**self.gaps.members, **members}
+
+    async def reconfigure(
+        self,
+        bindings: Sequence[Binding],
+        events: Sequence[EventBinding],
+        buffers: Sequence[Buffer],
+        lanes: Sequence[frozenset[str] | None],
+        reason: str,
+    ) -> list[int]:
+        """A reload: collect into `bindings` and `events` from now on, storing to `buffers`. Every element no
+        longer configured ends with a final `element-removed` status record (its open gap, if any, is written
+        first, ending now); returns their handles. Everything else keeps its last value, marks and gaps."""
+        kept = {b.handle for b in bindings} | {e.handle for e in events}
+        removed = [h for h in [*self.bindings, *self.events] if h not in kept]
+        now = _utcnow()
+        rows: list[Row] = []
+        for h in removed:
+            if h in self._bad:
+                self._settle_bad(self.bindings[h], rows)
+            b = self.bindings.get(h)
+            last = self.last.get(h)
+            where: dict[str, Any]
+            if b is not None:
+                where = {"shell": b.shell_id, "path": b.path, "node": b.node}
+                key = b.equipment
+            else:
+                ev = self.events[h]
+                where = {"shell": ev.shell_id, "eventSource": ev.name, "node": ev.node}
+                key = ev.equipment
+            if last is not None:
+                where["lastValueTime"] = datetime.fromtimestamp(last[0], UTC)
+            body = wire.status_body(now, "element-removed", f"no longer collected: {reason}", **where)
+            rows.append(("status", key, now.timestamp(), body))
+            self.last.pop(h, None)
+            self.problems.pop(h, None)
+        records = self.gaps.close(removed, now)
+        if records:
+            self.committer.hold_gaps(records)
+        self._bind(bindings, events)  # from here on, a late value of a removed element is not stored
+        if self.measure is not None:
+            self._watch = self.measure.watch
+        await self.store(rows)  # into the sinks that carried these elements, not into new ones
+        self.buffers = tuple(buffers)
+        self.committer.reconfigure(self.buffers, lanes)
+        return removed
 
     # -- adapter callbacks ----------------------------------------------------------------------
 

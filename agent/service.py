@@ -251,6 +251,8 @@ Type=simple
 User={self.user}
 Group={self.user}
 ExecStart={command_line(self.exec_start())}
+# systemctl reload: re-read the config and apply what changed, without losing a value (agent/reload.py).
+ExecReload=/bin/kill -HUP $MAINPID
 WorkingDirectory={STATE_DIR}
 SyslogIdentifier={NAME}
 # /var/lib/edge-agent: made by systemd, owned by {self.user}; the installed config's agent.data_dir.

@@ -292,14 +292,11 @@ class Stats:
         self.retention_days = retention_days
         self._clock = clock
         self._started = clock()
-        self._where: dict[int, tuple[str, str]] = {e.handle: (e.machine, e.path) for e in elements}
-        self._config = sorted(
-            {
-                (e.machine, e.path, e.mode, NO_SAMPLING if e.sampling_ms is None else float(e.sampling_ms))
-                for e in elements
-            }
-        )
+        self._where: dict[int, tuple[str, str]] = {}  # handle -> (machine, path), every handle ever configured
+        self._config: list[tuple[str, str, str, float]] = []
+        self._configured_at: dict[tuple[str, str, str, float], float] = {}  # added by a reload: since then
         self._lock = threading.Lock()  # the in-memory state
+        self.configure(elements)
         self._io = threading.Lock()  # the connection (flush, close)
         self._db: sqlite3.Connection | None = None
         self._closed = False
@@ -320,6 +317,23 @@ class Stats:
             self._open()
         except StatsError as e:
             log.error("%s; collecting in memory, opening it again at the next flush", e)
+
+    def configure(self, elements: Sequence[ElementInfo]) -> None:
+        """The configured elements (at start, and again at a reload: new ones count as configured from now;
+        values of removed ones counted before are still written)."""
+        config = sorted(
+            {
+                (e.machine, e.path, e.mode, NO_SAMPLING if e.sampling_ms is None else float(e.sampling_ms))
+                for e in elements
+            }
+        )
+        with self._lock:
+            if self._config:
+                now = self._clock()
+                for c in set(config) - set(self._config):
+                    self._configured_at.setdefault(c, now)
+            self._where |= {e.handle: (e.machine, e.path) for e in elements}
+            self._config = config
 
     # -- hot path --------------------------------------------------------------------------------
 
@@ -678,7 +692,7 @@ class Stats:
             db.executemany(
                 "INSERT INTO elements VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine, path, mode, sampling_ms) "
                 "DO UPDATE SET last_configured = max(last_configured, excluded.last_configured)",
-                [(m, p, mode, ms, self._started, now) for m, p, mode, ms in snap.elements],
+                [(*c, self._configured_at.get(c, self._started), now) for c in snap.elements],
             )
             db.executemany(
                 _UPSERT_SAMPLES,

@@ -6,6 +6,7 @@ Plain functions, no running code: app.py builds the running agent from what thes
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from agent.backoff import Backoff
 from agent.config import Config, Point, Source
 from agent.config_sinks import FileSinkConfig, HttpSinkConfig, MqttSinkConfig, SfLogSinkConfig
+from agent.handles import Key, assign, event_key, point_key
 from agent.pipeline import Binding, EventBinding, make_binding
 from uploader import wire
 from uploader.file import FileSink
@@ -26,22 +28,23 @@ from uploader.sink import Sink
 
 @dataclass
 class Plan:
-    """What the config asks for, resolved into handles."""
+    """What the config asks for, resolved into handles (agent/handles.py)."""
 
     bindings: list[Binding] = field(default_factory=list)
     events: list[EventBinding] = field(default_factory=list)
     items: dict[str, list[NodeItem]] = field(default_factory=dict)
     event_items: dict[str, list[EventItem]] = field(default_factory=dict)
+    handles: dict[Key, int] = field(default_factory=dict)
 
 
-def plan(cfg: Config, env: ShellEnvironment) -> Plan:
-    out = Plan()
-    handle = 0
+def plan(cfg: Config, env: ShellEnvironment, previous: Mapping[Key, int] | None = None) -> Plan:
+    """The parts for `cfg`; with `previous` (a reload), every element keeps the handle it had."""
+    out = Plan(handles=assign(cfg, previous))
     for e in cfg.equipment:
         shell_id = cfg.aas_id(e)
         submodel_id = env.submodel_id(shell_id)
         for p in e.points:
-            handle += 1
+            handle = out.handles[point_key(e.id, p.path)]
             element = wire.Element(
                 shell=shell_id,
                 submodel=submodel_id,
@@ -55,7 +58,7 @@ def plan(cfg: Config, env: ShellEnvironment) -> Plan:
             out.bindings.append(make_binding(handle, e.source, e.id, element))
             out.items.setdefault(e.source, []).append(_item(handle, p))
         for ev in e.events:
-            handle += 1
+            handle = out.handles[event_key(e.id, ev.name)]
             out.events.append(EventBinding(handle, e.source, e.id, shell_id, submodel_id, ev.name, ev.node))
             out.event_items.setdefault(e.source, []).append(EventItem(handle, ev.node, ev.fields))
     return out

@@ -121,6 +121,8 @@ class OpcUaSource:
         self._gone: set[int] = set()  # polled items found gone or changed: not read until the next connect
         self._suspects: dict[int, str] = {}  # handle -> why it is to be checked again
         self._side: set[asyncio.Task[None]] = set()  # learning paths, re-checks: end with the session
+        self._pollers: list[asyncio.Task[None]] = []  # the session's polling tasks
+        self._setting_up = asyncio.Lock()  # held while a session is set up, and while a reload is applied
 
     # -- supervision ----------------------------------------------------------------------------
 
@@ -133,7 +135,8 @@ class OpcUaSource:
             client = self._client()
             try:
                 await security.connect(client, self.endpoint, self._pki, self._own)
-                pollers = await self._setup(client)
+                async with self._setting_up:  # a reload (update) waits for the session's set-up
+                    self._pollers = await self._setup(client)
                 self.connected = True
                 now = self.since = _now()
                 if down_since is not None:
@@ -146,9 +149,10 @@ class OpcUaSource:
                 down_since, failures, delays = None, 0, self._delays()
                 self._sessions_full, self._refusal = False, ""
                 try:
-                    await self._watch(pollers)
+                    await self._watch()
                 finally:
-                    ending = [*pollers, *self._side]
+                    ending = [*self._pollers, *self._side]
+                    self._pollers = []
                     for p in ending:
                         p.cancel()
                     await asyncio.gather(*ending, return_exceptions=True)
@@ -222,20 +226,20 @@ class OpcUaSource:
         except Exception:  # the connection is being discarded anyway; a cancellation is not swallowed
             log.debug("disconnect from %s failed", self.endpoint.url, exc_info=True, extra=self._fields)
 
-    async def _watch(self, pollers: list[asyncio.Task[None]]) -> None:
+    async def _watch(self) -> None:
         """Return (by raising) when the session is gone: supervisor signal, silent subscription or poller failure."""
         silence = (self.endpoint.publishing_interval_ms / 1000) * requests.KEEPALIVE_COUNT * 2 + self.endpoint.timeout_s
-        subscribed = any(i.mode == "subscribe" for i in self.items) or bool(self.events)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), timeout=1.0)
             if self._lost.is_set():
                 raise ConnectionLost(self._lost_reason)
-            for p in pollers:
+            for p in self._pollers:
                 if p.done():
                     raise ConnectionLost(f"poller stopped: {p.exception()!r}")
             # A callback still storing (a full disk: the pipeline retries, the server holds its queue)
             # is not a silent server: cancelling it would lose the batch it is trying to keep.
+            subscribed = self._sub_id is not None
             if subscribed and not self._handling and time.monotonic() - self._last_publish > silence:
                 raise ConnectionLost(f"no publish response for {silence:.0f} s")
 
@@ -338,6 +342,87 @@ class OpcUaSource:
             self._learnt(dict(self._paths))
         except OSError as exc:
             log.warning("%s: the learnt browse paths could not be kept: %s", self.endpoint.id, exc, extra=self._fields)
+
+    # -- reload -----------------------------------------------------------------------------------
+
+    async def update(self, items: Sequence[NodeItem], events: Sequence[EventItem] = ()) -> None:
+        """Collect `items` and `events` from now on (a reload). In a running session only what changed is
+        touched: the monitored items of removed or changed items are deleted, those of new or changed ones
+        created; every other monitored item goes on as it was, so none of its values is missed. Polled items
+        get new pollers. Without a session the next connect sets up the new set; if applying it fails, the
+        session is started over with it."""
+        async with self._setting_up:
+            new_items = {i.handle: i for i in items}
+            new_events = {e.handle: e for e in events}
+            gone = [h for h, i in self._by_handle.items() if new_items.get(h) != i]
+            gone += [h for h, e in self._event_handles.items() if new_events.get(h) != e]
+            added = [i for h, i in new_items.items() if self._by_handle.get(h) != i]
+            added_events = [e for h, e in new_events.items() if self._event_handles.get(h) != e]
+            repoll = any(self._by_handle[h].mode == "poll" for h in gone if h in self._by_handle)
+            repoll = repoll or any(i.mode == "poll" for i in added)
+            self.items, self.events = tuple(items), tuple(events)
+            self._by_handle, self._event_handles = new_items, new_events
+            for h in gone:
+                self._reported.pop(h, None)
+            client = self._session
+            if client is None or not (gone or added or added_events):
+                return
+            try:
+                await self._change(client, gone, added, added_events, repoll)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the session is likely going; the next one is set up from the new set
+                log.warning(
+                    "%s: applying the new configuration to the session failed (%s); starting the session over",
+                    self.endpoint.id, exc, extra=self._fields,
+                )  # fmt: skip
+                self._mark_lost(f"reload: {type(exc).__name__}: {exc}")
+
+    async def _change(
+        self, client: Client, gone: list[int], added: list[NodeItem], added_events: list[EventItem], repoll: bool
+    ) -> None:
+        ids = [m for h in gone if (m := self._monitored.pop(h, None)) is not None]
+        self.active = tuple(h for h in self.active if h not in set(gone))
+        for h in gone:
+            self._nodes.pop(h, None)
+            self._gone.discard(h)
+            self._suspects.pop(h, None)
+        if ids and self._sub_id is not None:
+            for part in chunks(ids, await self._limit(client, "monitored")):
+                await lowlevel.delete_monitored_items(client, self._sub_id, part)
+        nodes: dict[int, ua.NodeId] = {}
+        if added:
+            read_chunk = await self._limit(client, "read")
+            nodes = await conformance.resolve(
+                client, added, self._paths, await self._limit(client, "translate"), self._report, self._moved
+            )
+            ok = await conformance.check_types(client, self._by_handle, nodes, read_chunk, self._report)
+            self._nodes.update({h: nodes[h] for h in ok})
+            self.active = tuple(sorted({*self.active, *ok}))
+            added = [i for i in added if i.handle in ok]
+        subscribe = [i for i in added if i.mode == "subscribe"]
+        chunk = await self._limit(client, "monitored")
+        if self._sub_id is None and (subscribe or self.events):
+            await self._subscribe(client, subscribe, nodes, chunk)  # events: all of them, with the subscription
+        elif subscribe or added_events:
+            wanted = [requests.item_request(i, nodes[i.handle]) for i in subscribe]
+            wanted += [requests.event_request(e) for e in added_events]
+            for part in chunks(wanted, chunk):
+                await self._monitor(client, part)
+        if repoll:
+            old, self._pollers = self._pollers, []
+            for p in old:
+                p.cancel()
+            await asyncio.gather(*old, return_exceptions=True)
+            poll = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "poll"]
+            self._pollers = self._start_pollers(client, poll, self._nodes, await self._limit(client, "read"))
+        unknown = {i.handle: nodes[i.handle] for i in added if not i.by_path and i.node not in self._paths}
+        if unknown and self._learnt is not None:
+            self._side_task(self._learn(client, unknown, await self._limit(client, "browse")), "learn-paths")
+        log.info(
+            "%s: configuration reloaded: %d items and event sources stopped, %d started",
+            self.endpoint.id, len(gone), len(added) + len(added_events), extra=self._fields,
+        )  # fmt: skip
 
     # -- checks while collecting ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 SESSIONS = web.AppKey("sessions", Sessions)
 READS = web.AppKey("reads", frozenset)  # routes that serve AAS data: a session's reads (DO6003)
 PUBLIC = web.AppKey("public", frozenset)  # routes that need no session
+AAS = web.AppKey("aas", AasRoutes)  # the AAS read routes: a reload gives them the rebuilt model
 MAX_BODY = 64 * 1024  # logins and control writes are small
 SHUTDOWN_S = 15.0
 
@@ -54,6 +55,7 @@ def create_app(
         r for r in app.router.routes() if r.resource is not None and r.resource.canonical.endswith("/description")
     ]
     app[SESSIONS] = sessions
+    app[AAS] = aas
     app[READS] = frozenset(reads)
     app[PUBLIC] = frozenset(public)
     app.cleanup_ctx.append(sessions.running)
@@ -106,12 +108,19 @@ class ApiServer:
         self.cfg, self.env, self.live, self.record = cfg, env, live, record
         self.operator = operator
         self._retry = retry
+        self._app: web.Application | None = None
+
+    def use(self, env: ShellEnvironment) -> None:
+        """Serve `env` from now on (a reload rebuilt the model)."""
+        self.env = env
+        if self._app is not None:
+            self._app[AAS].env = env
 
     async def run(self) -> None:
         api = self.cfg.api
         delay, longest = self._retry
         while True:
-            app = create_app(self.cfg, self.env, self.live, self.record, self.operator)
+            app = self._app = create_app(self.cfg, self.env, self.live, self.record, self.operator)
             try:
                 runner = await start(app, api.host, api.port)
                 break
