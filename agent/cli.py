@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -85,7 +86,9 @@ def check(config_path: Path, live: bool) -> None:
 @click.option("--seconds", type=float, default=None, help="stop after this many seconds")
 @click.option("--log-format", type=click.Choice(["auto", "json", "text"]), default="auto")
 def run(config_path: Path, seconds: float | None, log_format: str) -> None:
-    """Collect, buffer and forward until SIGTERM/Ctrl-C."""
+    """Collect, buffer and forward until SIGTERM/Ctrl-C; SIGHUP re-reads the config (docs/operations.md)."""
+    # A SIGHUP (systemctl reload) before the agent can take it must not end the process (its default).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     cfg, notes = _load_noting(config_path)
     from agent.app import ComponentFailed, StartError, run_agent
     from agent.config import secrets
