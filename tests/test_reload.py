@@ -9,6 +9,7 @@ whole and the agent goes on as it was.
 
 from __future__ import annotations
 
+import base64
 import signal
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ WIDE = "ns=2;s=CNC01.Diagnostics.Int64"  # added by the reload, subscribed
 VIBRATION = "ns=2;s=CNC01.Vibration"  # polled throughout
 FLOAT = "ns=2;s=CNC01.Diagnostics.Float"  # added by the reload, polled
 
+SUBMODEL = "urn:edge-agent:aas:reload-site:cnc01/sm/OperationalData"
 NAMEPLATE = "{manufacturer_name: M, product_designation: P, uri_of_product: 'https://x', order_code: O}"
 
 
@@ -72,6 +74,14 @@ def _post_reload(port: int) -> tuple[int, dict[str, Any]]:
         return e.code, orjson.loads(e.read())
 
 
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
 def _iso(t: Any) -> str:
     return str(t.isoformat().replace("+00:00", "Z"))
 
@@ -107,6 +117,18 @@ def test_a_reload_adds_and_removes_elements_and_sinks_while_values_flow_and_lose
                 wait_until(f"new elements in {path.name}", lambda p=path: len(_data(p, "Wide")) >= 5, 30)  # type: ignore[misc]
                 wait_until(f"new polled values in {path.name}", lambda p=path: len(_data(p, "Slow")) >= 3, 30)  # type: ignore[misc]
             reloaded_at = _status(first, "config-reloaded")[0]["time"]
+            status = orjson.loads(urllib.request.urlopen(f"http://127.0.0.1:{api_port}/status", timeout=10).read())
+            [machine] = status["machines"]
+            assert sorted(e["path"] for e in machine["elements"]) == ["Power", "Slow", "Vibration", "Wide"]
+            assert all(e["collected"] for e in machine["elements"]), machine["elements"]
+            assert [s["name"] for s in status["sinks"]] == ["first", "second"]
+            # The AAS API serves the rebuilt model: the new element with its live value, the removed one gone.
+            submodel = base64.urlsafe_b64encode(SUBMODEL.encode()).decode().rstrip("=")
+            elements = f"http://127.0.0.1:{api_port}/submodels/{submodel}/submodel-elements"
+            wait_until("the new element's value in the AAS", lambda: _get(f"{elements}/Wide/$value")[0] == 200, 30)
+            code, power_value = _get(f"{elements}/Power/$value")
+            assert code == 200 and isinstance(power_value["Power"], float), power_value  # carried into the new model
+            assert _get(f"{elements}/Steady/$value")[0] == 404
             wait_until(
                 "more kept values after the reload",
                 lambda: sum(r["sourceTime"] > reloaded_at for r in _data(first, "Power")) >= 10,
@@ -255,3 +277,39 @@ def test_a_reload_that_removes_a_sink_and_changes_a_source_keeps_every_value_del
     missing = [t for t in written if start <= t <= end and t not in got]
     assert all(any(a < t < b for a, b in gaps) for t in missing), (missing, gaps)
     assert all(written[r["sourceTime"]] == r["value"] for r in power if r["sourceTime"] in written)
+
+
+def test_the_rebuilt_model_keeps_every_current_value_of_an_element_that_stayed(tmp_path: Path) -> None:
+    from aas_models.live import LiveValues, carry
+    from agent.shells import build_shells
+
+    def env(*extra: str) -> Any:
+        points = [
+            f'{{node: "{POWER}", path: Power, type: Double}}',
+            '{node: "ns=2;s=CNC01.ProgramName", path: Program, type: String}',
+            '{node: "ns=2;s=CNC01.Diagnostics.Int32Array", path: Ints, type: Int32, array: true}',
+            '{node: "ns=2;s=CNC01.Diagnostics.LocalizedText", path: Text, type: LocalizedText}',
+            *extra,
+        ]
+        text = _config(tmp_path, "opc.tcp://127.0.0.1:4840", 8081, points, [_sink(tmp_path, "first")])
+        return build_shells(parse(text))
+
+    old, new = env(), env(f'{{node: "{WIDE}", path: Wide, type: Int64}}')
+    live = LiveValues()
+    shell = "urn:edge-agent:aas:reload-site:cnc01"
+    for path, value in (
+        ("Power", -0.0),
+        ("Program", "O1234 황삭"),
+        ("Ints", [1, -2, 2**31 - 1]),
+        ("Text", {"language": "ko", "text": "정상"}),
+    ):
+        live.update(shell, path, value)
+    assert not live.apply(old)
+    carry(old, new)
+    for path in ("Power", "Program", "Ints", "Text"):
+        a, b = old.element(shell, path), new.element(shell, path)
+        if path == "Ints":
+            assert [c.value for c in b.value] == [1, -2, 2**31 - 1]  # type: ignore[attr-defined]
+        else:
+            assert b.value == a.value and b.value is not None, path  # type: ignore[attr-defined]
+    assert new.element(shell, "Wide").value is None  # type: ignore[attr-defined]
