@@ -9,7 +9,7 @@ ring, `apply_series` writes the rings that changed into the Time Series Data sub
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from basyx.aas import model
@@ -59,9 +59,16 @@ class LiveValues:
     def update(self, shell_id: str, path: str, value: object) -> None:
         self._pending[(shell_id, path)] = value
 
+    @property
+    def store(self) -> Callable[[tuple[str, str], object], None]:
+        """`update` for a caller that keeps the (shell id, path) key: one dict store, no call of ours (the
+        pipeline's per-value step). Valid for as long as this LiveValues lives."""
+        return self._pending.__setitem__
+
     def apply(self, env: ShellEnvironment) -> list[ValueProblem]:
         """Write every value updated since the last apply; never raises for a bad value."""
-        pending, self._pending = self._pending, {}
+        pending = dict(self._pending)
+        self._pending.clear()  # the same dict: `store` stays bound to it
         problems: list[ValueProblem] = []
         for (shell_id, path), value in pending.items():
             try:

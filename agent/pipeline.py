@@ -59,6 +59,7 @@ class Binding:
     prefix: bytes  # the constant part of every data record of this element
     encode: wire.ValueEncoder
     mark: str  # key of this element's last-stored mark in the buffer
+    live_key: tuple[str, str]  # (shell id, path): its key in the live values
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ def make_binding(handle: int, source: str, equipment: str, element: wire.Element
         prefix=wire.data_prefix(element),
         encode=wire.value_encoder(element.value_type, is_array=element.is_array),
         mark=f"last:{equipment}/{element.path}",
+        live_key=(element.shell, element.path),
     )
 
 
@@ -94,6 +96,32 @@ def _utcnow() -> datetime:
 
 def _digest(value: Any) -> int:
     return zlib.crc32(orjson.dumps(value))
+
+
+_MARK_VALUE_BYTES: Final = 160  # a longer mark keeps a digest of the value instead of the value
+
+
+def _mark(stamp: _Last, dumps: Callable[[Any], bytes]) -> str:
+    """An element's last stored stamp as its buffer mark: `[time, status, clock, value]`, or with a longer
+    value `[time, status, clock, null, digest]` (read back by `restore_marks`)."""
+    t, status, value, clock, digest = stamp
+    if value is not _UNKNOWN:
+        text = dumps((t, status, clock, value))
+        if len(text) <= _MARK_VALUE_BYTES:
+            return text.decode()
+        digest = _digest(value)
+    return dumps((t, status, clock, None, digest)).decode()
+
+
+def _restored(mark: str) -> _Last:
+    """A stamp from its mark; a mark of an earlier version (`time|status|clock|digest`) gives its digest."""
+    if mark.startswith("["):
+        t, status, clock, value, *digest = orjson.loads(mark)
+        if digest:
+            return (float(t), int(status), _UNKNOWN, str(clock), int(digest[0]))
+        return (float(t), int(status), value, str(clock), None)
+    t, status, clock, old_digest = mark.split("|")
+    return (float(t), int(status), _UNKNOWN, clock, int(old_digest))
 
 
 def _bad_row(b: Binding, message: str, **extra: Any) -> Row:
@@ -226,7 +254,8 @@ class Pipeline:
         rows: list[Row] = []
         append = rows.append
         bindings = self.bindings
-        update = self.live.update
+        update = self.live.store
+        bad = self._bad
         series = self._series.get
         data_body = wire.data_body
         last = self.last
@@ -259,7 +288,7 @@ class Pipeline:
                 except (wire.WireValueError, TypeError, ValueError) as exc:
                     self._bad_value(b, s, exc, rows)
                     continue
-            if h in self._bad:
+            if h in bad:
                 self._settle_bad(b, rows)
             status = s.status
             prev = last.get(h)
@@ -284,7 +313,7 @@ class Pipeline:
                 touched[h] = prev
             last[h] = (t, status, value, clock, None)
             append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, status)))
-            update(b.shell_id, b.path, s.value)
+            update(b.live_key, s.value)
             add = series(h)
             if add is not None:
                 add((t, b.path, s.value))
@@ -300,17 +329,12 @@ class Pipeline:
             self.measure.stats.values_each(seen_h, seen_t)
         self.values_in += len(samples)
         self.repeats += repeats
-        marks = {bindings[h].mark: self._mark(last[h]) for h in touched}
+        dumps = orjson.dumps
+        marks = {bindings[h].mark: _mark(last[h], dumps) for h in touched}
         if not await self.store(rows, marks):
             self._not_stored(samples, touched)
         if closing:
             await self.flush()
-
-    def _mark(self, stamp: _Last) -> str:
-        t, status, value, clock, digest = stamp
-        if value is not _UNKNOWN:
-            digest = _digest(value)
-        return f"{t!r}|{status}|{clock}|{digest}"
 
     def _not_stored(self, samples: Sequence[Sample], before: dict[int, _Last | None]) -> None:
         """A batch no buffer took: its values are lost; each element's range becomes a gap."""
@@ -410,9 +434,8 @@ class Pipeline:
             if h is None:
                 continue
             try:
-                t, status, clock, digest = value.split("|")
-                self.last[h] = (float(t), int(status), _UNKNOWN, clock, int(digest))
-            except ValueError:
+                self.last[h] = _restored(value)
+            except (ValueError, TypeError):
                 continue
         self.gaps.restore(marks)
 

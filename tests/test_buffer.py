@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import sqlite3
@@ -797,7 +798,7 @@ def test_a_buffer_of_the_first_schema_one_row_per_record_is_refused(path: Path) 
     older = sqlite3.connect(path)
     older.execute("PRAGMA user_version = 1")
     older.close()
-    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 3\); move the file aside"):
+    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 4\); move the file aside"):
         Buffer(path, quota_bytes=BIG)
 
 
@@ -826,7 +827,7 @@ def test_a_buffer_of_schema_2_is_upgraded_in_place_and_keeps_its_records(path: P
                 b.end(batch, accepted=[r.seq for r in batch.items])
         assert len(seqs) == 8 and len(set(seqs)) == 8 and first.items[0].seq not in seqs
     with sqlite3.connect(path) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_a_second_buffer_on_the_same_file_is_refused_while_the_first_is_open(buf: Buffer, path: Path) -> None:
@@ -969,3 +970,51 @@ def test_protected_records_over_their_ceiling_refuse_new_data_not_drop_protected
             buf.end(batch, [i.seq for i in batch.items])
         buf.add(rows("data", 1000, 10))
         assert buf.pending() == {"status": 5, "gap": 0, "event": 0, "usage": 0, "analysis": 0, "data": 10}
+
+
+def test_marks_read_back_as_last_saved_across_log_folds_deletions_and_reopens(path: Path) -> None:
+    """Each add() logs its marks in one row and every 64 rows the log is folded into the marks table;
+    whatever the point, in memory or after a reopen, marks() is the last value saved per key."""
+    rng = random.Random(7)
+    model: dict[str, str] = {}
+    b = Buffer(path, quota_bytes=BIG)
+    try:
+        for i in range(300):
+            keys = [f"last:m/E{rng.randrange(40)}" for _ in range(rng.randrange(0, 12))]
+            marks = {k: f"{i}|{rng.random()!r}" for k in keys}
+            unmark = [f"last:m/E{rng.randrange(40)}" for _ in range(rng.randrange(0, 3))]
+            b.add(rows("data", i, 1) if i % 3 else [], marks.items(), unmark=unmark)
+            model.update(marks)
+            for k in unmark:
+                model.pop(k, None)
+            if i % 37 == 0:
+                assert b.marks() == model, i
+            if i % 53 == 0:
+                b.close()
+                b = Buffer(path, quota_bytes=BIG)
+                assert b.marks() == model, f"after reopen at {i}"
+    finally:
+        b.close()
+    with Buffer(path, quota_bytes=BIG) as again:
+        assert again.marks() == model
+    with sqlite3.connect(path) as c:  # the log was folded on the way, not kept growing
+        assert c.execute("SELECT count(*) FROM mark_log").fetchone()[0] < 64
+        assert c.execute("SELECT count(*) FROM marks").fetchone()[0] > 0
+
+
+def test_a_buffer_of_schema_3_keeps_its_marks_when_upgraded(path: Path) -> None:
+    """Schema 3 kept marks in their table alone (one row per key, upserted at every add)."""
+    with Buffer(path, quota_bytes=BIG) as b:
+        b.add(rows("data", 0, 2))
+    old = sqlite3.connect(path)
+    old.executemany("INSERT INTO marks VALUES (?, ?)", [("last:m/A", "1|0|source|5"), ("last:m/B", "2|0|source|6")])
+    old.execute("DROP TABLE mark_log")
+    old.execute("PRAGMA user_version = 3")
+    old.commit()
+    old.close()
+    with Buffer(path, quota_bytes=BIG) as b:
+        assert b.marks() == {"last:m/A": "1|0|source|5", "last:m/B": "2|0|source|6"}
+        b.add([], [("last:m/A", "3|0|source|7")])
+        assert b.pending()["data"] == 2
+    with Buffer(path, quota_bytes=BIG) as b:
+        assert b.marks()["last:m/A"] == "3|0|source|7"

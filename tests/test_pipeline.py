@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import jsonschema
 import orjson
+import pytest
 
 from aas_models.live import LiveValues
 from adapters.sample import Interruption, NodeProblem, Sample
@@ -100,6 +102,55 @@ def test_a_new_value_with_the_same_source_time_is_stored_before_and_after_a_rest
         asyncio.run(p.on_samples([Sample(2, 43, T0, T0, 0)]))
         assert [r["value"] for r in drain(buf, "data")] == [41, 43]
     assert p.repeats == 1
+
+
+@pytest.mark.parametrize(
+    ("value_type", "value"),
+    [
+        ("xs:double", float("nan")),
+        ("xs:double", -0.0),
+        ("xs:long", -(2**63)),
+        ("xs:string", ""),
+        ("xs:string", "긴 문자열 " * 40),  # its mark keeps a digest, not the value
+        ("langString", {"language": "ko", "text": "정상"}),
+        ("xs:double", None),
+    ],
+)
+def test_a_repeat_after_a_restart_is_known_for_every_kind_of_value(tmp_path: Path, value_type: str, value: Any) -> None:
+    """The mark each element's last stored value leaves in the buffer is enough to tell, after a restart,
+    that the server re-reported it (same source time, status and value) and a changed value is not."""
+    element = wire.Element(shell="urn:aas:m", submodel="urn:aas:m/sm/op", path="E", value_type=value_type, node="n")
+    status = 0x80000000 if value is None else 0
+
+    def fresh(buf: Buffer) -> Pipeline:
+        return Pipeline([make_binding(1, "plc", "m", element)], [], [buf], LiveValues(), delays=quick)
+
+    with Buffer(tmp_path / "b.db", quota_bytes=10 * 2**20) as buf:
+        asyncio.run(fresh(buf).on_samples([Sample(1, value, T0, T0, status)]))
+        assert len(drain(buf, "data")) == 1
+    with Buffer(tmp_path / "b.db", quota_bytes=10 * 2**20) as buf:
+        p = fresh(buf)
+        p.restore_marks()
+        asyncio.run(p.on_samples([Sample(1, value, T0, T0 + timedelta(seconds=5), status)]))
+        assert p.repeats == 1 and not drain(buf, "data")
+        other = (
+            "x"
+            if value_type in ("xs:string",)
+            else ({"language": "ko", "text": "경보"} if value_type == "langString" else 7)
+        )
+        asyncio.run(p.on_samples([Sample(1, other, T0, T0, 0)]))  # same source time, another value: stored
+        assert len(drain(buf, "data")) == 1
+
+
+def test_a_mark_left_by_an_earlier_version_still_tells_a_repeat(tmp_path: Path) -> None:
+    """Earlier versions wrote `time|status|clock|crc32 of the value's JSON`."""
+    with Buffer(tmp_path / "b.db", quota_bytes=10 * 2**20) as buf:
+        digest = zlib.crc32(orjson.dumps(1.5))
+        buf.add([], [("last:cnc01/Spindle.Speed", f"{T0.timestamp()!r}|0|source|{digest}")])
+        p = pipeline(buf)
+        p.restore_marks()
+        asyncio.run(p.on_samples([Sample(1, 1.5, T0, T0, 0), Sample(1, 1.6, T0, T0, 0)]))
+        assert [r["value"] for r in drain(buf, "data")] == [1.6] and p.repeats == 1
 
 
 def test_a_bad_sample_travels_with_its_status_and_a_null_value(tmp_path: Path) -> None:

@@ -210,9 +210,9 @@ class Buffer:
             for lane, count in added.items():
                 pending[lane] += count
             store.write_state(conn, seq, pending.values())
-            store.write_marks(conn, marks)
-            store.delete_marks(conn, unmark)
-            store.delete_marks(conn, [_DROP + k for k in settle])
+            changed: dict[str, str | None] = dict(marks)
+            changed |= dict.fromkeys(unmark)
+            changed |= dict.fromkeys(_DROP + k for k in settle)
             if room is not None and room.by_key:
                 for key, (n, first, last) in room.by_key.items():
                     was = drops.get(key)
@@ -221,7 +221,8 @@ class Buffer:
                         if was is None
                         else (was[0] + int(n), min(was[1], first), max(was[2], last))
                     )
-                store.write_marks(conn, [(_DROP + k, f"{c}|{f!r}|{la!r}") for k, (c, f, la) in drops.items()])
+                changed |= {_DROP + k: f"{c}|{f!r}|{la!r}" for k, (c, f, la) in drops.items()}
+            store.write_marks(conn, changed)
         self._drops = drops
         if seq != store.last_seq:
             self._high_water.write(seq)

@@ -10,7 +10,11 @@ Tables
   records done; the chunk row and its done row are deleted together, in the transaction that
   makes the last record done.
 - `state`: origin, the seq high-water mark, and the number of records pending per lane.
-- `marks`: the caller's progress notes, saved with `add()`.
+- `marks` and `mark_log`: the caller's progress notes, saved with `add()`. Each `add()` appends its
+  marks as one row of `mark_log` (a JSON object; null deletes a key); every `_MARK_LOG_ROWS` rows
+  they are folded into `marks`, one row per key, and the log is emptied, in the same transaction.
+  An agent marks every element it stored a value of, at every publish: one row per add instead of
+  one upsert per element is most of what the marks cost (bench/bench_stages.py).
 
 Invariants
 ----------
@@ -47,6 +51,8 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Final, Literal
 
+import orjson
+
 from uploader.buffer.errors import (
     MOVE_ASIDE,
     BufferCorruptError,
@@ -58,13 +64,17 @@ from uploader.buffer.records import LANES, ChunkRow
 
 log = logging.getLogger("uploader.buffer")
 
-SCHEMA_VERSION: Final = 3
-# Version 3 added the `analysis` lane (a table and a pending column); a version 2 file is upgraded at open.
-_UPGRADABLE: Final = {2}
+SCHEMA_VERSION: Final = 4
+# Version 3 added the `analysis` lane (a table and a pending column), version 4 the `mark_log` table;
+# older files are upgraded at open.
+_UPGRADABLE: Final = {2, 3}
 # Marks the file as ours, so another application's SQLite database is refused, not written into.
 APPLICATION_ID: Final = 0x45414246
 
 _SQL_MARKS_TABLE: Final = "CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
+_SQL_MARK_LOG_TABLE: Final = "CREATE TABLE IF NOT EXISTS mark_log (id INTEGER PRIMARY KEY, marks BLOB NOT NULL)"
+_SQL_LOG_MARKS: Final = "INSERT INTO mark_log (marks) VALUES (?)"
+_MARK_LOG_ROWS: Final = 64  # log rows folded into `marks` at once
 _SQL_MARK: Final = "INSERT INTO marks (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 _SQL_UNMARK: Final = "DELETE FROM marks WHERE k = ?"
 _SQL_DONE_TABLE: Final = (
@@ -189,6 +199,12 @@ class Store:
         self.origin: str = state[0]
         self.last_seq: int = state[1]
         self.pending: dict[str, int] = dict(zip(LANES, state[2:], strict=True))
+        # The mark log: its rows, and the marks in them folded (None: a deleted key), as committed.
+        self._log_rows, self._unfolded = 0, {}
+        self._next_log: tuple[int, dict[str, str | None]] | None = None  # what the open transaction makes them
+        for (blob,) in conn.execute("SELECT marks FROM mark_log ORDER BY id"):
+            self._log_rows += 1
+            self._unfolded.update(orjson.loads(blob))
         self.done: dict[str, dict[int, bytes]] = {lane: {} for lane in LANES}
         for lane, chunk, mask in conn.execute("SELECT lane, chunk, mask FROM done"):
             if lane in self.done:
@@ -210,6 +226,7 @@ class Store:
                 conn.execute(_lane_table(name))
             conn.execute(_SQL_DONE_TABLE)
             conn.execute(_SQL_MARKS_TABLE)
+            conn.execute(_SQL_MARK_LOG_TABLE)
             conn.execute(
                 "INSERT INTO state (id, origin, created, last_seq) VALUES (1, ?, ?, 0)",
                 (secrets.token_hex(6), time.time()),
@@ -223,7 +240,8 @@ class Store:
             raise
 
     def _upgrade(self, version: int) -> None:
-        """A buffer of schema 2 (no analysis lane) becomes schema 3, in one transaction; its records stay."""
+        """A buffer of schema 2 (no analysis lane) or 3 (no mark log) becomes schema 4, in one transaction; its
+        records and marks stay."""
         conn = self.conn
         with self.errors("upgrade"):
             conn.execute("BEGIN IMMEDIATE")
@@ -235,6 +253,7 @@ class Store:
                         conn.execute(_lane_table(name))
                     if f"pending_{lane}" not in columns:
                         conn.execute(f"ALTER TABLE state ADD COLUMN pending_{lane} INTEGER NOT NULL DEFAULT 0")
+                conn.execute(_SQL_MARK_LOG_TABLE)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -258,12 +277,16 @@ class Store:
             try:
                 yield conn
                 conn.execute("COMMIT")
+                if self._next_log is not None:
+                    self._log_rows, self._unfolded = self._next_log
             except BaseException:
                 if conn.in_transaction:
                     # The original error is what the caller needs; a failed rollback adds nothing.
                     with suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._next_log = None
 
     # -- statements (inside a transaction unless said otherwise) ----------------------------------
 
@@ -278,11 +301,21 @@ class Store:
     def write_state(self, conn: sqlite3.Connection, last_seq: int, pending: Iterable[int]) -> None:
         conn.execute(self._sql_state, (last_seq, *pending))
 
-    def write_marks(self, conn: sqlite3.Connection, marks: Iterable[tuple[str, str]]) -> None:
-        conn.executemany(_SQL_MARK, marks)
-
-    def delete_marks(self, conn: sqlite3.Connection, keys: Iterable[str]) -> None:
-        conn.executemany(_SQL_UNMARK, [(k,) for k in keys])
+    def write_marks(self, conn: sqlite3.Connection, marks: dict[str, str | None]) -> None:
+        """Save marks (None: delete the key) as one log row; every `_MARK_LOG_ROWS` rows the log is folded
+        into the `marks` table. What is in the log is known in memory once the transaction commits."""
+        if not marks:
+            return
+        conn.execute(_SQL_LOG_MARKS, (orjson.dumps(marks),))
+        rows, unfolded = self._next_log if self._next_log is not None else (self._log_rows, self._unfolded)
+        unfolded = {**unfolded, **marks}
+        if rows + 1 >= _MARK_LOG_ROWS:
+            conn.executemany(_SQL_MARK, [(k, v) for k, v in unfolded.items() if v is not None])
+            conn.executemany(_SQL_UNMARK, [(k,) for k, v in unfolded.items() if v is None])
+            conn.execute("DELETE FROM mark_log")
+            self._next_log = (0, {})
+        else:
+            self._next_log = (rows + 1, unfolded)
 
     def write_done(self, conn: sqlite3.Connection, lane: str, masks: Iterable[tuple[int, bytearray]]) -> None:
         conn.executemany(_SQL_DONE, [(lane, chunk, mask) for chunk, mask in masks])
@@ -344,8 +377,15 @@ class Store:
             return 0
 
     def marks(self) -> dict[str, str]:
+        """Every mark: the table with the log's rows applied over it, in order."""
         with self.errors("read marks"):
-            return dict(self.conn.execute("SELECT k, v FROM marks").fetchall())
+            out: dict[str, str] = dict(self.conn.execute("SELECT k, v FROM marks").fetchall())
+        for k, v in self._unfolded.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = v
+        return out
 
     def close(self) -> None:
         with self.errors("close"):
