@@ -85,6 +85,11 @@ def test_payload_splices_stable_ids_and_validates_against_the_shipped_schema() -
     assert [r["id"] for r in doc["records"]] == ["0123456789ab-7", "0123456789ab-8"]
     assert doc["records"][1]["value"] == "NaN"
     assert doc["records"][0]["sourceTime"].endswith("Z")
+    header = {"origin": "0123456789ab", "site": "s1", "asset": "cnc01", "lane": "data"}
+    odd = [*bodies, b'{"message":"\\"%d\\" \xed\x95\x9c %s"}']  # escapes, a % sign, non-ASCII
+    seqs = [7, 8, 2**53]
+    by_seq = wire.payload_of(header, "0123456789ab", seqs, odd)
+    assert by_seq == wire.payload(header, [wire.record_id("0123456789ab", q) for q in seqs], odd)
 
 
 def test_schema_rejects_a_record_without_its_value_type() -> None:

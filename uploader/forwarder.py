@@ -231,8 +231,8 @@ class Forwarder:
                 if far_end is not None and len(part) == 1 and len(part[0].body) + _RECORD_OVERHEAD > limit:
                     too_large.append(part[0])
                     continue
-                ids = [wire.record_id(origin, i.seq) for i in part]
-                messages.append(Message(topic, wire.payload(header, ids, [i.body for i in part])))
+                seqs = [i.seq for i in part]
+                messages.append(Message(topic, wire.payload_of(header, origin, seqs, [i.body for i in part])))
                 parts.append(list(part))
         return messages, parts, too_large
 
@@ -377,6 +377,12 @@ def _partial(r: Partial, part: list[StoredRecord]) -> tuple[list[int], list[tupl
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:
+    if (
+        len(items) <= max_records
+        and sum(map(len, (i.body for i in items))) + len(items) * _RECORD_OVERHEAD <= max_bytes
+    ):
+        yield items  # the common case: one message, no record counted one by one
+        return
     start, size = 0, 0
     for i, item in enumerate(items):
         n = len(item.body) + _RECORD_OVERHEAD

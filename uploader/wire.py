@@ -340,9 +340,17 @@ def agent_state(state: str, down: Sequence[str] = ()) -> bytes:
 
 def payload(header: dict[str, Any], ids: Sequence[str], bodies: Sequence[bytes]) -> bytes:
     """One message: the batch header and its records, each with its id spliced in front."""
-    head = dumps({"v": WIRE_VERSION, **header})[:-1]
-    parts = [b'{"id":"' + i.encode() + b'",' + b[1:] for i, b in zip(ids, bodies, strict=True)]
-    return head + b',"records":[' + b",".join(parts) + b"]}"
+    return _message(header, [b'{"id":"' + i.encode() + b'",' + b[1:] for i, b in zip(ids, bodies, strict=True)])
+
+
+def payload_of(header: dict[str, Any], origin: str, seqs: Sequence[int], bodies: Sequence[bytes]) -> bytes:
+    """`payload` with the ids `record_id(origin, seq)`, made as bytes in one pass (the forwarder's call)."""
+    lead = b'{"id":"' + origin.encode() + b"-"
+    return _message(header, [b'%b%d",%b' % (lead, q, b[1:]) for q, b in zip(seqs, bodies, strict=True)])
+
+
+def _message(header: dict[str, Any], records: list[bytes]) -> bytes:
+    return dumps({"v": WIRE_VERSION, **header})[:-1] + b',"records":[' + b",".join(records) + b"]}"
 
 
 def record_id(origin: str, seq: int) -> str:
