@@ -285,6 +285,9 @@ class Source(_Model):
     reconnect_max_s: float = Field(default=30, gt=0)
     max_items_per_call: int | None = Field(default=None, ge=1, description="default: the server's operation limits")
     max_notifications_per_publish: int = Field(default=10000, ge=0, description="0: as many as the server sends")
+    publish_requests: int = Field(
+        default=3, ge=1, le=20, description="PublishRequests kept at the server, so its queue moves while we store"
+    )
 
     @model_validator(mode="after")
     def _identity(self) -> Source:

@@ -6,13 +6,13 @@ Plain functions, no running code: app.py builds the running agent from what thes
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import SecretStr
 
-from aas_models.build import ShellEnvironment
+from aas_models.spec import Shell
 from aas_models.types import xs_type
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
 from agent.backoff import Backoff
@@ -37,12 +37,14 @@ class Plan:
     handles: dict[Key, int] = field(default_factory=dict)
 
 
-def plan(cfg: Config, env: ShellEnvironment, previous: Mapping[Key, int] | None = None) -> Plan:
-    """The parts for `cfg`; with `previous` (a reload), every element keeps the handle it had."""
+def plan(cfg: Config, shells: Iterable[Shell], previous: Mapping[Key, int] | None = None) -> Plan:
+    """The parts for `cfg` and its `shells` (agent/shells.py: specs or a built environment's `shells`); with
+    `previous` (a reload), every element keeps the handle it had."""
     out = Plan(handles=assign(cfg, previous))
+    submodels = {s.id: s.operational_id() for s in shells}
     for e in cfg.equipment:
         shell_id = cfg.aas_id(e)
-        submodel_id = env.submodel_id(shell_id)
+        submodel_id = submodels[shell_id]
         for p in e.points:
             handle = out.handles[point_key(e.id, p.path)]
             element = wire.Element(
@@ -117,6 +119,7 @@ def endpoint(s: Source, app_uri: str, config_path: Path | None = None) -> Endpoi
         session_timeout_s=s.session_timeout_s,
         max_items_per_call=s.max_items_per_call,
         max_notifications_per_publish=s.max_notifications_per_publish,
+        publish_requests=s.publish_requests,
     )
 
 

@@ -13,14 +13,31 @@ lookup gives the same member for every built-in type; anything else (custom type
 NodeIds) still goes through asyncua's own function. tests/test_lowlevel.py checks that asyncua's
 decoder really calls it, so an upgrade that moves the lookup fails a test instead of silently
 losing the speed-up.
+
+And it is the hook for the agent's own publish loop (publish.py): `create_bare_subscription` creates a
+subscription asyncua does not know of, so asyncua's one-request publish loop (started only for
+subscriptions registered through its `create_subscription`) never runs, and `publish` sends one
+PublishRequest and returns the response's bytes undecoded (fastdecode.py reads them). Both go through
+`UaSession._send_request`, the method asyncua's own `publish` uses: already decrypted and checked for a
+ServiceFault. `own_publish_loop` checks that this asyncua still has it as used here; if not, the source
+keeps asyncua's own loop and says so once at WARNING. asyncua logs every ServiceFault at WARNING; the
+faults that answer PublishRequests in the ordinary course (each outstanding one gets BadSessionClosed when
+the session closes, BadTimeout, BadTooManyPublishRequests, BadNoSubscription) are left to publish.py,
+which handles and logs them itself, so a filter drops asyncua's record of those.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asyncua import Client, ua
+from asyncua.client.ua_session import UaSession
+from asyncua.ua.ua_binary import struct_from_binary
+
+log = logging.getLogger(__name__)
 
 PublishCallback = Callable[[ua.PublishResult], Awaitable[None]]
 
@@ -59,6 +76,92 @@ async def read_attributes(client: Client, nodes: Sequence[ua.NodeId], attribute:
 async def read(client: Client, params: ua.ReadParameters) -> list[ua.DataValue]:
     values: list[ua.DataValue] = await client.uaclient.read(params)
     return values
+
+
+# -- the agent's own publish loop ----------------------------------------------------------------
+
+
+def _own_loop_missing() -> str | None:
+    """Why this asyncua cannot serve the agent's own publish loop; None when it can."""
+    send = getattr(UaSession, "_send_request", None)
+    if send is None or not inspect.iscoroutinefunction(send):
+        return "asyncua's UaSession._send_request is gone"
+    names = list(inspect.signature(send).parameters)
+    if names[:3] != ["self", "request", "timeout"]:
+        return f"asyncua's UaSession._send_request takes ({', '.join(names)}), not (self, request, timeout, ...)"
+    if not hasattr(ua.PublishParameters(), "SubscriptionAcknowledgements"):
+        return "asyncua's PublishRequest has no SubscriptionAcknowledgements"
+    return None
+
+
+_MISSING = _own_loop_missing()
+_warned = False
+
+
+def own_publish_loop(client: Client) -> bool:
+    """True when the agent's own publish loop can run on `client`; else False, logged once at WARNING."""
+    global _warned
+    missing = _MISSING
+    if missing is None and not isinstance(getattr(client.uaclient, "session", None), UaSession):
+        missing = "asyncua's client has no UaSession at uaclient.session"
+    if missing is not None and not _warned:
+        _warned = True
+        log.warning(
+            "%s (asyncua upgraded?): using asyncua's own publish loop, one request at a time and its slower decoder",
+            missing,
+        )
+    return missing is None
+
+
+async def create_bare_subscription(client: Client, params: ua.CreateSubscriptionParameters) -> int:
+    """A subscription asyncua does not know of (its own publish loop stays off); returns its id."""
+    request = ua.CreateSubscriptionRequest()
+    request.Parameters = params
+    data = await client.uaclient.session._send_request(request)
+    response = struct_from_binary(ua.CreateSubscriptionResponse, data)
+    response.ResponseHeader.ServiceResult.check()
+    sub_id: int = response.Parameters.SubscriptionId
+    return sub_id
+
+
+async def publish(client: Client, acks: Sequence[ua.SubscriptionAcknowledgement]) -> bytes:
+    """One PublishRequest carrying `acks`; the PublishResponse's body, undecoded. A ServiceFault raises its
+    UaStatusCodeError, a lost connection ConnectionError (as for asyncua's own publish)."""
+    request = ua.PublishRequest()
+    request.Parameters.SubscriptionAcknowledgements = list(acks)
+    # Timeout 0, as asyncua's own publish: the server holds the request until it has something to send.
+    data = await client.uaclient.session._send_request(request, timeout=0)
+    body: bytes = data.read(len(data))
+    return body
+
+
+# Answers to a PublishRequest that publish.py handles and logs itself.
+_PUBLISH_FAULTS = frozenset({"BadSessionClosed", "BadTimeout", "BadTooManyPublishRequests", "BadNoSubscription"})
+
+
+class _PublishFaults(logging.Filter):
+    """Drops asyncua's WARNING "ServiceFault (<name>, diagnostics: ...) from server received in response to
+    PublishRequest" for the names above."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("ServiceFault")
+            and isinstance(args, tuple)
+            and len(args) == 3
+            and args[0] in _PUBLISH_FAULTS
+            and str(args[2]).endswith("PublishRequest")
+        )
+
+
+def _quiet_publish_faults() -> None:
+    logger = logging.getLogger("asyncua.client.ua_client.UASocketProtocol")
+    if not any(isinstance(f, _PublishFaults) for f in logger.filters):
+        logger.addFilter(_PublishFaults())
+
+
+_quiet_publish_faults()
 
 
 # -- the decoder speed-up ------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """One OPC UA server: connect, check, subscribe, poll, and start over by itself when the server goes away.
 
-asyncua's own reconnect has no jitter and recreates every monitored item in one call, and its
-per-value handler spends most of its time creating a Task per value. So this module owns the
-supervisor and registers its own publish callback, which turns a whole publish result into one
-batch and awaits `emit` before returning: asyncua acknowledges a notification only after the
-callback returns, so whatever reached the buffer is what the server forgets.
+asyncua's own reconnect has no jitter and recreates every monitored item in one call, its per-value
+handler spends most of its time creating a Task per value, and its publish loop keeps one request at
+the server and decodes each response with its generic decoder. So this module owns the supervisor,
+and its subscription is served by the agent's own publish loop (publish.py: several requests at the
+server, responses decoded by fastdecode.py straight into samples). Each publish becomes one batch, and
+`emit` is awaited before the notification is acknowledged, so whatever reached the buffer is what the
+server forgets.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from datetime import UTC, datetime
 
 from asyncua import Client, ua
 
-from adapters.opcua import conformance, inspect, lowlevel, paths, requests, security
+from adapters.opcua import conformance, fastdecode, inspect, lowlevel, paths, publish, requests, security
 from adapters.opcua.browse import Limits
+from adapters.opcua.fastdecode import DataChange, Publish
 from adapters.opcua.pki import OwnCertificate, Pki
 from adapters.opcua.requests import chunks
 from adapters.opcua.spec import Endpoint, EventItem, NodeItem
-from adapters.opcua.values import NO_TIME_YEAR, PLAIN_TYPES, no_time, plain
+from adapters.opcua.values import no_time, plain
 from adapters.sample import (
     EmitEvents,
     EmitSamples,
@@ -122,6 +125,7 @@ class OpcUaSource:
         self._suspects: dict[int, str] = {}  # handle -> why it is to be checked again
         self._side: set[asyncio.Task[None]] = set()  # learning paths, re-checks: end with the session
         self._pollers: list[asyncio.Task[None]] = []  # the session's polling tasks
+        self.publisher: publish.Publisher | None = None  # the session's publish loop (None: asyncua's own)
         self._setting_up = asyncio.Lock()  # held while a session is set up, and while a reload is applied
 
     # -- supervision ----------------------------------------------------------------------------
@@ -488,8 +492,24 @@ class OpcUaSource:
             await lowlevel.delete_monitored_items(client, self._sub_id, [mon])
 
     async def _subscribe(self, client: Client, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int) -> None:
-        sub_id = await lowlevel.create_subscription(client, requests.subscription(self.endpoint), self._on_publish)
+        lost = self._lost
+
+        def ended(reason: str) -> None:  # a loop that outlived its session must not end the next one
+            if self._lost is lost:
+                self._mark_lost(reason)
+
+        sub_id, publisher = await publish.subscribe(
+            client,
+            requests.subscription(self.endpoint),
+            self._on_publish,
+            ended=ended,
+            requests=self.endpoint.publish_requests,
+            name=self.endpoint.id,
+        )
         self._sub_id = sub_id
+        self.publisher = publisher  # None: asyncua's own publish loop serves the subscription
+        if publisher is not None:
+            self._side_task(publisher.run(), "publish")
         wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
         wanted += [requests.event_request(e) for e in self.events]
         for part in chunks(wanted, chunk):
@@ -512,43 +532,27 @@ class OpcUaSource:
 
     # -- the hot path -----------------------------------------------------------------------------
 
-    async def _on_publish(self, result: ua.PublishResult) -> None:
+    async def _on_publish(self, result: Publish | ua.PublishResult) -> None:
+        """A publish response: from our own loop as fastdecode made it, on the stock path as asyncua did."""
         self._last_publish = time.monotonic()
-        data = result.NotificationMessage.NotificationData
+        data = result.data if isinstance(result, Publish) else fastdecode.from_result(result).data
         if not data:
             return
         self._handling = True
         try:
             for notif in data:
-                kind = type(notif)
-                if kind is ua.DataChangeNotification:
-                    await self._data(notif.MonitoredItems)
-                elif kind is ua.EventNotificationList:
+                if type(notif) is DataChange:
+                    await self._data(notif.samples)
+                elif type(notif) is ua.EventNotificationList:
                     await self._events(notif.Events)
-                elif kind is ua.StatusChangeNotification and not notif.Status.is_good():
+                elif type(notif) is ua.StatusChangeNotification and not notif.Status.is_good():
                     self._mark_lost(f"subscription status {notif.Status.name}")
         finally:
             self._handling = False
             self._last_publish = time.monotonic()
 
-    async def _data(self, items: list[ua.MonitoredItemNotification]) -> None:
-        samples: list[Sample] = []
-        append = samples.append
-        plain_types = PLAIN_TYPES
-        suspects: list[int] = []
-        for n in items:
-            dv = n.Value
-            v = dv.Value.Value if dv.Value is not None else None
-            if type(v) not in plain_types:
-                v = plain(v)
-            sc = dv.StatusCode
-            code = sc.value if sc else 0
-            if code >= _BAD and code & 0xFFFF0000 in _RECHECK:
-                suspects.append(n.ClientHandle)
-            st, svt = dv.SourceTimestamp, dv.ServerTimestamp
-            if (st is not None and st.year == NO_TIME_YEAR) or (svt is not None and svt.year == NO_TIME_YEAR):
-                st, svt = no_time(st), no_time(svt)
-            append(Sample(n.ClientHandle, v, st, svt, code))
+    async def _data(self, samples: list[Sample]) -> None:
+        suspects = [s.handle for s in samples if s.status >= _BAD and s.status & 0xFFFF0000 in _RECHECK]
         await self._deliver(samples)
         if suspects:
             self.recheck(suspects, "the server sent a Bad status that says so")

@@ -51,3 +51,4 @@ class Endpoint:
     session_timeout_s: float = 30.0  # a session of ours that dies unclosed holds a PLC's slot this long
     max_items_per_call: int | None = None  # None: the server's operation limits decide
     max_notifications_per_publish: int = 10000
+    publish_requests: int = 3  # PublishRequests kept at the server (publish.py)
