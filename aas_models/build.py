@@ -118,13 +118,11 @@ def build_environment(
 
     `language` (BCP 47) tags every text given as a plain string: nameplate texts, displayNames, descriptions.
     """
-    if not is_language_tag(language):
-        raise ModelBuildError(f"language {language!r} is not a well-formed BCP 47 language tag (e.g. ko-KR, en)")
+    check_shells(shells, language)
     store: model.DictIdentifiableStore[model.Identifiable] = model.DictIdentifiableStore()
     slots: dict[tuple[str, str], ElementSlot] = {}
     used_ids: set[str] = set()
     for shell in shells:
-        _check_shell(shell, used_ids, language)
         used_ids.update((shell.id, shell.nameplate_id(), shell.operational_id()))
         try:
             nameplate = build_nameplate(shell, language)
@@ -203,6 +201,17 @@ def _display_name(text: Text | None, language: str) -> model.MultiLanguageNameTy
 
 def _description(text: Text | None, language: str) -> model.MultiLanguageTextType | None:
     return model.MultiLanguageTextType(lang_texts(text, language)) if text is not None else None
+
+
+def check_shells(shells: Sequence[Shell], language: str) -> None:
+    """ModelBuildError for what `build_environment` would refuse in the shells themselves (ids, idShorts,
+    texts), without building anything: milliseconds where building takes seconds for 10,000 elements."""
+    if not is_language_tag(language):
+        raise ModelBuildError(f"language {language!r} is not a well-formed BCP 47 language tag (e.g. ko-KR, en)")
+    used_ids: set[str] = set()
+    for shell in shells:
+        _check_shell(shell, used_ids, language)
+        used_ids.update((shell.id, shell.nameplate_id(), shell.operational_id()))
 
 
 def _check_shell(shell: Shell, used_ids: set[str], language: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues, carry
 from aas_models.timeseries import rings_for
 from adapters.opcua.pki import Pki
@@ -40,7 +41,7 @@ from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.reload import Changes, compare
 from agent.runstate import RunState
-from agent.shells import build_shells
+from agent.shells import build_shells, shell_specs
 from agent.status import Parts, snapshot
 from agent.supervisor import ComponentFailed, Supervisor
 from agent.version import VERSION
@@ -61,9 +62,14 @@ STATS_FLUSH_S = 60.0  # the statistics behind `edge-agent level` are written thi
 class Agent:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
-        self.env = build_shells(cfg)
-        self.live = LiveValues(series=rings_for(self.env.shells))  # recent records: Time Series Data
-        self.plan = plan(cfg, self.env)
+        # The AAS model (SDK objects: seconds for 10,000 elements) is built once collection runs (_build_model);
+        # collecting needs only the specs.
+        self.specs = shell_specs(cfg)
+        self.env: ShellEnvironment | None = None
+        self._model_built = asyncio.Event()  # set once the model is built, or failed to be
+        self._model_task: asyncio.Task[None] | None = None
+        self.live = LiveValues(series=rings_for(self.specs))  # recent records: Time Series Data
+        self.plan = plan(cfg, self.specs)
         self.backoff = Backoff(initial=1.0, maximum=30.0)
         cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
         self.runstate = RunState(cfg.agent.data_dir / "agent-state.json")
@@ -218,9 +224,10 @@ class Agent:
             return {"applied": False, "message": "the agent is starting or stopping; try again once it runs"}
         if self.config_path is None:
             return await self._refuse("the agent was started without a configuration file")
+        await self._model_built.wait()  # the model of the running config, to carry its values over
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
-            env = build_shells(new)
+            specs = shell_specs(new)
         except (ConfigError, ValueError) as e:
             return await self._refuse(f"{self.config_path} has errors; nothing was changed:\n{e}")
         changes = compare(self.cfg, new)
@@ -233,6 +240,10 @@ class Agent:
         if changes.empty:
             log.info("configuration reloaded (%s): nothing changed", why)
             return {"applied": True, "message": "nothing changed", "changes": {}}
+        try:
+            env = await asyncio.to_thread(build_shells, new, specs)
+        except ValueError as e:
+            return await self._refuse(f"its AAS model cannot be built; nothing was changed: {e}", changes)
         # New buffers first: a buffer that cannot be opened refuses the reload before anything changed.
         quota = int(new.buffer.quota_mb * MIB / len(new.sinks))
         parts = zip(self.cfg.sinks, self.buffers, self.sinks, self.forwarders, strict=True)
@@ -275,16 +286,17 @@ class Agent:
             sinks.append(sink)
             forwarders.append(forwarder)
         # The model: rebuilt, with the current values and each unchanged shell's recent records.
-        self.live.apply(self.env)
-        carry(self.env, env)
+        if self.env is not None:
+            self.live.apply(self.env)
+            carry(self.env, env)
         rings = rings_for(env.shells)
         for sid, ring in rings.items():
             before = self.live.series.get(sid)
             if before is not None and before.variables == ring.variables:
                 rings[sid] = before
         self.live.series = rings
-        self.env = env
-        self.plan = plan(new, env, self._handles)
+        self.env, self.specs = env, specs
+        self.plan = plan(new, specs, self._handles)
         self._handles |= self.plan.handles
         self.measure.reconfigure(new, _shells(new), self.plan.handles, datetime.now(UTC).timestamp())
         removed = await self.pipeline.reconfigure(
@@ -465,7 +477,6 @@ class Agent:
         await self._open_downtime()
         for sink in self.sinks:
             sup.start(f"sink-{sink.name}", sink.run)
-        self._start_api()
         self.runstate.beat()
         for kind, message, details in self._buffer_notes:
             await self.pipeline.status(kind, message, **details)
@@ -488,6 +499,7 @@ class Agent:
             sup.start(f"forwarder-{f.sink.name}", f.run)
         sup.start("heartbeat", self._heartbeat)
         sup.start("usage-spool", self._usage_spool)
+        self._model_task = asyncio.create_task(self._build_model(), name="aas-model")
         self._running = True
         try:
             await sup.wait(stop)
@@ -496,8 +508,25 @@ class Agent:
             async with self._reloading:  # a reload under way finishes first
                 await self._shutdown(drain_timeout)
 
+    async def _build_model(self) -> None:
+        """The AAS model, built in a thread while collection runs; then the local API that serves it."""
+        try:
+            self.env = await asyncio.to_thread(build_shells, self.cfg, self.specs)
+        except Exception as e:  # collection goes on without the model; the config check names the problem
+            log.error(
+                "the AAS model cannot be built, the local API stays off (edge-agent check -c FILE says why): %s", e
+            )
+            return
+        finally:
+            self._model_built.set()
+        gc.freeze()  # long-lived: out of the collector's way, as the rest of the start-up's objects
+        self._start_api()
+
     async def _shutdown(self, drain_timeout: float) -> None:
         sup = self.supervisor
+        if self._model_task is not None:
+            self._model_task.cancel()
+            await asyncio.gather(self._model_task, return_exceptions=True)
         log.info("stopping: collection first, then flushing buffers")
         await sup.stop("api", *sup.names("source-"), "heartbeat", "usage-spool")  # the API ends its sessions
         self.runstate.beat()
@@ -528,7 +557,7 @@ class Agent:
     def _start_api(self) -> None:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
-        if self.cfg.api.enabled:
+        if self.cfg.api.enabled and self.env is not None:
             api = self._api = ApiServer(
                 self.cfg,
                 self.env,

@@ -96,7 +96,13 @@ def run(config_path: Path, seconds: float | None, log_format: str) -> None:
     logs.setup(cfg.agent.log_level, log_format, secrets(cfg))
     for note in notes:
         logging.getLogger("agent.config").warning("%s", note)
-    _shells(cfg)
+    from agent.shells import shell_specs
+
+    try:
+        shell_specs(cfg)  # what building the AAS model would refuse; the model itself is built once running
+    except ValueError as e:
+        click.echo(f"configuration error: {e}", err=True)
+        sys.exit(2)
     try:
         run_agent(cfg, stop_after=seconds, config_path=config_path.resolve())
     except StartError as e:

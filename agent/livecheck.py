@@ -94,7 +94,7 @@ async def check_live(cfg: Config, config_path: Path | None = None) -> LiveReport
     """Check every source of `cfg` in turn (one session each); see the module docstring."""
     report = LiveReport()
     env = build_shells(cfg)
-    p = plan(cfg, env)
+    p = plan(cfg, env.shells)
     by_handle = {b.handle: (b.equipment, b.path) for b in p.bindings}
     for source in cfg.sources:
         targets = [_Target(*by_handle[i.handle], i) for i in p.items.get(source.id, [])]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aas_models import spec
-from aas_models.build import ShellEnvironment, build_environment
+from aas_models.build import ShellEnvironment, build_environment, check_shells
 from agent.config import Config, Equipment
 from agent.config_sinks import HttpSinkConfig
 
@@ -147,9 +149,17 @@ def _id_short(plain_id: str, prefix: str = "Eq") -> str:
     return s if s[:1].isalpha() and len(s) >= 2 else f"{prefix}_{s}"
 
 
-def build_shells(cfg: Config) -> ShellEnvironment:
+def shell_specs(cfg: Config) -> list[spec.Shell]:
+    """Each machine's shell as specs (cheap), checked as the model builder checks them (ModelBuildError)."""
+    specs = [shell_spec(cfg, e) for e in cfg.equipment]
+    check_shells(specs, cfg.site.language)
+    return specs
+
+
+def build_shells(cfg: Config, specs: Sequence[spec.Shell] | None = None) -> ShellEnvironment:
+    """The AAS environment of `cfg` (of `specs`, made from it): seconds for 10,000 elements."""
     return build_environment(
-        [shell_spec(cfg, e) for e in cfg.equipment],
+        specs if specs is not None else [shell_spec(cfg, e) for e in cfg.equipment],
         language=cfg.site.language,
         site=site_spec(cfg),
         concept_descriptions=True,

@@ -194,7 +194,7 @@ def test_the_statistics_name_each_element_by_the_handle_the_pipeline_gives_it() 
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load(path)
-        bindings = plan(cfg, build_shells(cfg)).bindings
+        bindings = plan(cfg, build_shells(cfg).shells).bindings
         assert [(i.handle, i.machine, i.path) for i in elements(cfg)] == [
             (b.handle, b.equipment, b.path) for b in bindings
         ], path
