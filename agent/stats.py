@@ -56,7 +56,9 @@ import sqlite3
 import struct
 import threading
 import time
+from array import array
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +72,7 @@ import orjson
 log = logging.getLogger(__name__)
 
 HOUR: Final = 3600
+FOLD_VALUES: Final = 200_000  # pending values counted at once (about 1.6 MB of times)
 SCHEMA_VERSION: Final = 1
 NO_SAMPLING: Final = -1.0  # `elements.sampling_ms` when none is configured
 
@@ -160,6 +163,10 @@ class ElementInfo:
 
 # One element-hour accumulator: [values, intervals, sum, sum of squares, min, max, first t, last t].
 _N, _K, _S, _SS, _MIN, _MAX, _FIRST, _LAST = range(8)
+
+
+def _times() -> array[float]:
+    return array("d")
 
 
 def _new_acc() -> list[float]:
@@ -305,6 +312,8 @@ class Stats:
         self._acc: dict[tuple[int, int], list[float]] = {}  # (handle, hour number) -> accumulator
         self._counted: dict[int, int] = {}  # handle -> values counted since start and taken to be flushed
         self._last: dict[int, float] = {}  # handle -> last source time (kept across flushes)
+        self._pending: defaultdict[int, array[float]] = defaultdict(_times)  # handle -> times not counted yet
+        self._pending_n = 0
         self._cut: set[int] = set()  # handles whose chain a gap broke since the last flush
         self._gaps: dict[tuple[str, float], tuple[float | None, str, int]] = {}
         self._open_gaps: set[tuple[str, float]] = set()
@@ -339,10 +348,13 @@ class Stats:
 
     def values(self, handle: int, source_times: Sequence[float]) -> None:
         """Values stored for one element: count them and the intervals between their source times."""
-        n = len(source_times)
-        if not n:
-            return
         with self._lock:
+            self._fold()
+            self._values(handle, source_times)
+
+    def _values(self, handle: int, source_times: Sequence[float]) -> None:
+        n = len(source_times)
+        if n:
             prev = self._last.get(handle)
             first = source_times[0]
             last = source_times[-1]
@@ -383,16 +395,32 @@ class Stats:
     def counts(self) -> dict[int, int]:
         """Values counted per handle since start (flushed or not): for the agent's metrics."""
         with self._lock:
+            self._fold()
             out = dict(self._counted)
             for (h, _), acc in self._acc.items():
                 out[h] = out.get(h, 0) + int(acc[_N])
         return out
 
     def values_each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
-        """One value per (handle, source time) pair, in arrival order: the pipeline's call, once per
-        publish, so the lock is taken once and no list is made per value."""
+        """One value per (handle, source time) pair, in arrival order: the pipeline's call, once per publish.
+        Per value only an append to its element's pending times; every `FOLD_VALUES` values (and before
+        anything reads or cuts the figures) each element's pending times are counted at once, with C-level
+        loops (`_values`), instead of value by value."""
         with self._lock:
-            self._each(handles, source_times)
+            pending = self._pending
+            for h, t in zip(handles, source_times, strict=True):
+                pending[h].append(t)
+            self._pending_n += len(handles)
+            if self._pending_n >= FOLD_VALUES:
+                self._fold()
+
+    def _fold(self) -> None:
+        """The pending times into the accumulators (under the lock)."""
+        if self._pending_n:
+            pending, self._pending = self._pending, defaultdict(_times)
+            self._pending_n = 0
+            for h, times in pending.items():
+                self._values(h, times)
 
     def _each(self, handles: Sequence[int], source_times: Sequence[float]) -> None:
         """Value by value, under the lock: any order, any hour, non-finite times skipped."""
@@ -424,6 +452,7 @@ class Stats:
         """Collection interrupted; `end` None while open (a later call with the same machine and start closes it)."""
         key = (machine, float(start))
         with self._lock:
+            self._fold()  # the values before the gap are counted before it cuts their chains
             opens = end is None and key not in self._open_gaps
             for h in handles:
                 last = self._last.get(h)
@@ -535,6 +564,7 @@ class Stats:
 
     def _take(self, now: float) -> _Snapshot:
         with self._lock:
+            self._fold()
             for machine, since in self._since.items():
                 if now > since:
                     self._add_connected(machine, since, now)

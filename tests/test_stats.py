@@ -109,6 +109,51 @@ def test_one_value_at_a_time_equals_one_batch(tmp_path: Path) -> None:
     assert sample_row(tmp_path / "a.db")[:6] == (6, 5, 3.0, 2.75, 0.25, 1.25)
 
 
+@pytest.mark.parametrize("fold_every", [1, 7, 200_000])
+def test_values_each_counts_as_value_by_value_across_hours_steps_back_gaps_and_flushes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fold_every: int
+) -> None:
+    """The pipeline's call keeps each element's times pending and counts them in bulk (every FOLD_VALUES,
+    before a gap and before a flush): the figures are those of counting every value on its own."""
+    monkeypatch.setattr("agent.stats.FOLD_VALUES", fold_every)
+    rng = np.random.default_rng(11)
+    handles = [1, 2, 3]
+    t = {h: T0 - 30.0 for h in handles}
+    bulk = Stats(tmp_path / "bulk.db", [el(h) for h in handles], clock=Clock())
+    single = Stats(tmp_path / "single.db", [el(h) for h in handles], clock=Clock())
+    for step in range(400):
+        batch_h: list[int] = []
+        batch_t: list[float] = []
+        for _ in range(int(rng.integers(1, 9))):
+            h = int(rng.choice(handles))
+            t[h] += float(rng.choice([0.25, 0.5, 3.0, 0.0, -1.0, 61.0]))  # repeats, steps back, hour crossings
+            batch_h.append(h)
+            batch_t.append(math.nan if rng.random() < 0.02 else t[h])
+        bulk.values_each(batch_h, batch_t)
+        for h, x in zip(batch_h, batch_t, strict=True):
+            single.values(h, [x])
+        if step % 97 == 50:
+            for s in (bulk, single):
+                s.gap("m1", [1, 2], T0 + step, None, "lost")
+                s.gap("m1", [1, 2], T0 + step, T0 + step + 5, "lost")
+        if step % 131 == 0:
+            bulk.flush()
+            single.flush()
+    assert bulk.counts() == single.counts()
+    for s in (bulk, single):
+        s.flush()
+        s.close()
+    query = (
+        "SELECT path, hour, n_values, intervals, isum, isumsq, imin, imax, first_t, last_t FROM samples ORDER BY 1, 2"
+    )
+    got, want = rows(tmp_path / "bulk.db", query), rows(tmp_path / "single.db", query)
+    assert len(want) > 6 and [r[:4] for r in got] == [r[:4] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert [x is None for x in a] == [x is None for x in b], (a, b)
+        figures = [(x, y) for x, y in zip(a[4:], b[4:], strict=True) if y is not None]
+        assert [x for x, _ in figures] == pytest.approx([y for _, y in figures], rel=1e-9, abs=1e-6), (a, b)
+
+
 def test_a_flush_in_the_middle_of_a_stream_loses_no_interval(tmp_path: Path) -> None:
     db = tmp_path / "stats.db"
     stats = Stats(db, [el(1)], clock=Clock())
