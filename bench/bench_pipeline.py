@@ -255,6 +255,7 @@ class Window:
     broker_cpu_s: float = 0.0
     bench_cpu_s: float = 0.0
     machine_busy_s: float = 0.0
+    rss_mb: float = float("nan")  # the client's resident memory when the window closed
     ages_ms: list[float] = field(default_factory=list)
 
     @property
@@ -306,6 +307,8 @@ class Meter:
             window.bench_cpu_s,
             window.machine_busy_s,
         ) = d
+        with contextlib.suppress(psutil.Error):
+            window.rss_mb = self.client.memory_info().rss / 2**20
 
 
 def percentile(data: Sequence[float], q: float) -> float:
@@ -662,6 +665,8 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
             ",.0f",
         ),
         ("age on arrival p95 ms", percentile(bare.ages_ms, 0.95), percentile(agent.ages_ms, 0.95), ",.0f"),
+        ("age on arrival p99 ms", percentile(bare.ages_ms, 0.99), percentile(agent.ages_ms, 0.99), ",.0f"),
+        ("RSS at the window's end, MB", bare.rss_mb, agent.rss_mb, ",.0f"),
         ("server CPU % (node)", bare.percent(bare.server_cpu_s), agent.percent(agent.server_cpu_s), ".0f"),
         ("mosquitto CPU %", bare.percent(bare.broker_cpu_s), agent.percent(agent.broker_cpu_s), ".0f"),
         ("this bench process CPU %", bare.percent(bare.bench_cpu_s), agent.percent(agent.bench_cpu_s), ".0f"),
