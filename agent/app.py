@@ -316,6 +316,8 @@ class Agent:
             sup.start(f"forwarder-{sink.name}", forwarder.run)
         if self._api is not None:
             self._api.use(env)
+        else:
+            self._start_api()  # the model of the config before could not be built: the API starts now
         for kind, message, details in self._buffer_notes[notes:]:
             await self.pipeline.status(kind, message, **details)
         try:
