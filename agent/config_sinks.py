@@ -43,7 +43,9 @@ class MqttSinkConfig(_Model):
     )
     keepalive_s: int = Field(default=30, ge=5)
     reconnect_initial_s: float = Field(default=1, gt=0)
-    reconnect_max_s: float = Field(default=30, gt=0)
+    reconnect_max_s: float = Field(
+        default=10, gt=0, description="a broker that returns is used again within about this long"
+    )
     batch: BatchConfig = BatchConfig()
 
 
