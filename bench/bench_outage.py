@@ -21,20 +21,35 @@ Prints and exits 0. Needs Node.js + node-opcua and mosquitto.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-from bench_pipeline import EQUIPMENT, SITE, TOPIC_PREFIX, RecordCounter, agent_config
+from typing import Any
 
 from simulators.mosquitto import MosquittoBroker
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
 from simulators.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_pipeline() -> Any:
+    """bench_pipeline.py next to this file (the benches are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_pipeline", Path(__file__).with_name("bench_pipeline.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_pipeline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_bp = _bench_pipeline()
+EQUIPMENT, SITE, TOPIC_PREFIX = _bp.EQUIPMENT, _bp.SITE, _bp.TOPIC_PREFIX
+RecordCounter, agent_config = _bp.RecordCounter, _bp.agent_config
 
 
 def main() -> None:
