@@ -261,8 +261,7 @@ class Agent:
         reason = f"configuration reloaded ({why})"
         sup = self.supervisor
         going = [*changes.sinks_removed, *changes.sinks_changed]
-        if going:  # (stop() without names stops everything)
-            await sup.stop(*[f"forwarder-{i}" for i in going], *[f"sink-{i}" for i in going])
+        await sup.stop(*[f"forwarder-{i}" for i in going], *[f"sink-{i}" for i in going])
         for i in going:
             with contextlib.suppress(Exception):
                 await current[i][1].stop()
@@ -545,7 +544,7 @@ class Agent:
         for f in self.forwarders:
             if not await f.drain(drain_timeout):
                 log.warning("%s: %s records stay buffered for the next start", f.sink.name, f.buffer.pending())
-        await sup.stop()
+        await sup.stop_all()
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.stop()

@@ -90,14 +90,18 @@ class Supervisor:
             stopping.cancel()
 
     async def stop(self, *names: str) -> None:
-        """Cancel these components (all if none named) and wait until they have ended."""
-        chosen = [self._components.pop(n) for n in (names or list(self._components)) if n in self._components]
+        """Cancel these components (none if none are named) and wait until they have ended."""
+        chosen = [self._components.pop(n) for n in names if n in self._components]
         for c in chosen:
             if c.task is not None:
                 c.task.cancel()
         await asyncio.gather(*(c.task for c in chosen if c.task is not None), return_exceptions=True)
         for c in chosen:
             self.down.discard(c.name)
+
+    async def stop_all(self) -> None:
+        """Cancel every component and wait until they have ended."""
+        await self.stop(*self._components)
 
     def names(self, prefix: str = "") -> list[str]:
         return [n for n in self._components if n.startswith(prefix)]

@@ -302,3 +302,13 @@ def test_a_usage_log_sink_names_what_is_wrong_and_never_shows_its_key() -> None:
     from agent.config import secrets
 
     assert "k3y-Secret" in secrets(cfg)  # masked in every log line
+
+
+def test_publish_requests_reaches_the_source_and_is_bounded() -> None:
+    from agent.wiring import endpoint
+
+    given = GOOD.replace("    password: hunter2-secret\n", "    password: hunter2-secret\n    publish_requests: 5\n")
+    assert endpoint(parse(given).sources[0], "urn:x").publish_requests == 5
+    assert endpoint(parse(GOOD).sources[0], "urn:x").publish_requests == 3
+    with pytest.raises(ConfigError, match="publish_requests"):
+        parse(given.replace("publish_requests: 5", "publish_requests: 0"))

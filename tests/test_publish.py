@@ -36,8 +36,8 @@ def quick() -> Iterator[float]:
     return itertools.repeat(0.2)
 
 
-def source(url: str, items: Sequence[NodeItem], sink: Collected) -> OpcUaSource:
-    endpoint = Endpoint(id="factory", url=url, publishing_interval_ms=100, timeout_s=5)
+def source(url: str, items: Sequence[NodeItem], sink: Collected, requests: int = 3) -> OpcUaSource:
+    endpoint = Endpoint(id="factory", url=url, publishing_interval_ms=100, timeout_s=5, publish_requests=requests)
     return OpcUaSource(
         endpoint, items, emit=sink.emit, emit_events=sink.emit_events, interrupted=sink.interrupted,
         problem=sink.problem, state=sink.state, delays=quick,
@@ -61,7 +61,7 @@ def test_every_builtin_type_arrives_the_same_through_the_own_loop_as_through_asy
     stock_sink, fast_sink = Collected(), Collected()
 
     async def run(url: str) -> tuple[OpcUaSource, OpcUaSource]:
-        stock, fast = source(url, ITEMS, stock_sink), source(url, ITEMS, fast_sink)
+        stock, fast = source(url, ITEMS, stock_sink), source(url, ITEMS, fast_sink, requests=2)
         tasks = []
         try:
             with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger=lowlevel.__name__):
@@ -79,6 +79,7 @@ def test_every_builtin_type_arrives_the_same_through_the_own_loop_as_through_asy
             await until(enough, 60, "16 values of every type through both paths")
             assert stock.publisher is None and asyncua_session(stock)._publish_task is not None
             assert fast.publisher is not None and fast.publisher.handled > 0
+            assert fast.publisher.requests == 2  # the source's publish_requests reached its loop
             assert asyncua_session(fast)._publish_task is None and not asyncua_session(fast)._subscription_callbacks
             return stock, fast
         finally:
@@ -272,3 +273,38 @@ def test_closing_a_source_on_node_opcua_logs_nothing(caplog: pytest.LogCaptureFi
     # node-opcua sends source picoseconds with every value: the server time still arrives (asyncua's decoder
     # would have read it from the picoseconds' bytes and made it "no time").
     assert all(x.server_time is not None and x.source_time is not None for x in sink.samples)
+
+
+def test_a_publish_loop_that_fails_starts_the_session_over_at_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the loop (here: its first decode raises) must not leave the subscription silent until the
+    watchdog's time-out: the session starts over, and values flow again."""
+    sink = Collected()
+    real = Publisher._publish
+    broken = {"left": 1}
+
+    async def once_broken(self: Publisher, body: bytes) -> None:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("a bug in the loop")
+        await real(self, body)
+
+    monkeypatch.setattr(Publisher, "_publish", once_broken)
+
+    async def run(url: str) -> OpcUaSource:
+        src = source(url, ITEMS[:3], sink)
+        task = asyncio.create_task(src.run())
+        try:
+            await until(lambda: src.reconnects >= 1, 30, "the session started over")
+            seen = len(sink.samples)
+            await until(lambda: len(sink.samples) > seen, 30, "values after the new session")
+            return src
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    with FactoryThread(port=free_port(), period=0.1, machines=1) as fac, caplog.at_level(logging.ERROR):
+        src = asyncio.run(run(fac.endpoint))
+    assert "publish loop failed: RuntimeError: a bug in the loop" in src.last_problem
+    assert any("the publish loop failed" in r.getMessage() for r in caplog.records)

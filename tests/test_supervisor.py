@@ -52,7 +52,7 @@ def test_a_failing_component_is_logged_reported_and_restarted(caplog: pytest.Log
         sup.start("forwarder-x", flaky)
         await asyncio.wait_for(healthy.wait(), 5)
         assert not sup.degraded
-        await sup.stop()
+        await sup.stop_all()
 
     asyncio.run(scenario())
     assert runs == 3
@@ -78,7 +78,7 @@ def test_a_component_that_returns_counts_as_failed() -> None:
         sup.start("heartbeat", returns)
         with pytest.raises(ComponentFailed, match="heartbeat failed 2 times"):
             await asyncio.wait_for(sup.wait(asyncio.Event()), 5)
-        await sup.stop()
+        await sup.stop_all()
 
     asyncio.run(scenario())
     assert reports.seen[-1] == ("heartbeat", "component-gave-up")
@@ -105,7 +105,7 @@ def test_too_many_failures_in_the_window_end_the_wait_with_an_error(caplog: pyte
         with pytest.raises(ComponentFailed) as err:
             await asyncio.wait_for(sup.wait(asyncio.Event()), 5)
         assert err.value.name == "forwarder-mqtt"
-        await sup.stop()
+        await sup.stop_all()
 
     asyncio.run(scenario())
     assert other_cancelled.is_set()
@@ -135,7 +135,7 @@ def test_failures_older_than_the_window_do_not_count() -> None:
         await asyncio.wait_for(done.wait(), 10)
         assert not waiter.done(), "five failures, but never three within 0.1 s"
         waiter.cancel()
-        await sup.stop()
+        await sup.stop_all()
 
     asyncio.run(scenario())
 
@@ -160,7 +160,7 @@ def test_stop_cancels_and_cancellation_is_not_a_failure() -> None:
         waiter = asyncio.create_task(sup.wait(stop))
         stop.set()
         await asyncio.wait_for(waiter, 5)
-        await asyncio.wait_for(sup.stop(), 5)
+        await asyncio.wait_for(sup.stop_all(), 5)
 
     asyncio.run(scenario())
     assert cleaned_up.is_set() and reports.seen == []
@@ -185,7 +185,7 @@ def test_a_report_that_fails_does_not_stop_the_restart(caplog: pytest.LogCapture
         sup = Supervisor(delays=quick, max_failures=5, window_s=60, report=failing_report)
         sup.start("heartbeat", flaky)
         await asyncio.wait_for(healthy.wait(), 5)
-        await sup.stop()
+        await sup.stop_all()
 
     asyncio.run(scenario())
     assert "could not record that heartbeat failed" in caplog.text

@@ -311,11 +311,12 @@ class OpcUaSource:
         log.warning("%s: node %s: %s", self.endpoint.id, node, message, extra={**self._fields, "node": node})
         await self._problem(NodeProblem(self.endpoint.id, item_handle, node, message, kind="node-moved"))
 
-    def _side_task(self, work: Awaitable[None], name: str) -> None:
+    def _side_task(self, work: Awaitable[None], name: str) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
         task.set_name(f"{self.endpoint.id}-{name}")
         self._side.add(task)
         task.add_done_callback(self._side.discard)
+        return task
 
     async def _learn(self, client: Client, nodes: dict[int, ua.NodeId], chunk: int) -> None:
         """The browse paths of items configured by node id, learnt in the background and kept (paths.py)."""
@@ -386,7 +387,8 @@ class OpcUaSource:
         self, client: Client, gone: list[int], added: list[NodeItem], added_events: list[EventItem], repoll: bool
     ) -> None:
         ids = [m for h in gone if (m := self._monitored.pop(h, None)) is not None]
-        self.active = tuple(h for h in self.active if h not in set(gone))
+        stopped = set(gone)
+        self.active = tuple(h for h in self.active if h not in stopped)
         for h in gone:
             self._nodes.pop(h, None)
             self._gone.discard(h)
@@ -509,7 +511,14 @@ class OpcUaSource:
         self._sub_id = sub_id
         self.publisher = publisher  # None: asyncua's own publish loop serves the subscription
         if publisher is not None:
-            self._side_task(publisher.run(), "publish")
+            loop = self._side_task(publisher.run(), "publish")
+
+            def failed(task: asyncio.Future[None]) -> None:  # a bug in the loop: start the session over now
+                if not task.cancelled() and (exc := task.exception()) is not None:
+                    log.error("%s: the publish loop failed", self.endpoint.id, exc_info=exc, extra=self._fields)
+                    ended(f"publish loop failed: {type(exc).__name__}: {exc}")
+
+            loop.add_done_callback(failed)
         wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
         wanted += [requests.event_request(e) for e in self.events]
         for part in chunks(wanted, chunk):
