@@ -226,9 +226,16 @@ class OpcUaSource:
 
     async def _close(self, client: Client) -> None:
         try:
-            await asyncio.wait_for(client.disconnect(), 2.0)
+            async with asyncio.timeout(2.0):
+                await client.disconnect()
         except Exception:  # the connection is being discarded anyway; a cancellation is not swallowed
             log.debug("disconnect from %s failed", self.endpoint.url, exc_info=True, extra=self._fields)
+        # A cancel that reached us inside the disconnect may have been swallowed there (asyncua catches
+        # broadly while closing; wait_for, used here before, returns a result that completes together with
+        # a cancel): it still ends the source, instead of the backoff sleep that would follow.
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
 
     async def _watch(self) -> None:
         """Return (by raising) when the session is gone: supervisor signal, silent subscription or poller failure."""
