@@ -257,7 +257,7 @@ class Pipeline:
         update = self.live.store
         bad = self._bad
         series = self._series.get
-        data_body = wire.data_body
+        data_tail = wire.data_tail
         last = self.last
         opened = self.gaps.open
         closing = False  # a value of an element with an open gap arrived
@@ -312,7 +312,7 @@ class Pipeline:
             if h not in touched:
                 touched[h] = prev
             last[h] = (t, status, value, clock, None)
-            append(("data", b.equipment, t, data_body(b.prefix, value, st, s.server_time, status)))
+            append(("data", b.equipment, t, (b.prefix, data_tail(value, st, s.server_time, status))))
             update(b.live_key, s.value)
             add = series(h)
             if add is not None:

@@ -349,11 +349,18 @@ class BufferModel(RuleBasedStateMachine):
     def add(self, lanes: list[tuple[str, str]]) -> None:
         added: list[Row] = []
         for lane, key in lanes:
-            added.append((lane, key, float(self.n), b'{"n":%d,"v":"%s"}' % (self.n, b"x" * 250)))
+            if lane == "data" and self.n % 3:
+                # A (head, tail) body, as the pipeline gives data records: a few heads per key, kept once.
+                head = b'{"key":"%s","element":%d,' % (key.encode(), self.n % 5)
+                added.append((lane, key, float(self.n), (head, b'"n":%d,"v":"%s"}' % (self.n, b"x" * 50))))
+            else:
+                added.append((lane, key, float(self.n), b'{"n":%d,"v":"%s"}' % (self.n, b"x" * 250)))
             self.n += 1
         first = self.b.last_seq
         dropped = self.b.add(added)
-        new = dict(enumerate(grouped(added), first + 1))
+        # What begin() must give back: every body whole.
+        whole = [(r[0], r[1], r[2], r[3] if isinstance(r[3], bytes) else b"".join(r[3])) for r in added]
+        new = dict(enumerate(grouped(whole), first + 1))
         model = self.model
         model |= new
         in_flight = {i.seq for batch in self.opened for i in batch.items}
@@ -798,7 +805,7 @@ def test_a_buffer_of_the_first_schema_one_row_per_record_is_refused(path: Path) 
     older = sqlite3.connect(path)
     older.execute("PRAGMA user_version = 1")
     older.close()
-    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 4\); move the file aside"):
+    with pytest.raises(BufferFormatError, match=r"unknown buffer schema 1 \(this agent knows 5\); move the file aside"):
         Buffer(path, quota_bytes=BIG)
 
 
@@ -827,7 +834,7 @@ def test_a_buffer_of_schema_2_is_upgraded_in_place_and_keeps_its_records(path: P
                 b.end(batch, accepted=[r.seq for r in batch.items])
         assert len(seqs) == 8 and len(set(seqs)) == 8 and first.items[0].seq not in seqs
     with sqlite3.connect(path) as c:
-        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def test_a_second_buffer_on_the_same_file_is_refused_while_the_first_is_open(buf: Buffer, path: Path) -> None:
@@ -1018,3 +1025,110 @@ def test_a_buffer_of_schema_3_keeps_its_marks_when_upgraded(path: Path) -> None:
         assert b.pending()["data"] == 2
     with Buffer(path, quota_bytes=BIG) as b:
         assert b.marks()["last:m/A"] == "3|0|source|7"
+
+
+# --- heads: the part of a record many records share, kept once per file --------------------------
+
+HEAD_A = b'{"shell":"urn:x:aas:press-01","submodel":"urn:x:sm:press-01:OperationalData","path":"Temperature",'
+HEAD_B = b'{"shell":"urn:x:aas:press-01","submodel":"urn:x:sm:press-01:OperationalData","path":"Pressure",'
+
+
+def split_rows(start: int, count: int, head: bytes = HEAD_A) -> list[Row]:
+    return [("data", "press-01", float(n), (head, b'"value":%d,"status":0}' % n)) for n in range(start, start + count)]
+
+
+def test_a_head_is_stored_once_and_every_body_comes_back_whole(buf: Buffer, path: Path) -> None:
+    buf.add(split_rows(0, 300) + split_rows(300, 300, HEAD_B) + rows("gap", 0, 2))
+    conn = buf._store.conn
+    assert sorted(h for (h,) in conn.execute("SELECT head FROM heads")) == sorted([HEAD_A, HEAD_B])
+    blob = b"".join(b for (b,) in conn.execute("SELECT bodies FROM lane_data"))
+    assert HEAD_A not in blob and HEAD_B not in blob and blob.count(b"#") == 600
+    whole = [(r[0], r[1], r[2], b"".join(r[3])) for r in split_rows(0, 300) + split_rows(300, 300, HEAD_B)]
+    assert [(i.lane, i.key, i.ts, i.body) for i in drain(buf, "data")] == whole
+    assert all(orjson.loads(i.body)["value"] == i.ts for i in drain(buf, "data"))
+    # The file holds about a third of what the bodies would take whole.
+    assert len(blob) < sum(len(r[3]) for r in whole) / 3
+
+
+def test_heads_survive_a_restart_and_new_ones_do_not_take_an_old_number(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(split_rows(0, 10))
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(split_rows(10, 10, HEAD_B) + split_rows(20, 10))
+        numbers = dict(buf._store.conn.execute("SELECT head, id FROM heads"))
+        assert len(numbers) == 2 and numbers[HEAD_A] != numbers[HEAD_B]
+        got = [i.body for i in drain(buf, "data")]
+    assert got == [b"".join(r[3]) for r in split_rows(0, 10) + split_rows(10, 10, HEAD_B) + split_rows(20, 10)]
+
+
+def test_an_add_that_fails_numbers_no_head_and_a_retry_stores_it(buf: Buffer) -> None:
+    with pytest.raises(ValueError, match="newline"):
+        buf.add([*split_rows(0, 3), ("data", "press-01", 9.0, b'{"bad":"\n"}')])
+    assert buf._store.heads == {} and buf.pending()["data"] == 0
+    with pytest.raises(ValueError, match="starts with '#'"):
+        buf.add([*split_rows(0, 3), ("data", "press-01", 9.0, b"#1:{}")])
+    with pytest.raises(ValueError, match=r"head .* contains a newline"):
+        buf.add([("data", "press-01", 9.0, (b'{"a":\n', b"1}"))])
+    with pytest.raises(TypeError, match="head, tail"):
+        buf.add([("data", "press-01", 9.0, ("text", b"1}"))])  # type: ignore[list-item]
+    buf.add(split_rows(0, 3))
+    assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(0, 3)]
+
+
+def test_heads_are_forgotten_at_open_once_no_record_is_pending(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(split_rows(0, 5))
+    with Buffer(path, quota_bytes=BIG) as buf:  # pending records: their heads stay
+        assert buf._store.heads
+        batch = buf.begin("data", 10)
+        assert batch is not None
+        buf.end(batch, [i.seq for i in batch.items])
+    with Buffer(path, quota_bytes=BIG) as buf:
+        assert buf._store.heads == {}
+        assert buf._store.conn.execute("SELECT count(*) FROM heads").fetchone()[0] == 0
+        buf.add(split_rows(5, 2, HEAD_B))
+        assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(5, 2, HEAD_B)]
+
+
+def test_a_record_whose_head_is_missing_is_a_damaged_buffer_and_salvage_keeps_the_rest(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        buf.add(split_rows(0, 200) + split_rows(200, 200, HEAD_B) + rows("gap", 0, 3))
+    with sqlite3.connect(path) as c:
+        c.execute("DELETE FROM heads WHERE head = ?", (HEAD_B,))
+    c.close()
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        first = buf.begin("data", 200)
+        assert first is not None and [i.body for i in first.items] == [b"".join(r[3]) for r in split_rows(0, 200)]
+        buf.end(first, [])
+        with pytest.raises(BufferCorruptError, match="refers to a record head the file does not have"):
+            buf.begin("data", 400)
+
+
+def test_salvage_of_a_damaged_file_gives_the_bodies_whole(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG, chunk_records=100) as buf:
+        buf.add(split_rows(0, 2000) + rows("gap", 5000, 5))
+        pages = buf.stats().db_bytes // 4096
+    _damage(path, pages // 2, 1)
+    buf, recovery = open_buffer(path, quota_bytes=BIG)
+    with buf:
+        assert recovery is not None and recovery.recovered >= 1000
+        data = drain(buf, "data")
+    expected = {r[2]: b"".join(r[3]) for r in split_rows(0, 2000)}
+    assert data and all(i.body == expected[i.ts] for i in data)
+
+
+def test_a_buffer_of_schema_4_is_upgraded_and_keeps_its_records(path: Path) -> None:
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(rows("data", 0, 3))
+    old = sqlite3.connect(path)
+    old.execute("DROP TABLE heads")
+    old.execute("PRAGMA user_version = 4")
+    old.commit()
+    old.close()
+    with Buffer(path, quota_bytes=BIG) as buf:
+        buf.add(split_rows(3, 2))
+        assert [i.body for i in drain(buf, "data")] == [body(n) for n in range(3)] + [
+            b"".join(r[3]) for r in split_rows(3, 2)
+        ]
+    with sqlite3.connect(path) as c:
+        assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5

@@ -234,8 +234,14 @@ def data_body(
     prefix: bytes, value: Any, source_time: datetime | None, server_time: datetime | None, status: int
 ) -> bytes:
     """A data record: the element's prefix plus the encoded value, its two timestamps and status."""
+    return prefix + data_tail(value, source_time, server_time, status)
+
+
+def data_tail(value: Any, source_time: datetime | None, server_time: datetime | None, status: int) -> bytes:
+    """What follows the prefix in a data record: `"value":…,"sourceTime":…,"serverTime":…,"status":…}`. The
+    buffer keeps an element's prefix once and each record's tail (uploader/buffer/records.py)."""
     varying = {"value": value, "sourceTime": source_time, "serverTime": server_time, "status": status}
-    return prefix + _dumps(varying, option=_OPTIONS)[1:]
+    return _dumps(varying, option=_OPTIONS)[1:]
 
 
 def event_body(*, shell: str, source: str, node: str, time: datetime, fields: dict[str, Any]) -> bytes:

@@ -38,7 +38,18 @@ from uploader.buffer import quota
 from uploader.buffer.batches import Batches
 from uploader.buffer.errors import BufferCeilingError, BufferFullError
 from uploader.buffer.lanes import Lane
-from uploader.buffer.records import LANES, PROTECTED, Batch, BufferStats, ChunkRow, Dropped, Row, group, pack
+from uploader.buffer.records import (
+    LANES,
+    NEWLINE,
+    PROTECTED,
+    Batch,
+    BufferStats,
+    ChunkRow,
+    Dropped,
+    Row,
+    group,
+    pack,
+)
 from uploader.buffer.safety import HighWater, Reserve, free_bytes
 from uploader.buffer.store import Store
 
@@ -170,16 +181,19 @@ class Buffer:
         if not rows and not marks and not unmark and not settle:
             return Dropped(0, {})
         try:
-            chunks, incoming, seq = self._chunks(rows)
+            stored, heads = self._stored(rows)
+            chunks, incoming, seq = self._chunks(stored)
         except TypeError as exc:
-            raise TypeError(f"add: every row must be (lane: str, key: str, ts: float, body: bytes) ({exc})") from exc
+            raise TypeError(
+                f"add: every row must be (lane: str, key: str, ts: float, body: bytes or (head, tail) bytes) ({exc})"
+            ) from exc
         self._check_ceiling(chunks)
         try:
-            return self._add(chunks, incoming, seq, marks, unmark, settle)
+            return self._add(chunks, incoming, seq, marks, unmark, settle, heads)
         except BufferFullError:
             if not self._reserve.release():
                 raise
-            return self._add(chunks, incoming, seq, marks, unmark, settle)
+            return self._add(chunks, incoming, seq, marks, unmark, settle, heads)
 
     def _add(
         self,
@@ -189,6 +203,7 @@ class Buffer:
         marks: list[tuple[str, str]],
         unmark: list[str],
         settle: list[str],
+        heads: dict[int, bytes],
     ) -> Dropped:
         added = {lane: sum(chunk[2] for chunk in lane_chunks) for lane, lane_chunks in chunks.items()}
         pending = {name: lane.pending for name, lane in self._lanes.items()}
@@ -205,6 +220,8 @@ class Buffer:
                 if chunks
                 else None
             )
+            if heads:
+                store.insert_heads(conn, heads)
             for lane, lane_chunks in chunks.items():
                 store.insert(conn, lane, lane_chunks)
             for lane, count in added.items():
@@ -224,6 +241,8 @@ class Buffer:
                 changed |= {_DROP + k: f"{c}|{f!r}|{la!r}" for k, (c, f, la) in drops.items()}
             store.write_marks(conn, changed)
         self._drops = drops
+        if heads:
+            store.learn_heads(heads)
         if seq != store.last_seq:
             self._high_water.write(seq)
         store.last_seq = seq
@@ -267,7 +286,42 @@ class Buffer:
             "never dropped, so new values are refused until the far end takes them",
         )
 
-    def _chunks(self, rows: Sequence[Row]) -> tuple[dict[str, list[ChunkRow]], int, int]:
+    def _stored(self, rows: Sequence[Row]) -> tuple[list[tuple[str, str, float, bytes]], dict[int, bytes]]:
+        """The rows with their bodies as stored (a (head, tail) body as its head's tag + tail), and the heads
+        this add() numbers anew (records.py)."""
+        tags = self._store.tags
+        fresh: dict[bytes, bytes] = {}  # tags of the heads numbered by this add()
+        new: dict[int, bytes] = {}
+        out: list[tuple[str, str, float, bytes]] = []
+        append = out.append
+        for row in rows:
+            body = row[3]
+            if body.__class__ is not tuple:
+                if body[:1] == b"#":
+                    raise ValueError(
+                        f"add: a body for lane {row[0]!r}, key {row[1]!r} starts with '#', which marks a stored "
+                        "body that refers to a head; a record body is a JSON object"
+                    )
+                append(row)  # type: ignore[arg-type]  # bytes, or refused by pack() for what it is
+                continue
+            head, tail = body
+            tag = tags.get(head) or fresh.get(head)
+            if tag is None:
+                if head.__class__ is not bytes or tail.__class__ is not bytes:
+                    kinds = f"{type(head).__name__}, {type(tail).__name__}"
+                    raise TypeError(f"a (head, tail) body is two bytes, not {kinds}")
+                if NEWLINE in head:
+                    raise ValueError(
+                        f"add: a body head for lane {row[0]!r}, key {row[1]!r} contains a newline (b'\\n'); "
+                        "a record body must be one line of JSON"
+                    )
+                number = max(self._store.heads, default=0) + 1 if not new else next(reversed(new)) + 1
+                new[number] = head
+                tag = fresh[head] = b"#%d:" % number
+            append((row[0], row[1], row[2], tag + tail))
+        return out, new
+
+    def _chunks(self, rows: Sequence[tuple[str, str, float, bytes]]) -> tuple[dict[str, list[ChunkRow]], int, int]:
         """The rows as chunk rows per lane, the bytes they will take, and the last seq they use."""
         chunks: dict[str, list[ChunkRow]] = {}
         seq = self._store.last_seq

@@ -7,27 +7,42 @@ A chunk row is `(seq, key, n, ts_min, ts_max, ts, bodies)`: `seq` is its first r
 `n` records have the seqs `seq .. seq + n - 1` in the order they were given to `add()`; `ts` is the
 n source times (float64, little-endian); `bodies` the n bodies joined with b"\\n" (a body that
 contains b"\\n" is refused, so splitting gives the bodies back exactly).
+
+A body given to `add()` as `(head, tail)` is stored as `#<id>:<tail>`, where `id` numbers `head` in the
+file's `heads` table (store.py): the part of a record that is the same in every record of one element
+(its shell, submodel, path, node...) is kept once per file instead of once per record, which is most of
+a data record's bytes. `begin()` gives `head + tail` back. A body given whole is stored as it is (a JSON
+body starts with "{", never with "#").
+
+A body given to `add()` as `(head, tail)` is stored as `#<id>:<tail>`, where `id` numbers `head` in the
+file's `heads` table (store.py): the part of a record that is the same in every record of one element
+(its shell, submodel, path, node...) is kept once per file instead of once per record, which is most of
+a data record's bytes. `begin()` gives `head + tail` back. A body given whole is stored as it is (a JSON
+body starts with "{", never with "#").
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Final, NamedTuple, cast
+from typing import Final, NamedTuple, TypeVar, cast
 
 LANES: Final = ("status", "gap", "event", "usage", "analysis", "data")
 """Priority order for sending."""
 PROTECTED: Final = frozenset({"gap", "usage", "status", "analysis"})
 """Never dropped by the quota. `event` is dropped only when no `data` is left to drop."""
 
-Row = tuple[str, str, float, bytes]
+Body = bytes | tuple[bytes, bytes]
+Row = tuple[str, str, float, Body]
 """(lane, key, ts, body): lane name, routing key (asset id), source time as epoch seconds, and the
-record body, one JSON object as bytes without an "id" field and without a newline."""
+record body, one JSON object as bytes without an "id" field and without a newline, either whole or
+as (head, tail) whose concatenation is the body, with a head that many records share (see above)."""
 
 NEWLINE: Final = b"\n"
+
 _SWAP_TS: Final = sys.byteorder == "big"
 
 # (seq, key, n, ts_min, ts_max, ts, bodies): a chunk row as add() writes it.
@@ -87,9 +102,12 @@ class BufferStats:
     batches, were left to drop. The rows were stored anyway."""
 
 
-def group(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
+R = TypeVar("R", bound=Row)
+
+
+def group(rows: Sequence[R]) -> dict[tuple[str, str], list[R]]:
     """Rows by (lane, key), in the order each first appears; per key the rows keep their order."""
-    groups: dict[tuple[str, str], list[Row]] = {}
+    groups: dict[tuple[str, str], list[R]] = {}
     for row in rows:
         lane_key = row[:2]
         found = groups.get(lane_key)
@@ -101,8 +119,8 @@ def group(rows: Sequence[Row]) -> dict[tuple[str, str], list[Row]]:
     return groups
 
 
-def pack(seq: int, lane: str, key: str, part: Sequence[Row]) -> ChunkRow:
-    """The chunk row holding `part` (rows of one lane and key) whose first record gets `seq`."""
+def pack(seq: int, lane: str, key: str, part: Sequence[tuple[str, str, float, bytes]]) -> ChunkRow:
+    """The chunk row holding `part` (rows of one lane and key, bodies as stored) whose first record gets `seq`."""
     _, _, stamps, bodies = zip(*part, strict=True)
     # bytes.find is memchr; `in` on bytes first tries the needle as an int, which costs more.
     if max(map(bytes.find, bodies, repeat(NEWLINE))) >= 0:
@@ -133,3 +151,11 @@ def unpack(seq: int, lane: str, key: str, ts: array[float], bodies: list[bytes])
         tuple.__new__, repeat(StoredRecord), zip(range(seq, seq + len(ts)), repeat(lane), repeat(key), ts, bodies)
     )
     return cast(list[StoredRecord], list(made))
+
+
+def expand(bodies: list[bytes], heads: Mapping[int, bytes]) -> list[bytes]:
+    """Stored bodies as they were given: a `#<id>:<tail>` body becomes its head + tail.
+
+    Raises KeyError for an id not in `heads`, ValueError for a tag without its end.
+    """
+    return [b if b[:1] != b"#" else heads[int(b[1 : (i := b.index(58))])] + b[i + 1 :] for b in bodies]

@@ -21,7 +21,7 @@ from typing import Any
 
 from uploader.buffer.buffer import Buffer
 from uploader.buffer.errors import BufferCorruptError
-from uploader.buffer.records import LANES, NEWLINE, Row, stamps
+from uploader.buffer.records import LANES, NEWLINE, Row, expand, stamps
 
 log = logging.getLogger("uploader.buffer")
 
@@ -72,8 +72,9 @@ def _salvage(damaged: Path, into: Buffer) -> tuple[int, int, list[str]]:
     cut: list[str] = []
     try:
         masks = _masks(conn)
+        heads = _heads(conn)
         for lane in LANES:
-            rows, bad, complete = _read_lane(conn, lane, masks.get(lane, {}))
+            rows, bad, complete = _read_lane(conn, lane, masks.get(lane, {}), heads)
             unreadable += bad
             if not complete:
                 cut.append(lane)
@@ -95,7 +96,16 @@ def _masks(conn: sqlite3.Connection) -> dict[str, dict[int, bytes]]:
     return out
 
 
-def _read_lane(conn: sqlite3.Connection, lane: str, masks: dict[int, bytes]) -> tuple[list[Row], int, bool]:
+def _heads(conn: sqlite3.Connection) -> dict[int, bytes]:
+    try:
+        return dict(conn.execute("SELECT id, head FROM heads"))
+    except sqlite3.Error:
+        return {}  # a file older than the heads, or its table unreadable: chunks that need one are unreadable
+
+
+def _read_lane(
+    conn: sqlite3.Connection, lane: str, masks: dict[int, bytes], heads: dict[int, bytes]
+) -> tuple[list[Row], int, bool]:
     """The records of one lane that read cleanly, the chunks that did not, and whether its end was reached."""
     rows: list[Row] = []
     bad = 0
@@ -122,7 +132,8 @@ def _read_lane(conn: sqlite3.Connection, lane: str, masks: dict[int, bytes]) -> 
             bodies = blob.split(NEWLINE)
             if len(ts) != n or len(bodies) != n:
                 raise ValueError("counts do not match")
-        except (ValueError, TypeError):
+            bodies = expand(bodies, heads)
+        except (ValueError, TypeError, KeyError):
             bad += 1
             continue
         keep = list(map(not_, masks[seq])) if seq in masks and len(masks[seq]) == n else [True] * n

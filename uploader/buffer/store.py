@@ -10,6 +10,9 @@ Tables
   records done; the chunk row and its done row are deleted together, in the transaction that
   makes the last record done.
 - `state`: origin, the seq high-water mark, and the number of records pending per lane.
+- `heads`: the shared heads of records given as (head, tail) (records.py), numbered. A head is added
+  in the transaction of the first `add()` that uses it and never changed; at open, a buffer with no
+  pending record forgets them all (nothing refers to them any more).
 - `marks` and `mark_log`: the caller's progress notes, saved with `add()`. Each `add()` appends its
   marks as one row of `mark_log` (a JSON object; null deletes a key); every `_MARK_LOG_ROWS` rows
   they are folded into `marks`, one row per key, and the log is emptied, in the same transaction.
@@ -64,15 +67,17 @@ from uploader.buffer.records import LANES, ChunkRow
 
 log = logging.getLogger("uploader.buffer")
 
-SCHEMA_VERSION: Final = 4
-# Version 3 added the `analysis` lane (a table and a pending column), version 4 the `mark_log` table;
-# older files are upgraded at open.
-_UPGRADABLE: Final = {2, 3}
+SCHEMA_VERSION: Final = 5
+# Version 3 added the `analysis` lane (a table and a pending column), version 4 the `mark_log` table,
+# version 5 the `heads` table; older files are upgraded at open.
+_UPGRADABLE: Final = {2, 3, 4}
 # Marks the file as ours, so another application's SQLite database is refused, not written into.
 APPLICATION_ID: Final = 0x45414246
 
 _SQL_MARKS_TABLE: Final = "CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID"
 _SQL_MARK_LOG_TABLE: Final = "CREATE TABLE IF NOT EXISTS mark_log (id INTEGER PRIMARY KEY, marks BLOB NOT NULL)"
+_SQL_HEADS_TABLE: Final = "CREATE TABLE IF NOT EXISTS heads (id INTEGER PRIMARY KEY, head BLOB NOT NULL)"
+_SQL_HEAD: Final = "INSERT INTO heads (id, head) VALUES (?, ?)"
 _SQL_LOG_MARKS: Final = "INSERT INTO mark_log (marks) VALUES (?)"
 _MARK_LOG_ROWS: Final = 64  # log rows folded into `marks` at once
 _SQL_MARK: Final = "INSERT INTO marks (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
@@ -209,6 +214,14 @@ class Store:
         for lane, chunk, mask in conn.execute("SELECT lane, chunk, mask FROM done"):
             if lane in self.done:
                 self.done[lane][chunk] = mask
+        if not any(self.pending.values()) and conn.execute("SELECT 1 FROM heads LIMIT 1").fetchone():
+            try:
+                conn.execute("DELETE FROM heads")
+            except sqlite3.Error as exc:  # e.g. a full disk: the heads stay, which costs only their bytes
+                log.warning("buffer %s: could not forget the heads no record refers to: %s", self.path, exc)
+        # Heads by id, and each head's tag (b"#<id>:") by its bytes.
+        self.heads: dict[int, bytes] = dict(conn.execute("SELECT id, head FROM heads"))
+        self.tags: dict[bytes, bytes] = {head: b"#%d:" % i for i, head in self.heads.items()}
 
     def _create(self) -> None:
         conn = self.conn
@@ -227,6 +240,7 @@ class Store:
             conn.execute(_SQL_DONE_TABLE)
             conn.execute(_SQL_MARKS_TABLE)
             conn.execute(_SQL_MARK_LOG_TABLE)
+            conn.execute(_SQL_HEADS_TABLE)
             conn.execute(
                 "INSERT INTO state (id, origin, created, last_seq) VALUES (1, ?, ?, 0)",
                 (secrets.token_hex(6), time.time()),
@@ -240,8 +254,8 @@ class Store:
             raise
 
     def _upgrade(self, version: int) -> None:
-        """A buffer of schema 2 (no analysis lane) or 3 (no mark log) becomes schema 4, in one transaction; its
-        records and marks stay."""
+        """A buffer of schema 2 (no analysis lane), 3 (no mark log) or 4 (no heads) becomes schema 5, in one
+        transaction; its records and marks stay."""
         conn = self.conn
         with self.errors("upgrade"):
             conn.execute("BEGIN IMMEDIATE")
@@ -254,6 +268,7 @@ class Store:
                     if f"pending_{lane}" not in columns:
                         conn.execute(f"ALTER TABLE state ADD COLUMN pending_{lane} INTEGER NOT NULL DEFAULT 0")
                 conn.execute(_SQL_MARK_LOG_TABLE)
+                conn.execute(_SQL_HEADS_TABLE)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -297,6 +312,14 @@ class Store:
 
     def insert(self, conn: sqlite3.Connection, lane: str, rows: list[ChunkRow]) -> None:
         conn.executemany(self._sql_insert[lane], rows)
+
+    def insert_heads(self, conn: sqlite3.Connection, heads: dict[int, bytes]) -> None:
+        """New heads; known in memory (`heads`, `tags`) only once the caller's transaction committed."""
+        conn.executemany(_SQL_HEAD, heads.items())
+
+    def learn_heads(self, heads: dict[int, bytes]) -> None:
+        self.heads.update(heads)
+        self.tags.update((head, b"#%d:" % i) for i, head in heads.items())
 
     def write_state(self, conn: sqlite3.Connection, last_seq: int, pending: Iterable[int]) -> None:
         conn.execute(self._sql_state, (last_seq, *pending))
