@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent.gaps import GapRecord
 from uploader import wire
-from uploader.buffer import Buffer, BufferError, Row
+from uploader.buffer import Buffer, BufferError, Mark, Row
 
 log = logging.getLogger("agent.pipeline")
 
@@ -42,7 +42,7 @@ class _Held:
     gaps: list[GapRecord] = field(default_factory=list)
     status: list[Row] = field(default_factory=list)
     status_lost: int = 0
-    marks: dict[str, str] = field(default_factory=dict)
+    marks: dict[str, Mark] = field(default_factory=dict)
     failing: bool = False
     drops_reported: float = 0.0  # loop time of the last quota report
 
@@ -81,7 +81,7 @@ class Committer:
         for held in self._held:
             held.gaps += records
 
-    async def commit(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
+    async def commit(self, rows: list[Row], marks: Mapping[str, Mark] | None = None) -> bool:
         """Commit rows and marks to every buffer; False if one refused data or event rows for good."""
         ok = True
         for buf, held, lanes in zip(self.buffers, self._held, self._lanes, strict=True):
@@ -91,7 +91,7 @@ class Committer:
         return ok
 
     async def _commit_one(
-        self, buf: Buffer, held: _Held, rows: list[Row], marks: dict[str, str], lanes: frozenset[str] | None
+        self, buf: Buffer, held: _Held, rows: list[Row], marks: Mapping[str, Mark], lanes: frozenset[str] | None
     ) -> bool:
         all_rows = [("gap", r.equipment, r.ts, r.body) for r in held.gaps] + held.status + rows
         if lanes is not None:
@@ -102,7 +102,7 @@ class Committer:
             all_rows.insert(0, ("status", AGENT_KEY, now.timestamp(), wire.status_body(now, "status-lost", lost)))
         unmark = [m for r in held.gaps for m in r.clears]
         if held.marks:
-            marks = held.marks | marks
+            marks = {**held.marks, **marks}
         delays = self._delays()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
@@ -130,7 +130,7 @@ class Committer:
                 log.error("cannot store the report of the quota's drops yet (kept in the buffer): %s", exc)
         return True
 
-    def _give_up(self, held: _Held, rows: list[Row], marks: dict[str, str], exc: BufferError) -> None:
+    def _give_up(self, held: _Held, rows: list[Row], marks: Mapping[str, Mark], exc: BufferError) -> None:
         self.last_error = str(exc).split(": ", 1)[-1]
         held.marks = {k: v for k, v in marks.items() if k.startswith("open:")}
         status = held.status + [r for r in rows if r[0] == "status"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
@@ -26,7 +26,7 @@ from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceStat
 from agent.committer import AGENT_KEY, Committer
 from agent.gaps import AGENT, SERVER, SOURCE, GapBook, Member
 from uploader import wire
-from uploader.buffer import Buffer, Row
+from uploader.buffer import Buffer, Mark, Row
 
 if TYPE_CHECKING:
     from agent.measure import Measure
@@ -101,16 +101,20 @@ def _digest(value: Any) -> int:
 _MARK_VALUE_BYTES: Final = 160  # a longer mark keeps a digest of the value instead of the value
 
 
-def _mark(stamp: _Last, dumps: Callable[[Any], bytes]) -> str:
+_SHORT: Final = frozenset({float, int, bool, type(None)})  # encoded values whose mark is always short
+_SHORT_TEXT: Final = 24  # characters of a string value that keep its mark short even fully escaped
+
+
+def _mark(t: float, status: int, clock: str, value: Any) -> Mark:
     """An element's last stored stamp as its buffer mark: `[time, status, clock, value]`, or with a longer
-    value `[time, status, clock, null, digest]` (read back by `restore_marks`)."""
-    t, status, value, clock, digest = stamp
-    if value is not _UNKNOWN:
-        text = dumps((t, status, clock, value))
-        if len(text) <= _MARK_VALUE_BYTES:
-            return text.decode()
-        digest = _digest(value)
-    return dumps((t, status, clock, None, digest)).decode()
+    value `[time, status, clock, null, digest]` (read back by `restore_marks`). A short one is the tuple
+    itself: the buffer writes it as JSON with all the others of the add, in one call."""
+    if value.__class__ in _SHORT or (value.__class__ is str and len(value) <= _SHORT_TEXT):
+        return (t, status, clock, value)
+    text = orjson.dumps((t, status, clock, value))
+    if len(text) <= _MARK_VALUE_BYTES:
+        return text.decode()
+    return orjson.dumps((t, status, clock, None, _digest(value))).decode()
 
 
 def _restored(mark: str) -> _Last:
@@ -262,6 +266,8 @@ class Pipeline:
         opened = self.gaps.open
         closing = False  # a value of an element with an open gap arrived
         touched: dict[int, _Last | None] = {}  # handle -> its stamp before this batch
+        marks: dict[str, Mark] = {}  # each stored element's stamp, as its buffer mark
+        mark = _mark
         repeats = 0
         now = _utcnow().timestamp()
         watch = self._watch
@@ -312,6 +318,7 @@ class Pipeline:
             if h not in touched:
                 touched[h] = prev
             last[h] = (t, status, value, clock, None)
+            marks[b.mark] = mark(t, status, clock, value)
             append(("data", b.equipment, t, (b.prefix, data_tail(value, st, s.server_time, status))))
             update(b.live_key, s.value)
             add = series(h)
@@ -329,8 +336,6 @@ class Pipeline:
             self.measure.stats.values_each(seen_h, seen_t)
         self.values_in += len(samples)
         self.repeats += repeats
-        dumps = orjson.dumps
-        marks = {bindings[h].mark: _mark(last[h], dumps) for h in touched}
         if not await self.store(rows, marks):
             self._not_stored(samples, touched)
         if closing:
@@ -516,6 +521,6 @@ class Pipeline:
 
     # -- storing --------------------------------------------------------------------------------
 
-    async def store(self, rows: list[Row], marks: dict[str, str] | None = None) -> bool:
+    async def store(self, rows: list[Row], marks: Mapping[str, Mark] | None = None) -> bool:
         """Commit rows (and marks) to every buffer (committer.py); False if data or event rows were lost."""
         return await self.committer.commit(rows, marks)

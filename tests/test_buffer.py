@@ -36,6 +36,7 @@ from uploader.buffer import (
     Row,
     StoredRecord,
 )
+from uploader.buffer.records import MAX_HEAD
 from uploader.buffer.recover import open_buffer
 from uploader.buffer.safety import free_bytes
 
@@ -1064,7 +1065,7 @@ def test_heads_survive_a_restart_and_new_ones_do_not_take_an_old_number(path: Pa
 def test_an_add_that_fails_numbers_no_head_and_a_retry_stores_it(buf: Buffer) -> None:
     with pytest.raises(ValueError, match="newline"):
         buf.add([*split_rows(0, 3), ("data", "press-01", 9.0, b'{"bad":"\n"}')])
-    assert buf._store.heads == {} and buf.pending()["data"] == 0
+    assert buf._store.heads.tags == {} and buf.pending()["data"] == 0
     with pytest.raises(ValueError, match="starts with '#'"):
         buf.add([*split_rows(0, 3), ("data", "press-01", 9.0, b"#1:{}")])
     with pytest.raises(ValueError, match=r"head .* contains a newline"):
@@ -1079,12 +1080,12 @@ def test_heads_are_forgotten_at_open_once_no_record_is_pending(path: Path) -> No
     with Buffer(path, quota_bytes=BIG) as buf:
         buf.add(split_rows(0, 5))
     with Buffer(path, quota_bytes=BIG) as buf:  # pending records: their heads stay
-        assert buf._store.heads
+        assert buf._store.heads.tags
         batch = buf.begin("data", 10)
         assert batch is not None
         buf.end(batch, [i.seq for i in batch.items])
     with Buffer(path, quota_bytes=BIG) as buf:
-        assert buf._store.heads == {}
+        assert buf._store.heads.tags == {}
         assert buf._store.conn.execute("SELECT count(*) FROM heads").fetchone()[0] == 0
         buf.add(split_rows(5, 2, HEAD_B))
         assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(5, 2, HEAD_B)]
@@ -1132,3 +1133,11 @@ def test_a_buffer_of_schema_4_is_upgraded_and_keeps_its_records(path: Path) -> N
         ]
     with sqlite3.connect(path) as c:
         assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+
+
+def test_past_the_last_head_number_records_are_stored_whole_and_still_come_back(buf: Buffer) -> None:
+    buf._store.heads.last = MAX_HEAD  # as if the file had numbered every head it can
+    buf.add(split_rows(0, 3, HEAD_B))
+    blob = b"".join(b for (b,) in buf._store.conn.execute("SELECT bodies FROM lane_data"))
+    assert blob.count(HEAD_B) == 3 and buf._store.conn.execute("SELECT count(*) FROM heads").fetchone()[0] == 0
+    assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(0, 3, HEAD_B)]

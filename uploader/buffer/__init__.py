@@ -15,7 +15,7 @@ from uploader.buffer.errors import (
     BufferIOError,
     BufferLockedError,
 )
-from uploader.buffer.records import Batch, BufferStats, Dropped, Row, StoredRecord
+from uploader.buffer.records import Batch, BufferStats, Dropped, Mark, Row, StoredRecord
 from uploader.buffer.store import APPLICATION_ID, SCHEMA_VERSION
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "BufferLockedError",
     "BufferStats",
     "Dropped",
+    "Mark",
     "Row",
     "StoredRecord",
 ]

@@ -19,7 +19,7 @@ from operator import itemgetter, not_
 from uploader.buffer.errors import MOVE_ASIDE, BufferCorruptError
 from uploader.buffer.lanes import Chunk, Lane, Run, run_chunk_id
 from uploader.buffer.quota import estimate
-from uploader.buffer.records import NEWLINE, Batch, StoredRecord, expand, stamps, unpack
+from uploader.buffer.records import NEWLINE, Batch, StoredRecord, stamps, unpack
 from uploader.buffer.store import Store
 
 _seq = itemgetter(0)
@@ -67,8 +67,8 @@ class Batches:
                             f"{len(bodies)} bodies). {MOVE_ASIDE}",
                         )
                     try:
-                        bodies = expand(bodies, store.heads)
-                    except (KeyError, ValueError) as exc:
+                        bodies = store.heads.expand(bodies)
+                    except KeyError as exc:
                         raise BufferCorruptError(
                             store.path,
                             f"chunk {chunk_id} of lane {lane.name!r} refers to a record head the file does not have "

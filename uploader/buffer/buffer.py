@@ -40,12 +40,12 @@ from uploader.buffer.errors import BufferCeilingError, BufferFullError
 from uploader.buffer.lanes import Lane
 from uploader.buffer.records import (
     LANES,
-    NEWLINE,
     PROTECTED,
     Batch,
     BufferStats,
     ChunkRow,
     Dropped,
+    Mark,
     Row,
     group,
     pack,
@@ -158,7 +158,7 @@ class Buffer:
     def add(
         self,
         rows: Sequence[Row],
-        marks: Iterable[tuple[str, str]] = (),
+        marks: Iterable[tuple[str, Mark]] = (),
         *,
         unmark: Iterable[str] = (),
         settle: Iterable[str] = (),
@@ -166,7 +166,8 @@ class Buffer:
         """Store `rows` in one transaction; durable (committed) when it returns.
 
         Seqs are assigned grouped by (lane, key), in the order each first appears in `rows`; per
-        key the rows keep their order. `marks` (key, value) are saved in the same transaction and
+        key the rows keep their order. `marks` (key, value: text, or a sequence of JSON values kept as its
+        JSON text) are saved in the same transaction and
         read back with `marks()`: the caller's own progress notes (the agent keeps each element's
         last source time there, so a restart does not store a value it already had under a
         second id); `unmark` deletes marks; `settle` clears the drop accounts of these keys (see
@@ -180,9 +181,9 @@ class Buffer:
         marks, unmark, settle = list(marks), list(unmark), [k for k in settle if k in self._drops]
         if not rows and not marks and not unmark and not settle:
             return Dropped(0, {})
+        heads: dict[int, bytes] = {}  # heads this add() numbers
         try:
-            stored, heads = self._stored(rows)
-            chunks, incoming, seq = self._chunks(stored)
+            chunks, incoming, seq = self._chunks(rows, heads)
         except TypeError as exc:
             raise TypeError(
                 f"add: every row must be (lane: str, key: str, ts: float, body: bytes or (head, tail) bytes) ({exc})"
@@ -200,7 +201,7 @@ class Buffer:
         chunks: dict[str, list[ChunkRow]],
         incoming: int,
         seq: int,
-        marks: list[tuple[str, str]],
+        marks: list[tuple[str, Mark]],
         unmark: list[str],
         settle: list[str],
         heads: dict[int, bytes],
@@ -227,7 +228,7 @@ class Buffer:
             for lane, count in added.items():
                 pending[lane] += count
             store.write_state(conn, seq, pending.values())
-            changed: dict[str, str | None] = dict(marks)
+            changed: dict[str, Mark | None] = dict(marks)
             changed |= dict.fromkeys(unmark)
             changed |= dict.fromkeys(_DROP + k for k in settle)
             if room is not None and room.by_key:
@@ -242,7 +243,7 @@ class Buffer:
             store.write_marks(conn, changed)
         self._drops = drops
         if heads:
-            store.learn_heads(heads)
+            store.heads.learn(heads)
         if seq != store.last_seq:
             self._high_water.write(seq)
         store.last_seq = seq
@@ -286,43 +287,9 @@ class Buffer:
             "never dropped, so new values are refused until the far end takes them",
         )
 
-    def _stored(self, rows: Sequence[Row]) -> tuple[list[tuple[str, str, float, bytes]], dict[int, bytes]]:
-        """The rows with their bodies as stored (a (head, tail) body as its head's tag + tail), and the heads
-        this add() numbers anew (records.py)."""
-        tags = self._store.tags
-        fresh: dict[bytes, bytes] = {}  # tags of the heads numbered by this add()
-        new: dict[int, bytes] = {}
-        out: list[tuple[str, str, float, bytes]] = []
-        append = out.append
-        for row in rows:
-            body = row[3]
-            if body.__class__ is not tuple:
-                if body[:1] == b"#":
-                    raise ValueError(
-                        f"add: a body for lane {row[0]!r}, key {row[1]!r} starts with '#', which marks a stored "
-                        "body that refers to a head; a record body is a JSON object"
-                    )
-                append(row)  # type: ignore[arg-type]  # bytes, or refused by pack() for what it is
-                continue
-            head, tail = body
-            tag = tags.get(head) or fresh.get(head)
-            if tag is None:
-                if head.__class__ is not bytes or tail.__class__ is not bytes:
-                    kinds = f"{type(head).__name__}, {type(tail).__name__}"
-                    raise TypeError(f"a (head, tail) body is two bytes, not {kinds}")
-                if NEWLINE in head:
-                    raise ValueError(
-                        f"add: a body head for lane {row[0]!r}, key {row[1]!r} contains a newline (b'\\n'); "
-                        "a record body must be one line of JSON"
-                    )
-                number = max(self._store.heads, default=0) + 1 if not new else next(reversed(new)) + 1
-                new[number] = head
-                tag = fresh[head] = b"#%d:" % number
-            append((row[0], row[1], row[2], tag + tail))
-        return out, new
-
-    def _chunks(self, rows: Sequence[tuple[str, str, float, bytes]]) -> tuple[dict[str, list[ChunkRow]], int, int]:
-        """The rows as chunk rows per lane, the bytes they will take, and the last seq they use."""
+    def _chunks(self, rows: Sequence[Row], heads: dict[int, bytes]) -> tuple[dict[str, list[ChunkRow]], int, int]:
+        """The rows as chunk rows per lane, the bytes they will take, and the last seq they use; the heads
+        they number anew go into `heads`."""
         chunks: dict[str, list[ChunkRow]] = {}
         seq = self._store.last_seq
         incoming = 0
@@ -332,7 +299,7 @@ class Buffer:
             lane_chunks = chunks.setdefault(lane, [])
             for start in range(0, len(rows_of_key), size):
                 part = rows_of_key[start : start + size] if len(rows_of_key) > size else rows_of_key
-                row = pack(seq + 1, lane, key, part)
+                row = pack(seq + 1, lane, key, part, self._store.heads, heads)
                 lane_chunks.append(row)
                 seq += len(part)
                 incoming += quota.estimate(len(key) + 9 * len(part) + len(row[6]), page_size)

@@ -8,27 +8,21 @@ A chunk row is `(seq, key, n, ts_min, ts_max, ts, bodies)`: `seq` is its first r
 n source times (float64, little-endian); `bodies` the n bodies joined with b"\\n" (a body that
 contains b"\\n" is refused, so splitting gives the bodies back exactly).
 
-A body given to `add()` as `(head, tail)` is stored as `#<id>:<tail>`, where `id` numbers `head` in the
-file's `heads` table (store.py): the part of a record that is the same in every record of one element
-(its shell, submodel, path, node...) is kept once per file instead of once per record, which is most of
-a data record's bytes. `begin()` gives `head + tail` back. A body given whole is stored as it is (a JSON
-body starts with "{", never with "#").
-
-A body given to `add()` as `(head, tail)` is stored as `#<id>:<tail>`, where `id` numbers `head` in the
-file's `heads` table (store.py): the part of a record that is the same in every record of one element
-(its shell, submodel, path, node...) is kept once per file instead of once per record, which is most of
-a data record's bytes. `begin()` gives `head + tail` back. A body given whole is stored as it is (a JSON
-body starts with "{", never with "#").
+A body given to `add()` as `(head, tail)` is stored as `#<id>:<tail>`, where `id` (six hex digits)
+numbers `head` in the file's `heads` table (store.py): the part of a record that is the same in every
+record of one element (its shell, submodel, path, node...) is kept once per file instead of once per
+record, which is most of a data record's bytes. `begin()` gives `head + tail` back. A body given whole
+is stored as it is (a JSON body starts with "{", never with "#").
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Final, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 LANES: Final = ("status", "gap", "event", "usage", "analysis", "data")
 """Priority order for sending."""
@@ -40,6 +34,10 @@ Row = tuple[str, str, float, Body]
 """(lane, key, ts, body): lane name, routing key (asset id), source time as epoch seconds, and the
 record body, one JSON object as bytes without an "id" field and without a newline, either whole or
 as (head, tail) whose concatenation is the body, with a head that many records share (see above)."""
+
+Mark = str | tuple[Any, ...] | list[Any]
+"""A mark's value as `add()` takes it: text, or a sequence of JSON values that is kept as its JSON text
+(`marks()` gives it back as that text)."""
 
 NEWLINE: Final = b"\n"
 
@@ -119,9 +117,11 @@ def group(rows: Sequence[R]) -> dict[tuple[str, str], list[R]]:
     return groups
 
 
-def pack(seq: int, lane: str, key: str, part: Sequence[tuple[str, str, float, bytes]]) -> ChunkRow:
-    """The chunk row holding `part` (rows of one lane and key, bodies as stored) whose first record gets `seq`."""
-    _, _, stamps, bodies = zip(*part, strict=True)
+def pack(seq: int, lane: str, key: str, part: Sequence[Row], heads: Heads, new: dict[int, bytes]) -> ChunkRow:
+    """The chunk row holding `part` (rows of one lane and key) whose first record gets `seq`; heads not yet
+    numbered are numbered in `new` (`Heads.stored`)."""
+    _, _, stamps, given = zip(*part, strict=True)
+    bodies = heads.stored(lane, key, given, new)
     # bytes.find is memchr; `in` on bytes first tries the needle as an int, which costs more.
     if max(map(bytes.find, bodies, repeat(NEWLINE))) >= 0:
         raise ValueError(
@@ -153,9 +153,74 @@ def unpack(seq: int, lane: str, key: str, ts: array[float], bodies: list[bytes])
     return cast(list[StoredRecord], list(made))
 
 
-def expand(bodies: list[bytes], heads: Mapping[int, bytes]) -> list[bytes]:
-    """Stored bodies as they were given: a `#<id>:<tail>` body becomes its head + tail.
+TAG_BYTES: Final = 8
+MAX_HEAD: Final = 0xFFFFFF  # a head numbered beyond this is not kept apart: its records are stored whole
 
-    Raises KeyError for an id not in `heads`, ValueError for a tag without its end.
-    """
-    return [b if b[:1] != b"#" else heads[int(b[1 : (i := b.index(58))])] + b[i + 1 :] for b in bodies]
+
+def head_tag(number: int) -> bytes:
+    """What a stored body that refers to head `number` starts with: b"#" + six hex digits + b":"."""
+    return b"#%06x:" % number
+
+
+class Heads:
+    """A file's heads in memory: the tag to store for each head, the head to give back for each tag."""
+
+    def __init__(self, numbered: Iterable[tuple[int, bytes]] = ()) -> None:
+        self.tags: dict[bytes, bytes] = {head: head_tag(number) for number, head in numbered}
+        self.by_tag: dict[bytes, bytes] = {tag: head for head, tag in self.tags.items()}
+        self.last = max((int(tag[1:7], 16) for tag in self.by_tag), default=0)
+
+    def stored(self, lane: str, key: str, bodies: Sequence[Body], new: dict[int, bytes]) -> list[bytes]:
+        """`bodies` as stored; a head not yet numbered gets the next number, in `new` (the caller stores the
+        new heads with the rows, and `learn`s them once that committed)."""
+        tags = self.tags
+        try:
+            return [tags[h] + t for h, t in bodies]  # type: ignore[index,operator]  # every body (head, tail), heads known
+        except (KeyError, ValueError, TypeError):
+            pass
+        fresh = {head: head_tag(number) for number, head in new.items()}
+        out: list[bytes] = []
+        for body in bodies:
+            if body.__class__ is not tuple:
+                if body[:1] == b"#":
+                    raise ValueError(
+                        f"add: a body for lane {lane!r}, key {key!r} starts with '#', which marks a stored body "
+                        "that refers to a head; a record body is a JSON object"
+                    )
+                out.append(body)  # type: ignore[arg-type]  # bytes, or refused by pack() for what it is
+                continue
+            head, tail = body
+            if head.__class__ is not bytes or tail.__class__ is not bytes:
+                raise TypeError(f"a (head, tail) body is two bytes, not {type(head).__name__}, {type(tail).__name__}")
+            tag = tags.get(head) or fresh.get(head)
+            if tag is None:
+                if NEWLINE in head:
+                    raise ValueError(
+                        f"add: a body head for lane {lane!r}, key {key!r} contains a newline (b'\\n'); "
+                        "a record body must be one line of JSON"
+                    )
+                number = self.last + len(new) + 1
+                if number > MAX_HEAD:
+                    out.append(head + tail)
+                    continue
+                new[number] = head
+                tag = fresh[head] = head_tag(number)
+            out.append(tag + tail)
+        return out
+
+    def learn(self, new: dict[int, bytes]) -> None:
+        for number, head in new.items():
+            tag = head_tag(number)
+            self.tags[head] = tag
+            self.by_tag[tag] = head
+            self.last = max(self.last, number)
+
+    def expand(self, bodies: list[bytes]) -> list[bytes]:
+        """Stored bodies as they were given: a tagged body becomes its head + tail. Raises KeyError for a tag
+        this file has no head for."""
+        by_tag = self.by_tag
+        try:
+            return [by_tag[b[:TAG_BYTES]] + b[TAG_BYTES:] for b in bodies]
+        except KeyError:
+            pass
+        return [b if b[:1] != b"#" else by_tag[b[:TAG_BYTES]] + b[TAG_BYTES:] for b in bodies]

@@ -21,7 +21,7 @@ from typing import Any
 
 from uploader.buffer.buffer import Buffer
 from uploader.buffer.errors import BufferCorruptError
-from uploader.buffer.records import LANES, NEWLINE, Row, expand, stamps
+from uploader.buffer.records import LANES, NEWLINE, Heads, Row, stamps
 
 log = logging.getLogger("uploader.buffer")
 
@@ -96,15 +96,15 @@ def _masks(conn: sqlite3.Connection) -> dict[str, dict[int, bytes]]:
     return out
 
 
-def _heads(conn: sqlite3.Connection) -> dict[int, bytes]:
+def _heads(conn: sqlite3.Connection) -> Heads:
     try:
-        return dict(conn.execute("SELECT id, head FROM heads"))
+        return Heads(conn.execute("SELECT id, head FROM heads").fetchall())
     except sqlite3.Error:
-        return {}  # a file older than the heads, or its table unreadable: chunks that need one are unreadable
+        return Heads()  # a file older than the heads, or its table unreadable: chunks that need one are unreadable
 
 
 def _read_lane(
-    conn: sqlite3.Connection, lane: str, masks: dict[int, bytes], heads: dict[int, bytes]
+    conn: sqlite3.Connection, lane: str, masks: dict[int, bytes], heads: Heads
 ) -> tuple[list[Row], int, bool]:
     """The records of one lane that read cleanly, the chunks that did not, and whether its end was reached."""
     rows: list[Row] = []
@@ -132,7 +132,7 @@ def _read_lane(
             bodies = blob.split(NEWLINE)
             if len(ts) != n or len(bodies) != n:
                 raise ValueError("counts do not match")
-            bodies = expand(bodies, heads)
+            bodies = heads.expand(bodies)
         except (ValueError, TypeError, KeyError):
             bad += 1
             continue

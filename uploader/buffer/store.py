@@ -63,7 +63,7 @@ from uploader.buffer.errors import (
     BufferIOError,
     sqlite_errors,
 )
-from uploader.buffer.records import LANES, ChunkRow
+from uploader.buffer.records import LANES, ChunkRow, Heads, Mark
 
 log = logging.getLogger("uploader.buffer")
 
@@ -205,8 +205,9 @@ class Store:
         self.last_seq: int = state[1]
         self.pending: dict[str, int] = dict(zip(LANES, state[2:], strict=True))
         # The mark log: its rows, and the marks in them folded (None: a deleted key), as committed.
-        self._log_rows, self._unfolded = 0, {}
-        self._next_log: tuple[int, dict[str, str | None]] | None = None  # what the open transaction makes them
+        self._log_rows: int = 0
+        self._unfolded: dict[str, Mark | None] = {}
+        self._next_log: tuple[int, dict[str, Mark | None]] | None = None  # what the open transaction makes them
         for (blob,) in conn.execute("SELECT marks FROM mark_log ORDER BY id"):
             self._log_rows += 1
             self._unfolded.update(orjson.loads(blob))
@@ -219,9 +220,7 @@ class Store:
                 conn.execute("DELETE FROM heads")
             except sqlite3.Error as exc:  # e.g. a full disk: the heads stay, which costs only their bytes
                 log.warning("buffer %s: could not forget the heads no record refers to: %s", self.path, exc)
-        # Heads by id, and each head's tag (b"#<id>:") by its bytes.
-        self.heads: dict[int, bytes] = dict(conn.execute("SELECT id, head FROM heads"))
-        self.tags: dict[bytes, bytes] = {head: b"#%d:" % i for i, head in self.heads.items()}
+        self.heads = Heads(conn.execute("SELECT id, head FROM heads"))
 
     def _create(self) -> None:
         conn = self.conn
@@ -314,26 +313,23 @@ class Store:
         conn.executemany(self._sql_insert[lane], rows)
 
     def insert_heads(self, conn: sqlite3.Connection, heads: dict[int, bytes]) -> None:
-        """New heads; known in memory (`heads`, `tags`) only once the caller's transaction committed."""
+        """New heads; the caller `learn`s them (`Heads`) once its transaction committed."""
         conn.executemany(_SQL_HEAD, heads.items())
-
-    def learn_heads(self, heads: dict[int, bytes]) -> None:
-        self.heads.update(heads)
-        self.tags.update((head, b"#%d:" % i) for i, head in heads.items())
 
     def write_state(self, conn: sqlite3.Connection, last_seq: int, pending: Iterable[int]) -> None:
         conn.execute(self._sql_state, (last_seq, *pending))
 
-    def write_marks(self, conn: sqlite3.Connection, marks: dict[str, str | None]) -> None:
+    def write_marks(self, conn: sqlite3.Connection, marks: dict[str, Mark | None]) -> None:
         """Save marks (None: delete the key) as one log row; every `_MARK_LOG_ROWS` rows the log is folded
-        into the `marks` table. What is in the log is known in memory once the transaction commits."""
+        into the `marks` table. What is in the log is known in memory once the transaction commits. A mark
+        given as a tuple is kept as its JSON text (one orjson call for the whole row, none per mark)."""
         if not marks:
             return
         conn.execute(_SQL_LOG_MARKS, (orjson.dumps(marks),))
         rows, unfolded = self._next_log if self._next_log is not None else (self._log_rows, self._unfolded)
         unfolded = {**unfolded, **marks}
         if rows + 1 >= _MARK_LOG_ROWS:
-            conn.executemany(_SQL_MARK, [(k, v) for k, v in unfolded.items() if v is not None])
+            conn.executemany(_SQL_MARK, [(k, _text(v)) for k, v in unfolded.items() if v is not None])
             conn.executemany(_SQL_UNMARK, [(k,) for k, v in unfolded.items() if v is None])
             conn.execute("DELETE FROM mark_log")
             self._next_log = (0, {})
@@ -407,9 +403,14 @@ class Store:
             if v is None:
                 out.pop(k, None)
             else:
-                out[k] = v
+                out[k] = _text(v)
         return out
 
     def close(self) -> None:
         with self.errors("close"):
             self.conn.close()
+
+
+def _text(mark: Mark) -> str:
+    """A mark as the text `marks()` gives: a sequence as its JSON."""
+    return mark if isinstance(mark, str) else orjson.dumps(mark).decode()
