@@ -274,16 +274,26 @@ class OpcUaSource:
             client, self.items, self._paths, await self._limit(client, "translate"), self._report, self._moved
         )
         self._nodes = nodes
-        ok = await conformance.check_types(client, self._by_handle, nodes, read_chunk, self._report)
-        for h in ok:
-            if not self._reported.get(h, "").startswith("renumbered"):
-                self._reported.pop(h, None)  # fixed on the server: report it again if it breaks again
-        self.active = tuple(sorted(ok))
+        self.active = ()
+        chunk = await self._limit(client, "monitored")
+        self._last_publish = time.monotonic()
+        if self.events or any(self._by_handle[h].mode == "subscribe" for h in nodes):
+            await self._open_subscription(client)
+        # A chunk at a time, checked then monitored: the first chunk's values flow while the rest is checked
+        # (bench/bench_startup.py).
+        for part in chunks(list(nodes), read_chunk):
+            ok = await conformance.check_types(
+                client, self._by_handle, {h: nodes[h] for h in part}, read_chunk, self._report
+            )
+            for h in ok:
+                if not self._reported.get(h, "").startswith("renumbered"):
+                    self._reported.pop(h, None)  # fixed on the server: report it again if it breaks again
+            self.active = tuple(sorted({*self.active, *ok}))
+            wanted = [self._by_handle[h] for h in ok if self._by_handle[h].mode == "subscribe"]
+            await self._monitor_all(client, [requests.item_request(i, nodes[i.handle]) for i in wanted], chunk)
+        await self._monitor_all(client, [requests.event_request(e) for e in self.events], chunk)
         subscribe = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "subscribe"]
         poll = [self._by_handle[h] for h in self.active if self._by_handle[h].mode == "poll"]
-        self._last_publish = time.monotonic()
-        if subscribe or self.events:
-            await self._subscribe(client, subscribe, nodes, await self._limit(client, "monitored"))
         self._session = client
         unknown = {h: nodes[h] for h in self.active if not self._by_handle[h].by_path}
         unknown = {h: n for h, n in unknown.items() if self._by_handle[h].node not in self._paths}
@@ -419,9 +429,7 @@ class OpcUaSource:
             await self._subscribe(client, subscribe, nodes, chunk)  # events: all of them, with the subscription
         elif subscribe or added_events:
             wanted = [requests.item_request(i, nodes[i.handle]) for i in subscribe]
-            wanted += [requests.event_request(e) for e in added_events]
-            for part in chunks(wanted, chunk):
-                await self._monitor(client, part)
+            await self._monitor_all(client, wanted + [requests.event_request(e) for e in added_events], chunk)
         if repoll:
             old, self._pollers = self._pollers, []
             for p in old:
@@ -501,6 +509,12 @@ class OpcUaSource:
             await lowlevel.delete_monitored_items(client, self._sub_id, [mon])
 
     async def _subscribe(self, client: Client, items: list[NodeItem], nodes: dict[int, ua.NodeId], chunk: int) -> None:
+        """A subscription with these items and every event source."""
+        await self._open_subscription(client)
+        wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
+        await self._monitor_all(client, wanted + [requests.event_request(e) for e in self.events], chunk)
+
+    async def _open_subscription(self, client: Client) -> None:
         lost = self._lost
 
         def ended(reason: str) -> None:  # a loop that outlived its session must not end the next one
@@ -526,8 +540,8 @@ class OpcUaSource:
                     ended(f"publish loop failed: {type(exc).__name__}: {exc}")
 
             loop.add_done_callback(failed)
-        wanted = [requests.item_request(i, nodes[i.handle]) for i in items]
-        wanted += [requests.event_request(e) for e in self.events]
+
+    async def _monitor_all(self, client: Client, wanted: list[ua.MonitoredItemCreateRequest], chunk: int) -> None:
         for part in chunks(wanted, chunk):
             await self._monitor(client, part)
 
