@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from basyx.aas import model
 
@@ -17,5 +18,9 @@ def xml_safe(text: str) -> bool:
     return _XML_UNSAFE.search(text) is None
 
 
+@lru_cache(maxsize=4096)
 def external_reference(iri: str) -> model.ExternalReference:
+    """One shared object per IRI: basyx References and Keys are immutable (their __setattr__ raises) and have no
+    parent, so every semanticId, supplementalSemanticId and valueId naming the same IRI can be the same object.
+    Bounded: a configuration with more distinct IRIs only shares less."""
     return model.ExternalReference((model.Key(model.KeyTypes.GLOBAL_REFERENCE, iri),))

@@ -22,7 +22,8 @@ from ._common import MAX_IDENTIFIER, external_reference, xml_safe
 from .concepts import IEC61360_TEMPLATE, Use, build_concept_descriptions
 from .concepts import unit_spec as _unit_spec
 from .hierarchy import build_hierarchy
-from .interfaces import build_interfaces
+from .interfaces import build_interfaces, lazy_interfaces
+from .lazy import LazySubmodel, ModelStore
 from .nameplate import build_nameplate
 from .spec import Element, Shell, Site
 from .text import DEFAULT_LANGUAGE, NAME_LIMIT, TEXT_LIMIT, Text, is_language_tag, lang_texts, text_problem
@@ -58,11 +59,14 @@ class ElementSlot:
 
 
 class ShellEnvironment:
-    """The SDK object store plus O(1) lookups by (shell id, idShort path)."""
+    """The SDK object store plus O(1) lookups by (shell id, idShort path).
+
+    `store` holds the Asset Interfaces Description and Mapping Configuration as LazySubmodels (lazy.py): every
+    reader of it as a basyx object store gets them built; `store.entries()` lists them without building."""
 
     def __init__(
         self,
-        store: model.DictIdentifiableStore[model.Identifiable],
+        store: ModelStore,
         shells: tuple[Shell, ...],
         slots: dict[tuple[str, str], ElementSlot],
         hierarchy_id: str | None = None,
@@ -112,14 +116,17 @@ def build_environment(
     language: str = DEFAULT_LANGUAGE,
     site: Site | None = None,
     concept_descriptions: bool = False,
+    lazy: bool = True,
 ) -> ShellEnvironment:
     """Build all shells; with `concept_descriptions`, a ConceptDescription per own semanticId (concepts.py);
     with `site`, the site's Hierarchical Structures submodel. The agent asks for both (agent/shells.py).
 
     `language` (BCP 47) tags every text given as a plain string: nameplate texts, displayNames, descriptions.
+    With `lazy` (the default), the Asset Interfaces Description and Mapping Configuration are LazySubmodels
+    (lazy.py); without, SDK objects held like the others (the same content: tests compare the two).
     """
     check_shells(shells, language)
-    store: model.DictIdentifiableStore[model.Identifiable] = model.DictIdentifiableStore()
+    store = ModelStore()
     slots: dict[tuple[str, str], ElementSlot] = {}
     used_ids: set[str] = set()
     for shell in shells:
@@ -131,7 +138,11 @@ def build_environment(
         operational = _build_operational(shell, language, slots)
         # The optional submodels (Time Series Data; Asset Interfaces Description and Mapping Configuration).
         try:
-            more = [*build_time_series(shell, language), *build_interfaces(shell, operational, language)]
+            interfaces = lazy_interfaces if lazy else build_interfaces
+            more: list[model.Submodel | LazySubmodel] = [
+                *build_time_series(shell, language),
+                *interfaces(shell, operational, language),
+            ]
         except ValueError as e:
             raise ModelBuildError(f"shell {shell.id!r}: {e}") from e
         for submodel in more:
@@ -143,10 +154,13 @@ def build_environment(
             shell.id,
             id_short=shell.id_short,
             display_name=_display_name(shell.display_name, language),
-            submodel={model.ModelReference.from_referable(sm) for sm in (nameplate, operational, *more)},
+            submodel={_submodel_reference(sm) for sm in (nameplate, operational, *more)},
         )
         for identifiable in (aas, nameplate, operational, *more):
-            store.add(identifiable)
+            if isinstance(identifiable, LazySubmodel):
+                store.add_lazy(identifiable)
+            else:
+                store.add(identifiable)
     uses = (Use(s.spec, s.path.rsplit(".", 1)[-1], s.value_type) for s in slots.values())
     try:
         concepts = build_concept_descriptions(uses, language) if concept_descriptions else []
@@ -158,12 +172,17 @@ def build_environment(
         store.add(concept)
     hierarchy_id = None
     if site is not None:
-        hierarchy_id = _add_hierarchy(store, site, shells, language, used_ids | {c.id for c in store})
+        hierarchy_id = _add_hierarchy(store, site, shells, language, used_ids | set(store.ids()))
     return ShellEnvironment(store, tuple(shells), slots, hierarchy_id)
 
 
+def _submodel_reference(submodel: model.Submodel | LazySubmodel) -> model.ModelReference[model.Submodel]:
+    """What `ModelReference.from_referable` gives for a submodel, also for one not built."""
+    return model.ModelReference((model.Key(model.KeyTypes.SUBMODEL, submodel.id),), model.Submodel)
+
+
 def _add_hierarchy(
-    store: model.DictIdentifiableStore[model.Identifiable],
+    store: ModelStore,
     site: Site,
     shells: Sequence[Shell],
     language: str,

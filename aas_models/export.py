@@ -60,7 +60,8 @@ def format_for(path: str | os.PathLike[str], requested: str | None = None) -> Fo
 
 def dumps_json(env: ShellEnvironment) -> bytes:
     """The whole environment as the SDK's metamodel 3.1 JSON (UTF-8, non-ASCII text unescaped)."""
-    return aas_json.object_store_to_json(env.store, ensure_ascii=False).encode()
+    with env.store.kept():  # the lazy submodels (lazy.py) are built for this, each once
+        return aas_json.object_store_to_json(env.store, ensure_ascii=False).encode()
 
 
 def write_environment(
@@ -83,7 +84,8 @@ def write_environment(
         raise ExportError(f"cannot write {target}: directory {target.parent} does not exist")
     temporary = target.with_name(f".{target.name}.tmp")
     try:
-        _write(env, fmt, metamodel, temporary)
+        with env.store.kept():  # the lazy submodels (lazy.py): built once for the checks and the writing
+            _write(env, fmt, metamodel, temporary)
         os.chmod(temporary, 0o644)  # an export is made to be shared, whatever the writer's umask
         os.replace(temporary, target)
     except OSError as e:

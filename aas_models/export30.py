@@ -96,8 +96,9 @@ DATA_PART = "/aasx/data.xml"  # the name basyx's AASXWriter gives the XML aas-sp
 
 def convert(env: ShellEnvironment) -> aas_types.Environment:
     """The environment as aas-core3.0 objects; ExportError (one line) if 3.0 cannot carry it."""
-    _check_submodel_references(env.store)
-    document = json.loads(sdk_json(env))  # the SDK's 3.1 JSON
+    with env.store.kept():  # the lazy submodels (lazy.py): built once for the check and the JSON
+        _check_submodel_references(env.store)
+        document = json.loads(sdk_json(env))  # the SDK's 3.1 JSON
     try:
         environment = aas_jsonization.environment_from_jsonable(_to_30(document, "environment"))
     except aas_jsonization.DeserializationException as e:
@@ -147,7 +148,7 @@ def write_aasx(path: Path, xml: bytes, properties: OPCCoreProperties) -> None:
         )
 
 
-def _check_submodel_references(store: model.DictIdentifiableStore[model.Identifiable]) -> None:
+def _check_submodel_references(store: model.AbstractObjectStore[str, model.Identifiable]) -> None:
     """What basyx's AASXWriter(failsafe=False) checks: a dangling reference fails the export."""
     for shell in _shells(store):
         for reference in shell.submodel:
@@ -157,7 +158,7 @@ def _check_submodel_references(store: model.DictIdentifiableStore[model.Identifi
                 raise ExportError(f"shell {shell.id!r} refers to a submodel that is not there: {reference}") from None
 
 
-def _shells(store: model.DictIdentifiableStore[model.Identifiable]) -> Iterator[model.AssetAdministrationShell]:
+def _shells(store: model.AbstractObjectStore[str, model.Identifiable]) -> Iterator[model.AssetAdministrationShell]:
     return (o for o in store if isinstance(o, model.AssetAdministrationShell))
 
 

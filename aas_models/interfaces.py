@@ -53,6 +53,7 @@ from basyx.aas.model import datatypes
 
 from ._common import MAX_IDENTIFIER, external_reference, xml_safe
 from .hierarchy import id_short_for, unique_id_short
+from .lazy import LazyGroup, LazySubmodel
 from .spec import Element, Shell
 from .text import lang_texts
 from .types import value_type
@@ -172,13 +173,13 @@ def node_of_href(text: str) -> str | None:
     return None
 
 
-def build_interfaces(shell: Shell, operational: model.Submodel, language: str) -> list[model.Submodel]:
-    """AID and AIMC submodels of the shell, or none when `shell.interface` is None or no element is read from
-    the server. Raises ValueError for an interface the metamodel cannot carry; the caller adds the shell."""
+def interface_ids(shell: Shell) -> tuple[str, str] | None:
+    """Ids of the AID and AIMC submodels `build_interfaces` makes for the shell, or None when it makes none
+    (`shell.interface` is None or no element is read from the server). Raises the ValueError `build_interfaces`
+    raises for an interface the metamodel cannot carry, without building anything."""
     iface = shell.interface
-    read = [e for e in shell.elements if e.node is not None or e.browse_path is not None]
-    if iface is None or not read:
-        return []
+    if iface is None or not any(e.node is not None or e.browse_path is not None for e in shell.elements):
+        return None
     if not iface.base.startswith("opc.tcp://") or len(iface.base) > MAX_IDENTIFIER or not xml_safe(iface.base):
         raise ValueError(f"interface base {iface.base!r} is not an opc.tcp:// URL the metamodel can carry")
     if not iface.title or not xml_safe(iface.title):
@@ -186,6 +187,32 @@ def build_interfaces(shell: Shell, operational: model.Submodel, language: str) -
     for label, identifier in (("AID submodel id", aid_id(shell)), ("AIMC submodel id", aimc_id(shell))):
         if len(identifier) > MAX_IDENTIFIER or not xml_safe(identifier):
             raise ValueError(f"{label} must be 1-{MAX_IDENTIFIER} XML-safe characters")
+    for e in shell.elements:
+        if e.browse_path is not None and not xml_safe(e.browse_path):
+            raise ValueError(f"element {e.path!r}: browse path contains characters XML cannot carry")
+    return aid_id(shell), aimc_id(shell)
+
+
+def lazy_interfaces(shell: Shell, operational: model.Submodel, language: str) -> list[LazySubmodel]:
+    """What `build_interfaces` makes, as LazySubmodels (lazy.py): built when asked for, not held. Raises its
+    ValueError now, at build time."""
+    ids = interface_ids(shell)
+    if ids is None:
+        return []
+    group = LazyGroup(lambda: build_interfaces(shell, operational, language))
+    return [
+        LazySubmodel(ids[0], AID_ID_SHORT, external_reference(AID_SUBMODEL), group),
+        LazySubmodel(ids[1], AIMC_ID_SHORT, external_reference(AIMC_SUBMODEL), group),
+    ]
+
+
+def build_interfaces(shell: Shell, operational: model.Submodel, language: str) -> list[model.Submodel]:
+    """AID and AIMC submodels of the shell, or none when `shell.interface` is None or no element is read from
+    the server. Raises ValueError for an interface the metamodel cannot carry; the caller adds the shell."""
+    iface = shell.interface
+    if iface is None or interface_ids(shell) is None:
+        return []
+    read = [e for e in shell.elements if e.node is not None or e.browse_path is not None]
     aid = model.Submodel(
         aid_id(shell),
         id_short=AID_ID_SHORT,
@@ -209,9 +236,6 @@ def build_interfaces(shell: Shell, operational: model.Submodel, language: str) -
             supplemental_semantic_id=(external_reference(INTERACTION_AFFORDANCE),),
         )
     )
-    for e in read:
-        if e.browse_path is not None and not xml_safe(e.browse_path):
-            raise ValueError(f"element {e.path!r}: browse path contains characters XML cannot carry")
     taken: set[str] = set()
     pairs = [(_property(e, unique_id_short(id_short_for(e.path, "Property"), taken), language), e) for e in read]
     for described, _ in pairs:

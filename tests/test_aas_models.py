@@ -21,8 +21,10 @@ from basyx.aas.adapter import json as aas_json
 from basyx.aas.adapter import xml as aas_xml
 from lxml import etree  # type: ignore[import-untyped]
 
+from aas_models._common import external_reference
 from aas_models.build import IEC61360_TEMPLATE, ModelBuildError, ShellEnvironment, build_environment
 from aas_models.export import dumps_json, write_environment
+from aas_models.lazy import LazySubmodel
 from aas_models.live import LiveValues, ValueProblem
 from aas_models.nameplate import SUBMODEL_SEMANTIC_ID
 from aas_models.spec import Address, Element, Nameplate, Shell
@@ -590,3 +592,109 @@ def test_none_clears_values() -> None:
     assert text.value is None
     assert isinstance(arr, model.SubmodelElementList) and len(arr.value) == 0
     assert speed.value is None
+
+
+# --- memory: lazy asset interfaces, shared references (aas_models/lazy.py, _common.py) ---------------------
+
+
+def _environments(config: Path) -> tuple[ShellEnvironment, ShellEnvironment]:
+    """The shipped config's environment as the agent builds it (lazy) and with every submodel held (eager)."""
+    from agent.config import load
+    from agent.shells import shell_specs, site_spec
+
+    cfg = load(config)
+    specs = shell_specs(cfg)
+
+    def build(lazy: bool) -> ShellEnvironment:
+        site = site_spec(cfg)
+        return build_environment(specs, language=cfg.site.language, site=site, concept_descriptions=True, lazy=lazy)
+
+    return build(True), build(False)
+
+
+def _normalised(document: bytes) -> dict[str, Any]:
+    """An environment's JSON, the shells' submodel references (a set in the SDK) sorted."""
+    loaded: dict[str, Any] = json.loads(document)
+    for shell in loaded.get("assetAdministrationShells", []):
+        shell["submodels"].sort(key=lambda r: r["keys"][0]["value"])
+    return loaded
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_the_lazy_environment_serializes_as_the_eager_one(config: Path) -> None:
+    lazy, eager = _environments(config)
+    assert len(lazy.shells) > 1  # several machines
+    held = [type(e).__name__ for e in lazy.store.entries()]
+    assert held.count("LazySubmodel") == 2 * len(lazy.shells)  # each machine's AID and AIMC: not held as objects
+    assert "LazySubmodel" not in [type(e).__name__ for e in eager.store.entries()]
+    assert [o.id for o in lazy.store] == [o.id for o in eager.store]  # the same objects, in the same order
+    assert _normalised(dumps_json(lazy)) == _normalised(dumps_json(eager))
+    # the JSON the API serves a lazy submodel from is the serializer's JSON of the built one
+    for entry in lazy.store.entries():
+        if isinstance(entry, LazySubmodel):
+            built = eager.store.get_item(entry.id)
+            assert isinstance(built, model.Submodel)
+            assert (entry.id_short, entry.semantic_id) == (built.id_short, built.semantic_id)
+            assert entry.doc() == json.loads(json.dumps(built, cls=aas_json.AASToJsonEncoder))
+
+
+def test_a_lazy_submodel_is_built_when_asked_for_and_kept_only_within_kept() -> None:
+    lazy, _ = _environments(CONFIGS[0])
+    shell = lazy.shells[0]
+    aid_id = f"{shell.id}/sm/AssetInterfacesDescription"
+    entry = lazy.store.entry(aid_id)
+    assert isinstance(entry, LazySubmodel) and aid_id in set(lazy.store.ids())
+    first, second = lazy.store.get_item(aid_id), lazy.store.get_item(aid_id)
+    assert isinstance(first, model.Submodel) and first is not second  # built, not held
+    assert not lazy.store.__contains__(first)  # not the store's own object
+    with lazy.store.kept():
+        kept = lazy.store.get_item(aid_id)
+        assert isinstance(kept, model.Submodel) and kept is lazy.store.get_item(aid_id) and kept in lazy.store
+        interface = kept.get_referable("InterfaceOPCUA")
+        aimc = lazy.store.get_item(f"{shell.id}/sm/AssetInterfacesMappingConfiguration")
+        assert isinstance(aimc, model.Submodel)
+        configurations = aimc.get_referable("MappingConfigurations")
+        assert isinstance(configurations, model.SubmodelElementList)
+        reference = configurations.value[0].get_referable("InterfaceReference")
+        assert isinstance(reference, model.ReferenceElement) and isinstance(reference.value, model.ModelReference)
+        assert reference.value.resolve(lazy.store) is interface
+    assert lazy.store.get_item(aid_id) is not kept
+    with pytest.raises(KeyError):
+        lazy.store.add_lazy(entry)  # one id, one entry
+    with pytest.raises(KeyError):
+        lazy.store.add(first)
+
+
+def test_a_bad_interface_is_refused_when_the_model_is_built_not_when_it_is_read() -> None:
+    from dataclasses import replace
+
+    from aas_models.spec import Interface
+
+    read = tuple(replace(e, node=f"ns=2;s={e.path}") for e in OVEN_ELEMENTS)
+    bad = replace(_shells()[1], elements=read, interface=Interface(title="line1", base="http://not-opc"))
+    with pytest.raises(ModelBuildError, match=r"opc\.tcp"):
+        build_environment([bad])
+    good = replace(bad, interface=Interface(title="line1", base="opc.tcp://10.0.0.5:4840"))
+    assert _normalised(dumps_json(build_environment([good]))) == _normalised(
+        dumps_json(build_environment([good], lazy=False))
+    )
+
+
+def test_equal_references_are_one_immutable_object() -> None:
+    assert external_reference("urn:x:a") is external_reference("urn:x:a")
+    reference = external_reference("urn:x:a")
+    with pytest.raises(AttributeError):
+        reference.key = ()
+    with pytest.raises(AttributeError):
+        reference.key[0].value = "urn:x:b"
+    lazy, _ = _environments(CONFIGS[0])
+    with lazy.store.kept():
+        aid = lazy.store.get_item(f"{lazy.shells[0].id}/sm/AssetInterfacesDescription")
+        assert isinstance(aid, model.Submodel)
+        properties = aid.get_referable(["InterfaceOPCUA", "InteractionMetadata", "properties"])
+        assert isinstance(properties, model.SubmodelElementCollection)
+        semantic_ids = {id(p.semantic_id) for p in properties.value}
+        assert len(properties.value) > 1 and len(semantic_ids) == 1  # shared, not one per point

@@ -22,6 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from basyx.aas import model
 
+from aas_models.lazy import LazySubmodel
 from aas_models.live import LiveValues
 from agent import usage
 from agent.api.aas import PROFILES, encode_id
@@ -670,3 +671,87 @@ def _has_values(client: Http) -> bool:
     shells = client.get("/shells")["result"]
     value = client.get(f"/submodels/{encode_id(shells[0]['id'] + '/sm/OperationalData')}/$value")
     return value.get("PartCount") is not None
+
+
+# -- the lazy asset interfaces (aas_models/lazy.py) are served as held ones --------------------------------------
+
+
+def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(tmp_path: Path) -> None:
+    """The agent holds each machine's AID and AIMC as a recipe (aas_models/lazy.py), not as SDK objects: every
+    read route answers as it does for an environment that holds them (built eagerly), element paths inside
+    them, paging and the serialization included."""
+    from aas_models.build import build_environment
+    from agent.shells import shell_specs, site_spec
+
+    cfg = make_config(tmp_path, users=False, machines=3)
+    specs = shell_specs(cfg)
+    site = site_spec(cfg)
+    envs = {
+        lazy: build_environment(specs, language=cfg.site.language, site=site, concept_descriptions=True, lazy=lazy)
+        for lazy in (True, False)
+    }
+    shell_ids = [s.id for s in specs]
+    submodel_ids = [o.id for o in envs[True].store.entries() if isinstance(o, model.Submodel | LazySubmodel)]
+    aid_id = f"{shell_ids[0]}/sm/AssetInterfacesDescription"
+    aimc_id = f"{shell_ids[0]}/sm/AssetInterfacesMappingConfiguration"
+    assert {aid_id, aimc_id} <= set(submodel_ids)
+    aid_sm, aimc_sm = f"/submodels/{b64(aid_id)}", f"/submodels/{b64(aimc_id)}"
+    paths = [
+        "/shells",
+        "/submodels",
+        "/submodels?limit=3",
+        "/submodels?level=core",
+        "/submodels?idShort=AssetInterfacesDescription",
+        f"/submodels?semanticId={b64('https://admin-shell.io/idta/AssetInterfacesMappingConfiguration/1/0/Submodel')}",
+        "/submodels/$metadata",
+        "/submodels/$value",
+        "/submodels/$reference?limit=4",
+        "/submodels/$path",
+        "/serialization?includeConceptDescriptions=true",
+        f"/serialization?aasIds={b64(shell_ids[0])}&submodelIds={b64(aid_id)}",
+        f"/shells/{b64(shell_ids[0])}/submodels/{b64(aimc_id)}",
+        f"/shells/{b64(shell_ids[1])}/submodels/{b64(aimc_id)}",  # not this shell's: 404
+    ]
+    for base in (aid_sm, aimc_sm):
+        paths += [base + s for s in ("", "?level=core", "/$metadata", "/$value", "/$reference", "/$path")]
+        paths += [base + "/submodel-elements" + s for s in ("", "?limit=1", "/$path", "/$value", "/$reference")]
+    elements = [
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA",
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA.InteractionMetadata.properties.Control_FeedOverride",
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA.EndpointMetadata.security[0]",
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA.title",
+        f"{aimc_sm}/submodel-elements/MappingConfigurations[0].MappingSourceSinkRelations[1]",
+        f"{aimc_sm}/submodel-elements/MappingConfigurations[0].InterfaceReference",
+    ]
+    paths += [e + s for e in elements for s in ("", "?level=core", "/$value", "/$metadata", "/$reference", "/$path")]
+    paths += [
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA.nothing",  # 404
+        f"{aid_sm}/submodel-elements/InterfaceOPCUA.title/attachment",  # 400
+        f"{aimc_sm}/submodel-elements/MappingConfigurations[7]",  # 404
+    ]
+
+    async def answers(env: Any) -> list[tuple[int, Any]]:
+        found: list[tuple[int, Any]] = []
+        app = create_app(cfg, env, LiveValues(), Recorded())
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            for path in paths:
+                r = await client.get(path)
+                doc = await r.json()
+                for message in doc.get("messages", []) if isinstance(doc, dict) else []:
+                    message.pop("timestamp")
+                found.append((r.status, doc))
+        return found
+
+    lazy, held = (asyncio.run(answers(envs[k])) for k in (True, False))
+    for path, a, b in zip(paths, lazy, held, strict=True):
+        assert a == b, path
+    served = dict(zip(paths, lazy, strict=True))
+    status, aid = served[aid_sm]
+    assert status == 200 and aid["idShort"] == "AssetInterfacesDescription" and aid["id"] == aid_id
+    status, feed = served[elements[1]]
+    assert status == 200 and feed["idShort"] == "Control_FeedOverride"
+    assert served[elements[1] + "/$value"][1]["Control_FeedOverride"]["key"] == "Control.FeedOverride"
+    status, relation = served[elements[4] + "/$value"]  # an item of a list: its bare value, no generated idShort
+    assert status == 200 and set(relation) == {"first", "second"}
+    assert served[f"/shells/{b64(shell_ids[1])}/submodels/{b64(aimc_id)}"][0] == 404
+    assert [s for s, _ in served.values()].count(404) == 3

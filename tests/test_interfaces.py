@@ -147,64 +147,68 @@ def _semantic(element: model.HasSemantics) -> str:
 def test_the_aid_describes_the_endpoint_and_every_point_of_a_shipped_config(path: Path) -> None:
     cfg = config_mod.load(path)
     env = build_shells(cfg)
-    for e in cfg.equipment:
-        shell_id = cfg.aas_id(e)
-        source = next(s for s in cfg.sources if s.id == e.source)
-        assert _semantic(_submodel(env, f"{shell_id}/sm/AssetInterfacesDescription")) == aid.AID_SUBMODEL
-        interface = _interface(env, shell_id)
-        assert _semantic(interface) == aid.INTERFACE
-        assert [str(r.key[0].value) for r in interface.supplemental_semantic_id] == [
-            "http://opcfoundation.org/UA/WoT-Binding/",
-            "https://www.w3.org/2019/wot/td",
-        ]
-        assert _value(interface, "title") == source.id
-        endpoint = interface.get_referable("EndpointMetadata")
-        assert isinstance(endpoint, model.SubmodelElementCollection)
-        assert _value(endpoint, "base") == source.endpoint
-        channel = endpoint.get_referable(["securityDefinitions", "opcua_channel_sc"])
-        assert isinstance(channel, model.SubmodelElementCollection)
-        assert (_value(channel, "uav_securityMode"), _value(channel, "uav_securityPolicy")) == (
-            source.security.mode,
-            source.security.policy,
-        )
-        security = endpoint.get_referable("security")
-        assert isinstance(security, model.SubmodelElementList)
-        assert [r.value.resolve(env.store) for r in security.value] == [channel]
-        described = {_value(p, "key"): p for p in _properties(env, shell_id)}
-        assert list(described) == [p.path for p in e.points]  # every point, in order, with its path exactly
-        for point in e.points:
-            p = described[point.path]
-            forms = p.get_referable("forms")
-            assert isinstance(forms, model.SubmodelElementCollection)
-            if point.node is not None:
-                assert _value(forms, "href") == f"/?id={point.node}"  # the shipped node ids need no encoding
-            else:  # addressed by browse path: the href is the endpoint, uav_browsePath names the node
-                assert (_value(forms, "href"), _value(forms, "uav_browsePath")) == ("/", point.browse_path)
-            assert _value(p, "observable") is (point.mode == "subscribe")
-            assert _value(p, "type") == ("array" if point.array else aid.wot_type(point.type))
-            if point.unit:
-                assert _value(p, "unit") == point.unit
+    with env.store.kept():  # the lazy AID/AIMC (aas_models/lazy.py): built once, so references resolve to them
+        for e in cfg.equipment:
+            shell_id = cfg.aas_id(e)
+            source = next(s for s in cfg.sources if s.id == e.source)
+            assert _semantic(_submodel(env, f"{shell_id}/sm/AssetInterfacesDescription")) == aid.AID_SUBMODEL
+            interface = _interface(env, shell_id)
+            assert _semantic(interface) == aid.INTERFACE
+            assert [str(r.key[0].value) for r in interface.supplemental_semantic_id] == [
+                "http://opcfoundation.org/UA/WoT-Binding/",
+                "https://www.w3.org/2019/wot/td",
+            ]
+            assert _value(interface, "title") == source.id
+            endpoint = interface.get_referable("EndpointMetadata")
+            assert isinstance(endpoint, model.SubmodelElementCollection)
+            assert _value(endpoint, "base") == source.endpoint
+            channel = endpoint.get_referable(["securityDefinitions", "opcua_channel_sc"])
+            assert isinstance(channel, model.SubmodelElementCollection)
+            assert (_value(channel, "uav_securityMode"), _value(channel, "uav_securityPolicy")) == (
+                source.security.mode,
+                source.security.policy,
+            )
+            security = endpoint.get_referable("security")
+            assert isinstance(security, model.SubmodelElementList)
+            assert [r.value.resolve(env.store) for r in security.value] == [channel]
+            described = {_value(p, "key"): p for p in _properties(env, shell_id)}
+            assert list(described) == [p.path for p in e.points]  # every point, in order, with its path exactly
+            for point in e.points:
+                p = described[point.path]
+                forms = p.get_referable("forms")
+                assert isinstance(forms, model.SubmodelElementCollection)
+                if point.node is not None:
+                    assert _value(forms, "href") == f"/?id={point.node}"  # the shipped node ids need no encoding
+                else:  # addressed by browse path: the href is the endpoint, uav_browsePath names the node
+                    assert (_value(forms, "href"), _value(forms, "uav_browsePath")) == ("/", point.browse_path)
+                assert _value(p, "observable") is (point.mode == "subscribe")
+                assert _value(p, "type") == ("array" if point.array else aid.wot_type(point.type))
+                if point.unit:
+                    assert _value(p, "unit") == point.unit
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_aimc_relations_lead_from_each_aid_property_to_its_operational_element(path: Path) -> None:
     cfg = config_mod.load(path)
     env = build_shells(cfg)
-    for e in cfg.equipment:
-        shell_id = cfg.aas_id(e)
-        relations = _relations(env, shell_id)
-        assert len(relations) == len(e.points)
-        for relation, point in zip(relations, e.points, strict=True):
-            first, second = relation.first.resolve(env.store), relation.second.resolve(env.store)
-            assert isinstance(first, model.SubmodelElementCollection) and _value(first, "key") == point.path
-            assert second is env.element(shell_id, point.path)
-        aimc = _submodel(env, f"{shell_id}/sm/AssetInterfacesMappingConfiguration")
-        configuration = aimc.get_referable("MappingConfigurations").value[0]
-        reference = configuration.get_referable("InterfaceReference")
-        assert reference.value.resolve(env.store) is _interface(env, shell_id)
-        shell = env.store.get_item(shell_id)
-        assert isinstance(shell, model.AssetAdministrationShell)
-        assert {f"{shell_id}/sm/AssetInterfacesDescription", aimc.id} <= {str(r.key[0].value) for r in shell.submodel}
+    with env.store.kept():  # the lazy AID/AIMC (aas_models/lazy.py): built once, so references resolve to them
+        for e in cfg.equipment:
+            shell_id = cfg.aas_id(e)
+            relations = _relations(env, shell_id)
+            assert len(relations) == len(e.points)
+            for relation, point in zip(relations, e.points, strict=True):
+                first, second = relation.first.resolve(env.store), relation.second.resolve(env.store)
+                assert isinstance(first, model.SubmodelElementCollection) and _value(first, "key") == point.path
+                assert second is env.element(shell_id, point.path)
+            aimc = _submodel(env, f"{shell_id}/sm/AssetInterfacesMappingConfiguration")
+            configuration = aimc.get_referable("MappingConfigurations").value[0]
+            reference = configuration.get_referable("InterfaceReference")
+            assert reference.value.resolve(env.store) is _interface(env, shell_id)
+            shell = env.store.get_item(shell_id)
+            assert isinstance(shell, model.AssetAdministrationShell)
+            assert {f"{shell_id}/sm/AssetInterfacesDescription", aimc.id} <= {
+                str(r.key[0].value) for r in shell.submodel
+            }
 
 
 def test_paths_with_dots_get_unique_idshorts_and_keep_the_path_types_and_security(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 AAS repository and the submodel repository service specifications (docs/api.md).
 
 Every read first writes the latest collected values into the SDK model (`LiveValues.apply`), then
-serialises with basyx's JSON serializer (`basyx.aas.adapter.json`, metamodel 3.1 JSON, which for
+serialises with basyx's JSON serializer. A submodel the store holds as a LazySubmodel (the asset interfaces,
+aas_models/lazy.py: no live values) is served from its JSON, which that serializer made once; its elements
+are then that JSON's objects (`Node`), walked by the same rules (`basyx.aas.adapter.json`, metamodel 3.1 JSON, which for
 what the agent builds is also valid 3.0 JSON). What the spec adds on top — `level=core`,
 `extent`, `$metadata`, `$value`, `$reference`, `$path`, paging — is applied to that JSON, never
 by changing the model.
@@ -14,6 +16,7 @@ body: `{"messages": [{"code", "messageType": "Error", "text", "timestamp"}]}`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -31,6 +34,7 @@ from basyx.aas.adapter import json as aas_json
 from basyx.aas.model.concept import ConceptDescription
 
 from aas_models.build import ShellEnvironment
+from aas_models.lazy import LazyGroup, LazySubmodel
 from aas_models.live import LiveValues
 
 log = logging.getLogger(__name__)
@@ -196,9 +200,19 @@ def _flag(request: web.Request, name: str) -> bool:
 # -- SDK objects as the spec's JSON -------------------------------------------------------------------
 
 
+Submodel = model.Submodel | LazySubmodel
+# An element: an SDK object, or (in a LazySubmodel) its JSON object, fresh from `LazySubmodel.doc()`.
+Node = model.SubmodelElement | dict[str, Any]
+
+
 def to_json(obj: object) -> Any:
     """The SDK object as basyx's JSON serializer writes it, as plain dicts and lists (a shell's
-    submodel references, a set in the SDK, sorted by id, so that every answer lists them alike)."""
+    submodel references, a set in the SDK, sorted by id, so that every answer lists them alike).
+    A LazySubmodel gives a fresh copy of its JSON; an element of one (a JSON object) is already that."""
+    if isinstance(obj, LazySubmodel):
+        return obj.doc()
+    if isinstance(obj, dict):
+        return obj
     doc = json.loads(json.dumps(obj, cls=aas_json.AASToJsonEncoder))
     if isinstance(obj, model.AssetAdministrationShell) and isinstance(doc.get("submodels"), list):
         doc["submodels"].sort(key=lambda r: str(r["keys"][0]["value"]))
@@ -277,10 +291,23 @@ def value_only(doc: dict[str, Any]) -> Any:
     raise ApiError(400, f"a {kind or 'element'} has no value-only serialisation ($value)")
 
 
-def keyed(element: model.SubmodelElement, value: Any) -> Any:
+def keyed(element: Node, value: Any) -> Any:
     """An element's value-only serialisation on its own: `{idShort: value}` (an item of a list, which
     has no idShort, is its bare value)."""
-    return {element.id_short: value} if element.id_short else value
+    id_short = _id_short(element)
+    return {id_short: value} if id_short else value
+
+
+def _id_short(element: Node) -> str | None:
+    """The element's idShort; None for an item of a list (the SDK gives those a generated one internally)."""
+    if isinstance(element, dict):
+        return element.get("idShort")
+    return None if isinstance(element.parent, model.SubmodelElementList) else element.id_short
+
+
+def kind_of(element: Node) -> str:
+    """The element's modelType (its SDK class name)."""
+    return str(element.get("modelType", "")) if isinstance(element, dict) else type(element).__name__
 
 
 def _typed(text: Any, value_type: str) -> Any:
@@ -309,7 +336,14 @@ def _reference(keys: list[tuple[str, str]]) -> dict[str, Any]:
 Segment = str | int
 
 
-def _children(obj: object) -> list[tuple[Segment, model.SubmodelElement]]:
+def _children(obj: object) -> list[tuple[Segment, Node]]:
+    if isinstance(obj, LazySubmodel):
+        obj = obj.doc()
+    if isinstance(obj, dict):
+        children = _children_of(obj)
+        if obj.get("modelType") == "SubmodelElementList":
+            return list(enumerate(children))
+        return [(c.get("idShort") or "", c) for c in children]
     if isinstance(obj, model.Submodel):
         return [(e.id_short or "", e) for e in obj.submodel_element]
     if isinstance(obj, model.SubmodelElementList):
@@ -329,7 +363,7 @@ def join(prefix: str, segment: Segment) -> str:
     return f"{prefix}.{segment}" if prefix else segment
 
 
-def walk(obj: object, prefix: str = "", deep: bool = True) -> Iterator[tuple[str, model.SubmodelElement]]:
+def walk(obj: object, prefix: str = "", deep: bool = True) -> Iterator[tuple[str, Node]]:
     """(idShort path, element) of `obj`'s children, and with `deep` of theirs, depth first."""
     for segment, child in _children(obj):
         path = join(prefix, segment)
@@ -359,7 +393,7 @@ def format_path(segments: Sequence[Segment]) -> str:
     return text
 
 
-def resolve(submodel: model.Submodel, text: str) -> tuple[model.SubmodelElement, list[tuple[str, str]]]:
+def resolve(submodel: Submodel, text: str) -> tuple[Node, list[tuple[str, str]]]:
     """The element at idShort path `text`, and the keys of its ModelReference; ApiError 404 if absent."""
     obj: object = submodel
     keys = [("Submodel", submodel.id)]
@@ -368,8 +402,8 @@ def resolve(submodel: model.Submodel, text: str) -> tuple[model.SubmodelElement,
         if found is None:
             raise ApiError(404, f"submodel {submodel.id!r} has no element {text[:200]!r}")
         obj = found
-        keys.append((type(found).__name__, str(segment)))
-    assert isinstance(obj, model.SubmodelElement)
+        keys.append((kind_of(found), str(segment)))
+    assert isinstance(obj, model.SubmodelElement | dict)
     return obj, keys
 
 
@@ -389,7 +423,7 @@ class AasRoutes:
         reads: list[web.AbstractRoute] = []
 
         def get(path: str, handler: Handler) -> None:
-            reads.append(router.add_get(prefix + path, handler))
+            reads.append(router.add_get(prefix + path, self._prepared(handler)))
 
         router.add_get(prefix + "/description", self.description)
         get("/serialization", self.serialization)
@@ -416,6 +450,32 @@ class AasRoutes:
             get(base + "/submodel-elements/{path}/attachment", self.attachment)
         return reads
 
+    def _prepared(self, handler: Handler) -> Handler:
+        """`handler`, after the lazy submodels the request reads have their JSON (aas_models/lazy.py): the first
+        read of one builds and serializes it, seconds for a large machine, in a worker thread, so that the event
+        loop (collection, other requests) goes on meanwhile."""
+
+        async def prepared(request: web.Request) -> web.StreamResponse:
+            for group in self._unprepared(request):
+                await asyncio.to_thread(group.prepare)
+            return await handler(request)
+
+        return prepared
+
+    def _unprepared(self, request: web.Request) -> list[LazyGroup]:
+        text = request.match_info.get("sm")
+        if text is None:  # a list of submodels, or the serialization: every one may be read
+            if "/submodels" not in request.path and not request.path.endswith("/serialization"):
+                return []
+            wanted: list[object] = list(self.env.store.entries())
+        else:
+            try:
+                wanted = [self.env.store.entry(decode_id(text, "submodelIdentifier"))]
+            except (ApiError, KeyError):
+                return []  # the handler answers that
+        groups = {id(w.group): w.group for w in wanted if isinstance(w, LazySubmodel) and not w.group.prepared}
+        return list(groups.values())
+
     # -- lookups
 
     def fresh(self, submodels: Iterable[str] = ()) -> None:
@@ -431,30 +491,40 @@ class AasRoutes:
     def _shells(self) -> list[model.AssetAdministrationShell]:
         return [o for o in self.env.store if isinstance(o, model.AssetAdministrationShell)]
 
-    def _submodels(self) -> list[model.Submodel]:
-        return [o for o in self.env.store if isinstance(o, model.Submodel)]
+    def _submodels(self) -> list[Submodel]:
+        return [o for o in self.env.store.entries() if isinstance(o, Submodel)]
 
     def _identifiable(self, identifier: str, kind: type[T], what: str) -> T:
         try:
-            obj = self.env.store.get_item(identifier)
+            obj = self.env.store.entry(identifier)  # a LazySubmodel is no `kind`: see _submodel
         except KeyError:
             obj = None
         if not isinstance(obj, kind):
             raise ApiError(404, f"no {what} with id {identifier!r}")
         return obj
 
+    def _submodel(self, identifier: str) -> Submodel:
+        """The submodel of `identifier`, or its LazySubmodel (nothing is built)."""
+        try:
+            obj = self.env.store.entry(identifier)
+        except KeyError:
+            obj = None
+        if not isinstance(obj, Submodel):
+            raise ApiError(404, f"no submodel with id {identifier!r}")
+        return obj
+
     def shell_of(self, request: web.Request) -> model.AssetAdministrationShell:
         identifier = decode_id(request.match_info["aas"], "aasIdentifier")
         return self._identifiable(identifier, model.AssetAdministrationShell, "Asset Administration Shell")
 
-    def submodel_of(self, request: web.Request) -> model.Submodel:
+    def submodel_of(self, request: web.Request) -> Submodel:
         identifier = decode_id(request.match_info["sm"], "submodelIdentifier")
         self.fresh((identifier,))  # records change a Time Series Data submodel's elements, not only their values
         if "aas" in request.match_info:
             shell = self.shell_of(request)
             if identifier not in {ref.key[0].value for ref in shell.submodel}:
                 raise ApiError(404, f"shell {shell.id!r} refers to no submodel with id {identifier!r}")
-        return self._identifiable(identifier, model.Submodel, "submodel")
+        return self._submodel(identifier)
 
     # -- service description, serialization
 
@@ -472,16 +542,14 @@ class AasRoutes:
             if everything
             else [self._identifiable(i, model.AssetAdministrationShell, "shell") for i in aas_ids]
         )
-        submodels = (
-            self._submodels() if everything else [self._identifiable(i, model.Submodel, "submodel") for i in sm_ids]
-        )
+        submodels = self._submodels() if everything else [self._submodel(i) for i in sm_ids]
         self.fresh(s.id for s in submodels)
         doc: dict[str, Any] = {}  # the schema refuses empty arrays: a kind with nothing in it is left out
         if shells:
             doc["assetAdministrationShells"] = [to_json(s) for s in shells]
         if submodels:
             doc["submodels"] = [shape(to_json(s)) for s in submodels]
-        held = [o for o in self.env.store if isinstance(o, ConceptDescription)] if concepts else []
+        held = [o for o in self.env.store.entries() if isinstance(o, ConceptDescription)] if concepts else []
         if held:
             doc["conceptDescriptions"] = [to_json(c) for c in held]
         return json_response(doc)
@@ -532,7 +600,7 @@ class AasRoutes:
 
     # -- submodels
 
-    def _filtered_submodels(self, request: web.Request) -> list[model.Submodel]:
+    def _filtered_submodels(self, request: web.Request) -> list[Submodel]:
         submodels = self._submodels()
         self.fresh(s.id for s in submodels)
         id_short = request.query.get("idShort")
@@ -604,7 +672,7 @@ class AasRoutes:
         children = _children(sm)
         chosen, cursor = page(request, children)
         if kind == "$reference":
-            refs = [_reference([("Submodel", sm.id), (type(e).__name__, str(s))]) for s, e in chosen]
+            refs = [_reference([("Submodel", sm.id), (kind_of(e), str(s))]) for s, e in chosen]
             return json_response(paged(refs, cursor))
         self.fresh()
         if kind == "$metadata":
@@ -623,7 +691,7 @@ class AasRoutes:
         kind = request.path.rsplit("/", 1)[1]
         path = request.match_info["path"]
         element, keys = resolve(self.submodel_of(request), path)
-        name = type(element).__name__
+        name = kind_of(element)
         if kind == "$reference":
             return json_response(_reference(keys))
         if kind == "$path":
@@ -639,6 +707,16 @@ class AasRoutes:
     async def attachment(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         element, _ = resolve(self.submodel_of(request), path)
+        if isinstance(element, dict):  # of a LazySubmodel: Blob and File as their JSON carries them
+            kind = kind_of(element)
+            if kind == "Blob" and element.get("value") is not None:
+                content_type = element.get("contentType") or "application/octet-stream"
+                return web.Response(body=base64.b64decode(element["value"]), content_type=content_type)
+            if kind == "Blob":
+                raise ApiError(404, f"the Blob {path!r} has no value")
+            if kind == "File":
+                raise ApiError(404, f"the File {path!r} is not held by this server (value: {element.get('value')!r})")
+            raise ApiError(400, f"{path!r} is a {kind}: attachment is for File and Blob elements")
         if isinstance(element, model.Blob):
             self.fresh()
             if element.value is None:
@@ -651,7 +729,7 @@ class AasRoutes:
         raise ApiError(400, f"{path!r} is a {type(element).__name__}: attachment is for File and Blob elements")
 
 
-def _element_json(element: model.SubmodelElement, level: Level, blobs: bool, *, top: bool = False) -> Any:
+def _element_json(element: Node, level: Level, blobs: bool, *, top: bool = False) -> Any:
     """An element's JSON; `level=core` for an element of a submodel's list means without its children
     (the submodel is the object asked for), for an element asked for by path with its direct children."""
     doc = to_json(element)
@@ -670,7 +748,7 @@ def _has_asset_id(shell: model.AssetAdministrationShell, name: str, value: str) 
     return any(s.name == name and s.value == value for s in info.specific_asset_id)
 
 
-def _semantic_matches(submodel: model.Submodel, wanted: str) -> bool:
+def _semantic_matches(submodel: Submodel, wanted: str) -> bool:
     """semanticId is a base64url-encoded reference (JSON) or the value of its key."""
     ref = submodel.semantic_id
     if ref is None:
