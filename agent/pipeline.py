@@ -273,30 +273,32 @@ class Pipeline:
         watch = self._watch
         seen_h: list[int] = []
         seen_t: list[float] = []
+        encode_float = wire.encode_float
+        short = _SHORT
         for s in samples:
-            h = s.handle
+            h, v, st, server_time, status = s  # a tuple's fields: cheaper than its attributes
             b = bindings.get(h)
             if b is None:
                 continue
-            st = s.source_time
             if st is not None:
                 t, clock = st.timestamp(), SOURCE
-            elif s.server_time is not None:
-                t, clock = s.server_time.timestamp(), SERVER
+            elif server_time is not None:
+                t, clock = server_time.timestamp(), SERVER
             else:
                 t, clock = now, AGENT
-            if s.value is None:
+            if v is None:
                 value = None
                 self.null_values += 1
+            elif v.__class__ is float and v - v == 0.0 and b.encode is encode_float:
+                value = v  # a finite Double: what encode_float gives, without the call
             else:
                 try:
-                    value = b.encode(s.value)
+                    value = b.encode(v)
                 except (wire.WireValueError, TypeError, ValueError) as exc:
                     self._bad_value(b, s, exc, rows)
                     continue
             if h in bad:
                 self._settle_bad(b, rows)
-            status = s.status
             prev = last.get(h)
             if opened and h in opened:
                 self.gaps.seen(h, (t, clock))
@@ -318,17 +320,17 @@ class Pipeline:
             if h not in touched:
                 touched[h] = prev
             last[h] = (t, status, value, clock, None)
-            marks[b.mark] = mark(t, status, clock, value)
-            append(("data", b.equipment, t, (b.prefix, data_tail(value, st, s.server_time, status))))
-            update(b.live_key, s.value)
+            marks[b.mark] = (t, status, clock, value) if value.__class__ in short else mark(t, status, clock, value)
+            append(("data", b.equipment, t, (b.prefix, data_tail(value, st, server_time, status))))
+            update(b.live_key, v)
             add = series(h)
             if add is not None:
-                add((t, b.path, s.value))
+                add((t, b.path, v))
             seen_h.append(h)
             seen_t.append(t)
             if h in watch:
                 for analyzer, role in watch[h]:
-                    analyzer.observe(role, s.value, t)
+                    analyzer.observe(role, v, t)
         if seen_h:
             for ring in self._rings:
                 ring.touch(now)
