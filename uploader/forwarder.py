@@ -23,11 +23,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 
 from uploader import wire
 from uploader.buffer import Batch, Buffer, StoredRecord
 from uploader.deadletter import DeadLetters
 from uploader.sink import Message, Outcome, Partial, Rejected, Sink
+
+# A stored record's fields by position: C calls, where the named tuple's attributes are Python properties.
+_seq, _key, _body = itemgetter(0), itemgetter(2), itemgetter(4)
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +215,14 @@ class Forwarder:
 
     def messages(self, batch: Batch) -> tuple[list[Message], list[list[StoredRecord]], list[StoredRecord]]:
         """The batch as messages (with the records each carries), and the records too large for any message."""
-        by_key: dict[str, list[StoredRecord]] = {}
-        for item in batch.items:
-            by_key.setdefault(item.key, []).append(item)
+        by_key: dict[str, Sequence[StoredRecord]]
+        if len(keys := set(map(_key, batch.items))) == 1:
+            by_key = {keys.pop(): batch.items}  # the common case: one machine
+        else:
+            grouped: dict[str, list[StoredRecord]] = {}
+            for item in batch.items:
+                grouped.setdefault(item.key, []).append(item)
+            by_key = dict(grouped)
         messages: list[Message] = []
         parts: list[list[StoredRecord]] = []
         too_large: list[StoredRecord] = []
@@ -224,15 +233,15 @@ class Forwarder:
         far_end = self.sink.max_message_bytes
         if far_end is not None:
             limit = min(limit, far_end - _MESSAGE_OVERHEAD)
-        for key, items in by_key.items():
+        for key, records in by_key.items():
             header = {"origin": origin, "site": self.site, "asset": key, "lane": batch.lane, "sent": sent}
             topic = self.sink.topic(batch.lane, key)
-            for part in _split(items, b.max_message_records, limit):
+            for part in _split(records, b.max_message_records, limit):
                 if far_end is not None and len(part) == 1 and len(part[0].body) + _RECORD_OVERHEAD > limit:
                     too_large.append(part[0])
                     continue
-                seqs = [i.seq for i in part]
-                messages.append(Message(topic, wire.payload_of(header, origin, seqs, [i.body for i in part])))
+                payload = wire.payload_of(header, origin, list(map(_seq, part)), list(map(_body, part)))
+                messages.append(Message(topic, payload))
                 parts.append(list(part))
         return messages, parts, too_large
 
@@ -257,7 +266,7 @@ class Forwarder:
         confirmed: list[list[StoredRecord]] = []
         for r, part in zip(results, parts, strict=True):
             if r is True:
-                accepted += [i.seq for i in part]
+                accepted += map(_seq, part)
                 confirmed.append(part)
                 n_ok += 1
             elif isinstance(r, Rejected):
@@ -377,10 +386,7 @@ def _partial(r: Partial, part: list[StoredRecord]) -> tuple[list[int], list[tupl
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:
-    if (
-        len(items) <= max_records
-        and sum(map(len, (i.body for i in items))) + len(items) * _RECORD_OVERHEAD <= max_bytes
-    ):
+    if len(items) <= max_records and sum(map(len, map(_body, items))) + len(items) * _RECORD_OVERHEAD <= max_bytes:
         yield items  # the common case: one message, no record counted one by one
         return
     start, size = 0, 0
