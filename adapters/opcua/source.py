@@ -65,6 +65,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+_FIRST_CHUNK = 100  # items checked and monitored before the rest at a connect
+
+
 class OpcUaSource:
     """Collects `items` and `events` from one endpoint until cancelled. Never raises for a server fault."""
 
@@ -279,9 +282,12 @@ class OpcUaSource:
         self._last_publish = time.monotonic()
         if self.events or any(self._by_handle[h].mode == "subscribe" for h in nodes):
             await self._open_subscription(client)
-        # A chunk at a time, checked then monitored: the first chunk's values flow while the rest is checked
+        # A chunk at a time, checked then monitored: the first chunk's values flow while the rest is checked,
+        # and the first chunk is small, so the first values come after one short round trip of each
         # (bench/bench_startup.py).
-        for part in chunks(list(nodes), read_chunk):
+        handles = list(nodes)
+        first = min(read_chunk, _FIRST_CHUNK)
+        for part in [handles[:first], *chunks(handles[first:], read_chunk)] if handles else []:
             ok = await conformance.check_types(
                 client, self._by_handle, {h: nodes[h] for h in part}, read_chunk, self._report
             )
