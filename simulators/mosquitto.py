@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from paho.mqtt.client import Client, ConnectFlags, MQTTMessage
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -30,6 +30,7 @@ from simulators.procs import stop_process
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
+_CHECK_S = 0.02  # a waiting Subscriber checks its condition at most this often
 
 
 class MosquittoUnavailable(RuntimeError):
@@ -85,7 +86,7 @@ class MosquittoBroker:
         self.conf.write_text("\n".join(lines) + "\n")
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> MosquittoBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -95,7 +96,7 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> MosquittoBroker:
+    def start(self) -> Self:
         if self.running:
             return self
         with self.log_path.open("ab") as log:
@@ -219,8 +220,18 @@ class Subscriber:
         info.wait_for_publish(self.timeout)
 
     def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(predicate, timeout)
+        """Check `predicate` at once, then after each new message, but at most every `_CHECK_S`: checked
+        at every message of a burst of thousands (a replayed session) it would cost quadratic time and
+        hold the lock that paho's thread needs to take the next message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                if predicate():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._cond.wait(remaining):
+                    return bool(predicate())
+            time.sleep(min(_CHECK_S, max(0.0, deadline - time.monotonic())))
 
     def _on_connect(
         self, client: Client, userdata: Any, flags: ConnectFlags, reason: ReasonCode, props: Properties | None

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from copy import copy as shallow
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +28,10 @@ from typing import Any, Self
 from asyncua import Node, Server, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.address_space import AddressSpace, AttributeValue, NodeData, NodeManagementService
 from asyncua.server.event_generator import EventGenerator
+from asyncua.server.internal_server import InternalServer
+from asyncua.server.standard_address_space import standard_address_space
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -97,6 +102,51 @@ async def server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
         {"organizationName": "edge-agent simulators"},
     )
     return cert, key
+
+
+_standard_lock = threading.Lock()
+_standard: dict[ua.NodeId, NodeData] | None = None
+
+
+def _standard_nodes() -> dict[ua.NodeId, NodeData]:
+    """A copy of OPC UA's standard address space, the one asyncua's InternalServer.init builds. asyncua
+    builds it node by node from generated code (1.5 s of CPU); here it is built once per process and
+    copied (a tenth of that), since tests start and restart simulators many times. Each copy has its
+    own nodes, attributes and references (asyncua renames references in place); the attribute values,
+    which asyncua replaces rather than changes, are shared with the pristine original."""
+    global _standard
+    with _standard_lock:
+        if _standard is None:
+            aspace = AddressSpace()
+            standard_address_space.fill_address_space(NodeManagementService(aspace))  # type: ignore[no-untyped-call]
+            for node in aspace._nodes.values():
+                attributes = node.attributes.values()
+                if node.call or any(a.value_callback or a.value_setter or a.datachange_callbacks for a in attributes):
+                    raise RuntimeError(f"standard node {node.nodeid} has callbacks, which a copy would lose")
+            _standard = aspace._nodes
+        original = _standard
+    nodes: dict[ua.NodeId, NodeData] = {}
+    for node_id, node in original.items():
+        twin = nodes[node_id] = NodeData(node_id)
+        twin.attributes = {attribute: AttributeValue(value.value) for attribute, value in node.attributes.items()}
+        twin.references = [shallow(r) for r in node.references]
+    return nodes
+
+
+class _InternalServer(InternalServer):
+    """asyncua's, with the standard address space copied (see `_standard_nodes`) and a stop that does
+    not wait for the next tick of the server's clock (up to a second: its loop sleeps 1 s between ticks),
+    so a stop and a start take as long as a PLC's restart, not seconds."""
+
+    async def load_standard_address_space(self, shelf_file: Path | None = None) -> None:
+        self.aspace._nodes = await asyncio.to_thread(_standard_nodes)
+
+    async def stop(self) -> None:
+        task, self.time_task = self.time_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        await super().stop()
 
 
 class _Users(UserManager):
@@ -200,7 +250,7 @@ class FactorySimulator:
         self._last.clear()
         self._generators.clear()
         checked = self.users is not None or self.user_certificates is not None
-        server = Server(user_manager=_Users(self.users or {}, self.user_certificates) if checked else None)
+        server = Server(_InternalServer(_Users(self.users or {}, self.user_certificates) if checked else None))
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name("Edge agent factory simulator")
