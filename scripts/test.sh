@@ -32,5 +32,5 @@ echo "linting: ruff check, ruff format --check, mypy --strict"
 .venv/bin/ruff check -q agent adapters aas_models uploader simulators tests bench
 .venv/bin/ruff format -q --check agent adapters aas_models uploader simulators tests bench
 .venv/bin/mypy
-echo "running pytest (the whole suite: about 14 minutes on 2 cores)"
+echo "running pytest (the whole suite: about 11 minutes on 2 cores)"
 exec .venv/bin/pytest "$@"
