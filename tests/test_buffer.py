@@ -1070,6 +1070,8 @@ def test_an_add_that_fails_numbers_no_head_and_a_retry_stores_it(buf: Buffer) ->
         buf.add([*split_rows(0, 3), ("data", "press-01", 9.0, b"#1:{}")])
     with pytest.raises(ValueError, match=r"head .* contains a newline"):
         buf.add([("data", "press-01", 9.0, (b'{"a":\n', b"1}"))])
+    with pytest.raises(ValueError, match=r"head .* starts with '#'"):
+        buf.add([("data", "press-01", 9.0, (b'#000001:{"a":', b"1}"))])
     with pytest.raises(TypeError, match="head, tail"):
         buf.add([("data", "press-01", 9.0, ("text", b"1}"))])  # type: ignore[list-item]
     buf.add(split_rows(0, 3))

@@ -194,10 +194,10 @@ class Heads:
                 raise TypeError(f"a (head, tail) body is two bytes, not {type(head).__name__}, {type(tail).__name__}")
             tag = tags.get(head) or fresh.get(head)
             if tag is None:
-                if NEWLINE in head:
+                if NEWLINE in head or head[:1] == b"#":
                     raise ValueError(
-                        f"add: a body head for lane {lane!r}, key {key!r} contains a newline (b'\\n'); "
-                        "a record body must be one line of JSON"
+                        f"add: a body head for lane {lane!r}, key {key!r} contains a newline (b'\\n') or starts "
+                        "with '#'; a record body is one line of JSON"
                     )
                 number = self.last + len(new) + 1
                 if number > MAX_HEAD:
