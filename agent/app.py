@@ -489,11 +489,13 @@ class Agent:
             version=VERSION,
         )
         # The AAS model and config are long-lived: keep the collector from walking them over and
-        # over (it was ~10 % of the per-value cost), and let young garbage pile up a little more
-        # before a collection, since every publish creates thousands of short-lived objects.
+        # over (it was ~10 % of the per-value cost). A publish of 5,000 values makes about 140,000
+        # container objects that live until it is stored: a young collection every 200,000 instead of
+        # every 20,000 no longer walks (and promotes) a publish still in hand several times; over a
+        # bench run at 10,000 values/s, young and middle collections went from 0.87 to 0.16 s.
         gc.collect()
         gc.freeze()
-        gc.set_threshold(20_000, 20, 20)
+        gc.set_threshold(200_000, 20, 20)
         for src in self.sources:
             sup.start(f"source-{src.endpoint.id}", src.run)
         for f in self.forwarders:

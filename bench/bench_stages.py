@@ -126,7 +126,7 @@ def main() -> None:
     stock.clear()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(200_000, 20, 20)
 
     with tempfile.TemporaryDirectory() as tmp:
         bindings = [
