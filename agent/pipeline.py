@@ -108,8 +108,9 @@ _SHORT_TEXT: Final = 24  # characters of a string value that keep its mark short
 def _mark(t: float, status: int, clock: str, value: Any) -> Mark:
     """An element's last stored stamp as its buffer mark: `[time, status, clock, value]`, or with a longer
     value `[time, status, clock, null, digest]` (read back by `restore_marks`). A short one is the tuple
-    itself: the buffer writes it as JSON with all the others of the add, in one call."""
-    if value.__class__ in _SHORT or (value.__class__ is str and len(value) <= _SHORT_TEXT):
+    itself: the buffer writes it as JSON with all the others of the add, in one call. (The pipeline keeps
+    a value of a `_SHORT` class as the tuple without calling this.)"""
+    if value.__class__ is str and len(value) <= _SHORT_TEXT:
         return (t, status, clock, value)
     text = orjson.dumps((t, status, clock, value))
     if len(text) <= _MARK_VALUE_BYTES:

@@ -1143,3 +1143,25 @@ def test_past_the_last_head_number_records_are_stored_whole_and_still_come_back(
     blob = b"".join(b for (b,) in buf._store.conn.execute("SELECT bodies FROM lane_data"))
     assert blob.count(HEAD_B) == 3 and buf._store.conn.execute("SELECT count(*) FROM heads").fetchone()[0] == 0
     assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(0, 3, HEAD_B)]
+
+
+def test_a_disk_too_full_to_forget_the_heads_still_opens_and_keeps_storing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At open a drained buffer forgets its heads; on a full disk that delete fails, and must cost nothing
+    but the heads' bytes: the buffer opens, and what it stores after comes back whole."""
+    with small_disk(tmp_path / "disk", 24) as disk:
+        path = disk / "b.db"
+        with Buffer(path, quota_bytes=BIG, min_free_bytes=0, reserve_bytes=4 * 2**20) as buf:
+            buf.add(split_rows(0, 2000) + split_rows(2000, 2000, HEAD_B))
+            while (batch := buf.begin("data", 1000)) is not None:
+                buf.end(batch, [i.seq for i in batch.items])
+        filler = fill(disk)
+        with Buffer(path, quota_bytes=BIG, min_free_bytes=0, reserve_bytes=4 * 2**20) as buf:
+            assert "could not forget the heads" in caplog.text, "the scenario did not happen"
+            assert buf.pending()["data"] == 0
+            buf.add(split_rows(5000, 3, HEAD_A))  # a known or a new head: either way whole on the way out
+            assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(5000, 3, HEAD_A)]
+        filler.unlink()
+        with Buffer(path, quota_bytes=BIG, min_free_bytes=0, reserve_bytes=4 * 2**20) as buf:
+            assert [i.body for i in drain(buf, "data")] == [b"".join(r[3]) for r in split_rows(5000, 3, HEAD_A)]

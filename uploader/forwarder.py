@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -215,14 +215,14 @@ class Forwarder:
 
     def messages(self, batch: Batch) -> tuple[list[Message], list[list[StoredRecord]], list[StoredRecord]]:
         """The batch as messages (with the records each carries), and the records too large for any message."""
-        by_key: dict[str, Sequence[StoredRecord]]
+        by_key: Mapping[str, Sequence[StoredRecord]]
         if len(keys := set(map(_key, batch.items))) == 1:
             by_key = {keys.pop(): batch.items}  # the common case: one machine
         else:
             grouped: dict[str, list[StoredRecord]] = {}
             for item in batch.items:
                 grouped.setdefault(item.key, []).append(item)
-            by_key = dict(grouped)
+            by_key = grouped
         messages: list[Message] = []
         parts: list[list[StoredRecord]] = []
         too_large: list[StoredRecord] = []
