@@ -18,7 +18,7 @@ whether it kept up: its own agent-stats records (values taken in, data records p
 buffer), what it still delivered while draining on SIGTERM, and values the server discarded for
 it (overflow bit). Prints a table, a verdict and `ratio agent/bare CPU per value`; see README.md.
 
-Usage: .venv/bin/python bench/bench_pipeline.py [--vars 5000] [--period-ms 100] [--seconds 20]
+Usage: .venv/bin/python bench/bench_pipeline.py [--vars 5000] [--period-ms 100] [--seconds 20] [--pairs 1]
        [--profile-agent /tmp/agent.prof]   # cProfile the agent over the window, print where its time went
 Needs Node.js with node-opcua (`npm ci --prefix simulators/nodeopcua`) and mosquitto.
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import pstats
@@ -553,7 +554,12 @@ def measure_agent(
 ) -> tuple[Window, AgentExtras]:
     extras = AgentExtras(log_path=workdir / "agent.log")
     config = workdir / "agent.yaml"
-    config.write_text(agent_config(server, broker.port, workdir / "agent-data", args))
+    data_dir = workdir / "agent-data"
+    for n in itertools.count(2):  # a fresh data directory for every run: no backlog of an earlier one
+        if not data_dir.exists():
+            break
+        data_dir = workdir / f"agent-data-{n}"
+    config.write_text(agent_config(server, broker.port, data_dir, args))
     counter = RecordCounter(broker.port, f"{TOPIC_PREFIX}/{SITE}/+/data", f"{TOPIC_PREFIX}/{SITE}/_agent/status")
     command = [sys.executable, "-m", "agent.cli", "run", "-c", str(config), "--log-format", "json"]
     if args.profile_agent:
@@ -842,6 +848,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch-records", type=int, default=2000, help="the agent's mqtt sink batch.max_records")
     p.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="measure bare and agent this many times (the order alternating) and print every ratio and the median",
+    )
+    p.add_argument(
         "--profile-agent",
         type=Path,
         default=None,
@@ -895,9 +907,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         # MosquittoBroker keeps its process private; it is our only child called mosquitto.
         mosquitto = next((c for c in me.children() if c.name().startswith("mosquitto")), None)
         around = Neighbours(server=psutil.Process(server.process.pid), broker=mosquitto, bench=me)
-        bare = measure_bare(server, args, around)
-        agent, extras = measure_agent(server, broker, workdir, args, around)
-    report(args, bare, agent, extras, time.monotonic() - started)
+        ratios: list[float] = []
+        for n in range(max(1, args.pairs)):
+            if n % 2 == 0:
+                bare = measure_bare(server, args, around)
+                agent, extras = measure_agent(server, broker, workdir, args, around)
+            else:  # the other order: a drift of the machine over the run weighs on both alike
+                agent, extras = measure_agent(server, broker, workdir, args, around)
+                bare = measure_bare(server, args, around)
+            if args.pairs > 1:
+                print(f"== pair {n + 1} of {args.pairs} ({'bare first' if n % 2 == 0 else 'agent first'})")
+            report(args, bare, agent, extras, time.monotonic() - started)
+            ratios.append(agent.cpu_per_10k / bare.cpu_per_10k)
+    if len(ratios) > 1:
+        shown = ", ".join(f"{r:.2f}x" for r in ratios)
+        median = statistics.median(ratios)
+        print(f"ratio agent/bare CPU per value over {len(ratios)} pairs: {shown}; median {median:.2f}x")
     if args.profile_agent:
         print_profile(args.profile_agent)
     return 0
