@@ -543,8 +543,12 @@ class Agent:
         except Exception:  # the buffers are closed below anyway; what is stored so far is safe
             log.exception("could not record the stop")
         await sup.stop(*sup.names("forwarder-"))
-        for f in self.forwarders:
-            if not await f.drain(drain_timeout):
+        # Every sink drains at once, within the one deadline (a service manager's stop timeout counts it once).
+        drained = await asyncio.gather(*(f.drain(drain_timeout) for f in self.forwarders), return_exceptions=True)
+        for f, done in zip(self.forwarders, drained, strict=True):
+            if isinstance(done, BaseException):
+                log.warning("%s: draining failed (%r); what is buffered stays for the next start", f.sink.name, done)
+            elif not done:
                 log.warning("%s: %s records stay buffered for the next start", f.sink.name, f.buffer.pending())
         await sup.stop_all()
         for sink in self.sinks:

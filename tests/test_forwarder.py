@@ -17,6 +17,7 @@ import pytest
 
 from agent.backoff import Backoff
 from simulators.netproxy import TcpProxy
+from simulators.ports import free_port
 from tests.helpers import until
 from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader.buffer import Buffer, Row
@@ -320,3 +321,40 @@ def test_a_partial_naming_records_the_message_does_not_have_loses_nothing(
         dead.close()
     assert fwd.stats.failed_sends == 1 and fwd.stats.sent_records == 10
     assert any("does not fit a message of 10 records" in r.getMessage() for r in caplog.records)
+
+
+def test_drain_waits_within_its_deadline_for_a_sink_that_is_reconnecting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop while the broker is away: the sink keeps reconnecting during the drain, and what is buffered
+    goes as soon as it is back, within the drain's deadline (before, the drain gave up at the first failed
+    send)."""
+    caplog.set_level(logging.WARNING)
+    port = free_port()
+    with (
+        MosquittoBroker(tmp_path / "broker", port=port) as broker,
+        Subscriber(port=port, topic="t/s/#") as sub,  # its session outlives the broker's restart
+        Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf,
+    ):
+        buf.add(rows("data", "m1", 0, 300))
+        broker.stop()
+        sink = mqtt(port)
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_records=100, send_timeout=1), delays=quick)
+
+        async def scenario() -> bool:
+            runner = asyncio.create_task(sink.run())
+            try:
+                drain = asyncio.create_task(fwd.drain(timeout=30))
+                await until(lambda: "retrying in the background" in caplog.text, 10)  # the sink failed to connect
+                assert not drain.done() and buf.pending()["data"] == 300
+                broker.start()
+                return await drain
+            finally:
+                runner.cancel()
+                await asyncio.gather(runner, return_exceptions=True)
+                await sink.stop()
+
+        assert asyncio.run(scenario())
+        assert not sum(buf.pending().values())
+        expected = {f"{buf.origin}-{seq}" for seq in range(1, 301)}
+        assert sub.wait_for(lambda got: {r["id"] for _, p in got for r in orjson.loads(p)["records"]} == expected, 20)

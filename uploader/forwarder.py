@@ -200,16 +200,22 @@ class Forwarder:
         return True
 
     async def drain(self, timeout: float) -> bool:
-        """Send what is buffered until empty or `timeout` passes (used on shutdown, after run() ended)."""
+        """Send what is buffered until empty or `timeout` passes (used on shutdown, after run() ended).
+
+        A sink that is not connected (still reconnecting: its run() goes on while the agent drains) gets the
+        rest of the time to come back; a send that fails while it is connected ends the drain at once."""
         self.buffer.release()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while sum(self.buffer.pending().values()) and loop.time() < deadline:
+            if not self.sink.connected:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                continue
             try:
                 ok = await asyncio.wait_for(self.flush_once(), max(0.1, deadline - loop.time()))
             except TimeoutError:
                 return False
-            if not ok:
+            if not ok and self.sink.connected:
                 return False
         return not sum(self.buffer.pending().values())
 
