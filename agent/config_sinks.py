@@ -46,6 +46,10 @@ class MqttSinkConfig(_Model):
     reconnect_max_s: float = Field(
         default=10, gt=0, description="a broker that returns is used again within about this long"
     )
+    wire_version: Literal[2, 3] = Field(
+        default=2,
+        description="3: each record head once per message, about half the bytes; the receiver must take version 3",
+    )
     batch: BatchConfig = BatchConfig()
 
 
@@ -55,6 +59,10 @@ class FileSinkConfig(_Model):
     type: Literal["file"]
     id: str = "file"
     path: Path
+    wire_version: Literal[2, 3] = Field(
+        default=2,
+        description="3: each record head once per message, about half the bytes; the receiver must take version 3",
+    )
     batch: BatchConfig = BatchConfig(max_delay_ms=200)
 
 
@@ -73,6 +81,10 @@ class HttpSinkConfig(_Model):
     max_body_bytes: int = Field(default=8 * 2**20, ge=16 * 1024, description="the largest request body, before gzip")
     reconnect_initial_s: float = Field(default=1, gt=0)
     reconnect_max_s: float = Field(default=30, gt=0)
+    wire_version: Literal[2, 3] = Field(
+        default=2,
+        description="3: each record head once per message, about half the bytes; the receiver must take version 3",
+    )
     batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="before")

@@ -145,6 +145,7 @@ def make_sink(cfg: Config, s: AnySink, origin: str = "") -> tuple[Sink, Batching
         max_message_records=b.max_message_records,
         max_message_bytes=b.max_message_bytes,
         in_flight=b.in_flight,
+        wire_version=wire.WIRE_VERSION if isinstance(s, SfLogSinkConfig) else s.wire_version,  # sflog reads v2
     )
     if isinstance(s, FileSinkConfig):
         return FileSink(s.path, name=s.id), batching

@@ -185,6 +185,41 @@ def main() -> None:
         kept /= len(samples[0])
         wire_bytes = sum(sizes) / (n * ROUNDS * ROUNDS)
         buf.close()
+
+        def forward(elements: int, version: int) -> tuple[float, float]:
+            """Forwarding µs and wire bytes per value with `wire_version`, the n values spread over `elements`
+            elements (n / elements values of each per publish)."""
+            spread = [
+                make_binding(
+                    i + 1, "bench", "machine", wire.Element(
+                        shell="urn:bench:aas:machine", submodel="urn:bench:aas:machine/sm/OperationalData",
+                        path=f"Var_{i % elements:05d}", value_type="xs:double", node=f"ns=1;s=Var{i % elements:05d}",
+                    ),
+                )
+                for i in range(n)
+            ]  # fmt: skip
+            store = Buffer(Path(tmp) / f"buffer-{elements}-{version}.db", quota_bytes=1 << 30, chunk_records=500)
+            sender = Forwarder(
+                store, FileSink(Path(tmp) / "out.jsonl"), site="bench",
+                batching=Batching(max_records=2000, wire_version=version), delays=lambda: itertools.repeat(0.1),
+            )  # fmt: skip
+            took, sent = [], 0
+            for _ in range(ROUNDS):
+                filler = Pipeline(spread, [], [store], LiveValues(), delays=lambda: itertools.repeat(0.1))
+                for batch in samples:
+                    loop.run_until_complete(filler.on_samples(batch))
+                t = time.perf_counter()
+                count = 0
+                while (out := store.begin("data", 2000)) is not None:
+                    messages, _, _ = sender.messages(out)
+                    sent += sum(len(m.payload) for m in messages)
+                    store.end(out, [i.seq for i in out.items])
+                    count += len(out.items)
+                took.append((time.perf_counter() - t) / count * 1e6)
+            store.close()
+            return min(took), sent / (n * ROUNDS * ROUNDS)
+
+        shapes = {(elements, version): forward(elements, version) for elements in (n, n // 10) for version in (2, 3)}
     loop.close()
 
     base = rows["asyncua decode of the publish response"]
@@ -200,6 +235,11 @@ def main() -> None:
         f"record body: {body:.0f} bytes, of which {kept:.0f} stored per value (its head once per element); "
         f"{wire_bytes:.0f} bytes per value on the wire (JSON)"
     )
+    print()
+    print("forwarding by wire version (messages of up to 500 records; wire_version 3 lists each head once per message)")
+    print(f"{'values per element per publish':32} {'version':>8} {'µs/value':>9} {'bytes/value':>12}")
+    for (elements, version), (us, size) in shapes.items():
+        print(f"{n // elements:32d} {version:8d} {us:9.2f} {size:12.0f}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ class Ledger:
             if topic.endswith("/online"):
                 continue
             doc = orjson.loads(payload)
+            doc, problems = wire.expand(doc)  # a version-3 message as the version-2 message it stands for
+            if problems:
+                raise ValueError(f"{topic}: {problems}")
             if validate:
                 _VALIDATOR.validate(doc)
             out.append((topic, doc))

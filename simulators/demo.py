@@ -32,6 +32,7 @@ from typing import Any, TextIO
 import orjson
 
 from simulators.procs import stop_process
+from uploader import wire
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "demo.yaml"
@@ -168,6 +169,7 @@ class View:
             self._message(orjson.loads(line))
 
     def _message(self, doc: dict[str, Any]) -> None:
+        doc, _ = wire.expand(doc)  # a file sink may write version 3 (wire_version: 3)
         self.messages += 1
         lane = doc["lane"]
         for r in doc["records"]:

@@ -669,3 +669,44 @@ def test_a_receiver_without_a_token_does_not_start(tmp_path: Path, caplog: pytes
     with caplog.at_level(logging.ERROR, logger="simulators.cloud"):
         assert receiver_main(["--db", str(tmp_path / "cloud.sqlite3")]) == 2
     assert "no bearer token" in caplog.text
+
+
+def test_a_version_3_message_is_stored_as_the_records_it_stands_for_and_a_bad_head_reference_is_rejected(
+    tmp_path: Path,
+) -> None:
+    """wire_version 3 (each head once per message): the receiver stores exactly what the version-2 message of
+    the same records stores; a record whose "h" names no head is rejected with its place, its neighbours kept;
+    a message whose "heads" is not a list of objects is refused whole."""
+    e = element("Spindle.Speed")
+    prefix, encode = wire.data_prefix(e), wire.value_encoder(e.value_type)
+    obj = wire.head_object(prefix)
+    assert obj is not None
+    seqs = list(range(1, 6))
+    values = [1.5, math.nan, 2**60, -0.0, 7.0]
+    tails = [wire.data_tail(encode(v), at(s), at(100), 0) for s, v in zip(seqs, values, strict=True)]
+    v2 = wire.payload_of(header("data"), ORIGIN, seqs, [prefix + t for t in tails])
+    v3 = wire.payload_v3(header("data"), ORIGIN, [obj], [s + 10 for s in seqs], tails, [0] * 5)
+    bad = orjson.loads(wire.payload_v3(header("data"), ORIGIN, [obj], [21, 22], tails[:2], [0, 0]))
+    bad["records"][1]["h"] = 3
+    no_heads = orjson.loads(wire.payload_v3(header("data"), ORIGIN, [obj], [31], tails[:1], [0]))
+    no_heads["heads"] = {"0": {}}
+
+    async def scenario(s: aiohttp.ClientSession) -> None:
+        answer = await post(s, batch(v2, v3, orjson.dumps(bad)), key="v3")
+        CONTRACT.check("/v1/ingest", "post", answer)
+        assert (answer.status, answer.json["accepted"]) == (200, 11)
+        assert [(r["id"], r["reason"]) for r in answer.json["rejected"]] == [
+            (f"{ORIGIN}-22", '$[2].records[1].h: an index into "heads" (0 to 0), got 3')
+        ]
+        refused = await post(s, batch(orjson.dumps(no_heads)), key="no-heads")
+        CONTRACT.check("/v1/ingest", "post", refused)
+        assert refused.status == 422 and '$[0].heads: a version-3 message needs "heads"' in refused.json["reason"]
+
+    run(tmp_path / "cloud.sqlite3", scenario)
+    with closing(sqlite3.connect(tmp_path / "cloud.sqlite3")) as c:
+        stored = {row[0]: orjson.loads(row[1]) for row in c.execute("SELECT id, record FROM records")}
+    assert set(stored) == set(ids([*seqs, *(s + 10 for s in seqs), 21]))
+    for s in seqs:
+        as_v2, as_v3 = stored[wire.record_id(ORIGIN, s)], stored[wire.record_id(ORIGIN, s + 10)]
+        assert {k: v for k, v in as_v3.items() if k != "id"} == {k: v for k, v in as_v2.items() if k != "id"}
+    assert stored[wire.record_id(ORIGIN, 13)]["value"] == 2**60 and stored[wire.record_id(ORIGIN, 12)]["value"] == "NaN"

@@ -280,7 +280,8 @@ def test_a_typo_in_any_kind_of_sink_is_checked_against_that_kind() -> None:
         parse(text, "x.yaml")
     said = str(failed.value)
     assert "sinks[1].tokn: unknown key (typo? did you mean 'token'); allowed here: type, id, url, token" in said
-    assert "sinks[2].pth: unknown key (typo? did you mean 'path'); allowed here: type, id, path, batch" in said
+    allowed = "allowed here: type, id, path, wire_version, batch"
+    assert f"sinks[2].pth: unknown key (typo? did you mean 'path'); {allowed}" in said
     assert "sinks[3]: token must be text" in said and "the value is a secret and not shown" in said, said
     assert "s3cret-Value" not in said and "t0ken-Secret" not in said
 

@@ -6,6 +6,7 @@ import pytest
 
 from agent.config import ConfigError, parse
 from agent.config_errors import key_path
+from agent.config_sinks import MqttSinkConfig
 from tests.test_config import GOOD
 
 POINT = """\
@@ -132,3 +133,13 @@ def test_a_valid_config_is_parsed_once_and_line_numbers_are_worked_out_only_for_
         parse(GOOD.replace("sampling_ms: 100", "sampling_ms: -5"), "bad.yaml")
     assert calls == [1] and "bad.yaml:21:" in str(e.value) and "sampling_ms" in str(e.value)
     assert config_errors.SafeLoader.__name__ == "CSafeLoader"  # libyaml is there: the fast loader is used
+
+
+def test_a_wire_version_the_agent_cannot_send_names_the_versions_it_can() -> None:
+    def with_version(v: int) -> str:
+        return GOOD.replace("    host: 127.0.0.1\n", f"    host: 127.0.0.1\n    wire_version: {v}\n")
+
+    assert error(with_version(4)) == "x.yaml:26: sinks[0].wire_version: Input should be 2 or 3 (got 4)"
+    for text, version in ((with_version(3), 3), (GOOD, 2)):
+        sink = parse(text).sinks[0]
+        assert isinstance(sink, MqttSinkConfig) and sink.wire_version == version

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import orjson
 import pytest
 from asyncua import ua
 
@@ -108,10 +109,22 @@ def diag(name: str) -> str:
     return f"ns=2;s=CNC01.Diagnostics.{name}"
 
 
-def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber) -> None:
+@pytest.mark.parametrize("version", [2, 3])
+def test_every_type_arrives_exactly(
+    tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber, version: int
+) -> None:
+    """Also with `wire_version: 3` (each record head once per message): the messages are version 3, and
+    expanded (the Ledger does it) they say exactly what version 2 says."""
     opc_port = free_port()
     with FactoryThread(port=opc_port, period=0.1, machines=3, alarm_every=3) as fac:
-        agent = start_agent(tmp_path, opc_port, broker.port, extra_points=BAD_POINTS, password=SECRET)
+        agent = start_agent(
+            tmp_path,
+            opc_port,
+            broker.port,
+            extra_points=BAD_POINTS,
+            password=SECRET,
+            mqtt=f"  wire_version: {version}\n",
+        )
         try:
 
             def specials_seen() -> bool:
@@ -131,6 +144,9 @@ def test_every_type_arrives_exactly(tmp_path: Path, broker: MosquittoBroker, sub
         log = agent.log()
 
     assert "Traceback" not in log
+    versions = {orjson.loads(p)["v"] for t, p in subscriber.messages() if t.endswith("/data")}
+    assert versions == {version}
+    assert all(b'"h":' in p for t, p in subscriber.messages() if t.endswith("/data")) == (version == 3)
     assert "sending the password for 'operator' unencrypted (allow_plaintext_password is set)" in log
     assert SECRET not in log and all(SECRET.encode() not in p for _, p in subscriber.messages())
     problems = {r["path"]: r for r in got.records("status") if r["kind"] == "node-problem"}

@@ -146,3 +146,61 @@ def test_every_record_builder_writes_what_the_schema_describes() -> None:
         "event", wire.event_body(shell="urn:s", source="alarms", node="ns=2;s=M", time=now, fields=fields)
     )
     assert event["message"] == "주축 과부하" and event["severity"] == 700 and event["eventType"] == "i=2041"
+
+
+# -- version 3: each record head once per message -------------------------------------------------------
+
+
+def _v3_parts() -> tuple[dict[str, object], list[int], list[bytes], list[bytes], list[bytes]]:
+    """A message's header, seqs, whole bodies, and the heads and tails the buffer keeps them as."""
+    header: dict[str, object] = {"origin": "0123456789ab", "site": "s1", "asset": "cnc01", "lane": "data"}
+    now = datetime(2026, 12, 1, 7, 0, 0, 123456, tzinfo=UTC)
+    heads, tails = [], []
+    for n, path in enumerate(["Spindle.Speed", "Feed", "Spindle.Speed", "Label", "Spindle.Speed"]):
+        xs = "xs:string" if path == "Label" else "xs:double"
+        e = wire.Element(shell="urn:s", submodel="urn:s/sm", path=path, value_type=xs, node=f"ns=2;s={path}")
+        value = '"%d" 한 %s' if xs == "xs:string" else wire.encode_float([1.0, math.nan, -0.0, math.inf, 2.5][n])
+        heads.append(wire.data_prefix(e))
+        tails.append(wire.data_tail(value, now, None, 0))
+    bodies = [h + t for h, t in zip(heads, tails, strict=True)]
+    return header, [7, 8, 9, 2**53, 11], bodies, heads, tails
+
+
+def test_a_version_3_message_expands_to_exactly_the_version_2_message() -> None:
+    header, seqs, bodies, heads, tails = _v3_parts()
+    distinct = list(dict.fromkeys(heads))
+    objects = [wire.head_object(h) for h in distinct]
+    assert all(o is not None for o in objects)
+    refs = [distinct.index(h) for h in heads]
+    whole = b'{"kind":"note","message":"no head"}'
+    v3 = wire.payload_v3(header, "0123456789ab", [o for o in objects if o], [*seqs, 12], [*tails, whole], [*refs, -1])
+    v2 = wire.payload_of(header, "0123456789ab", [*seqs, 12], [*bodies, whole])
+    doc3 = orjson.loads(v3)
+    assert doc3["v"] == 3 and len(doc3["heads"]) == 3 and doc3["records"][2]["h"] == 0
+    assert len(v3) < len(v2)
+    expanded, problems = wire.expand(doc3)
+    assert problems == {}
+    assert orjson.dumps(expanded) == orjson.dumps(orjson.loads(v2))  # same fields, same order, same values
+    assert wire.expand(orjson.loads(v2)) == (orjson.loads(v2), {})  # version 2 passes as it is
+
+
+def test_a_version_3_message_that_cannot_be_expanded_says_where_and_why() -> None:
+    header, seqs, _, heads, tails = _v3_parts()
+    obj = wire.head_object(heads[0])
+    assert obj is not None
+    doc = orjson.loads(wire.payload_v3(header, "0123456789ab", [obj], seqs[:2], tails[:2], [0, 0]))
+    doc["records"][0]["h"] = 1
+    doc["records"][1]["path"] = "Other"
+    doc["records"].append({"id": "0123456789ab-99", "h": True, "value": 1})
+    expanded, problems = wire.expand(doc)
+    assert set(problems) == {0, 1, 2}
+    assert 'an index into "heads" (0 to 0), got 1' in problems[0] and problems[0].startswith("$.records[0].h")
+    assert "path both in the record and in its head 0" in problems[1]
+    assert "got True" in problems[2]
+    assert expanded["records"][0]["h"] == 1  # left as it came, for the receiver to reject
+    heads_values: list[object] = [None, {"0": {}}, [1]]
+    for heads_value in heads_values:
+        bad = {**doc, "heads": heads_value}
+        with pytest.raises(wire.WireFormatError, match=r'\$\.heads: a version-3 message needs "heads"'):
+            wire.expand(bad)
+    assert wire.head_object(b'"not":"an object",') is None and wire.head_object(b'{"a":1') is None

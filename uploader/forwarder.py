@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
+from typing import Any
 
 from uploader import wire
-from uploader.buffer import Batch, Buffer, StoredRecord
+from uploader.buffer import Batch, Buffer, BufferCorruptError, StoredRecord
+from uploader.buffer.records import TAG_BYTES
 from uploader.deadletter import DeadLetters
 from uploader.sink import Message, Outcome, Partial, Rejected, Sink
 
@@ -50,6 +52,7 @@ class Batching:
     max_message_bytes: int = 256 * 1024
     send_timeout: float = 10.0
     in_flight: int = 4  # batches sent and not yet confirmed, at most
+    wire_version: int = wire.WIRE_VERSION  # 3: each record head once per message (wire.payload_v3)
 
 
 @dataclass(slots=True)
@@ -89,6 +92,12 @@ class Forwarder:
         self._data_since: float | None = None  # when data began waiting for a fuller batch
         self._refusals: dict[tuple[str, str], list[float]] = {}  # (topic, reason) -> [last logged, not logged]
         self.stats = ForwarderStats()
+        if batching.wire_version not in wire.WIRE_VERSIONS:
+            raise ValueError(f"wire_version must be one of {wire.WIRE_VERSIONS}, got {batching.wire_version!r}")
+        self._heads_apart = batching.wire_version == wire.HEADS_VERSION
+        self._head_objects: dict[bytes, bytes | None] = {}  # a head's tag -> its JSON object (None: sent whole)
+        if buffer.heads_apart != self._heads_apart:
+            buffer.heads_apart = self._heads_apart
 
     def wake(self) -> None:
         """New records are in the buffer (called by whoever adds them)."""
@@ -239,17 +248,64 @@ class Forwarder:
         far_end = self.sink.max_message_bytes
         if far_end is not None:
             limit = min(limit, far_end - _MESSAGE_OVERHEAD)
+        apart = self._heads_apart
+        head_size = self._head_size
         for key, records in by_key.items():
             header = {"origin": origin, "site": self.site, "asset": key, "lane": batch.lane, "sent": sent}
             topic = self.sink.topic(batch.lane, key)
-            for part in _split(records, b.max_message_records, limit):
-                if far_end is not None and len(part) == 1 and len(part[0].body) + _RECORD_OVERHEAD > limit:
-                    too_large.append(part[0])
-                    continue
-                payload = wire.payload_of(header, origin, list(map(_seq, part)), list(map(_body, part)))
+            split: Iterable[Sequence[StoredRecord]] = (
+                _split_apart(records, b.max_message_records, limit, head_size)
+                if apart
+                else _split(records, b.max_message_records, limit)
+            )
+            for part in split:
+                if far_end is not None and len(part) == 1:
+                    body = part[0].body
+                    size = len(body) + (head_size(body[:TAG_BYTES]) if apart and body[:1] == b"#" else 0)
+                    if size + _RECORD_OVERHEAD > limit:
+                        too_large.append(part[0])
+                        continue
+                if apart:
+                    payload = self._payload_apart(header, origin, part)
+                else:
+                    payload = wire.payload_of(header, origin, list(map(_seq, part)), list(map(_body, part)))
                 messages.append(Message(topic, payload))
                 parts.append(list(part))
         return messages, parts, too_large
+
+    def _head_object(self, tag: bytes) -> bytes | None:
+        """The JSON object of the head `tag` stands for, as a version-3 message lists it (kept per tag)."""
+        found = self._head_objects.get(tag, b"")
+        if found == b"":
+            try:
+                head = self.buffer.head(tag)
+            except KeyError:
+                raise BufferCorruptError(
+                    self.buffer.path, f"a record refers to a head the file does not have ({tag!r})"
+                ) from None
+            found = self._head_objects[tag] = wire.head_object(head)
+        return found
+
+    def _head_size(self, tag: bytes) -> int:
+        found = self._head_object(tag)
+        return len(found) if found is not None else len(self.buffer.head(tag))
+
+    def _payload_apart(self, header: dict[str, Any], origin: str, part: Sequence[StoredRecord]) -> bytes:
+        """A version-3 message of `part` (bodies as stored: tagged ones refer to their heads)."""
+        bodies = list(map(_body, part))
+        tags = [b[:TAG_BYTES] for b in bodies]
+        index: dict[bytes, int] = {}
+        heads: list[bytes] = []
+        for tag in dict.fromkeys(tags):
+            if tag[:1] == b"#" and (found := self._head_object(tag)) is not None:
+                index[tag] = len(heads)
+                heads.append(found)
+        refs = [index.get(t, -1) for t in tags]
+        tails = [
+            b[TAG_BYTES:] if r >= 0 else (self.buffer.whole([b])[0] if b[:1] == b"#" else b)
+            for b, r in zip(bodies, refs, strict=True)
+        ]
+        return wire.payload_v3(header, origin, heads, list(map(_seq, part)), tails, refs)
 
     async def _send(self, batch: Batch) -> bool:
         """Send one batch and end it; True if every record was confirmed or moved to the dead letters."""
@@ -355,6 +411,9 @@ class Forwarder:
                     extra=self._fields,
                 )
                 continue
+            if self._heads_apart:  # dead letters keep whole records
+                bodies = self.buffer.whole([r.body for r in records])
+                records = [r._replace(body=b) for r, b in zip(records, bodies, strict=True)]
             try:
                 self.dead_letters.add(self.sink.name, self.buffer.origin, records, reason)
             except Exception as e:  # the disk refuses: keep them buffered rather than lose them
@@ -389,6 +448,33 @@ def _partial(r: Partial, part: list[StoredRecord]) -> tuple[list[int], list[tupl
         by_reason.setdefault(reason, []).append(part[n])
     confirmed = [item.seq for n, item in enumerate(part) if n not in reasons]
     return confirmed, [(records, reason) for reason, records in by_reason.items()]
+
+
+def _split_apart(
+    items: Sequence[StoredRecord], max_records: int, max_bytes: int, head_size: Callable[[bytes], int]
+) -> list[Sequence[StoredRecord]]:
+    """`_split` for version-3 messages: each message also carries the heads its records refer to, once."""
+    tags = {b[:TAG_BYTES] for b in map(_body, items) if b[:1] == b"#"}
+    whole = sum(map(len, map(_body, items))) + len(items) * _RECORD_OVERHEAD + sum(map(head_size, tags))
+    if len(items) <= max_records and whole <= max_bytes:
+        return [items]
+    out: list[Sequence[StoredRecord]] = []
+    start, size = 0, 0
+    seen: set[bytes] = set()
+    for i, item in enumerate(items):
+        body = item.body
+        tag = body[:TAG_BYTES] if body[:1] == b"#" else None
+        n = len(body) + _RECORD_OVERHEAD + (head_size(tag) if tag is not None and tag not in seen else 0)
+        if i > start and (i - start >= max_records or size + n > max_bytes):
+            out.append(items[start:i])
+            start, size, seen = i, 0, set()
+            n = len(body) + _RECORD_OVERHEAD + (head_size(tag) if tag is not None else 0)
+        if tag is not None:
+            seen.add(tag)
+        size += n
+    if start < len(items):
+        out.append(items[start:])
+    return out
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:

@@ -359,6 +359,93 @@ def _message(header: dict[str, Any], records: list[bytes]) -> bytes:
     return dumps({"v": WIRE_VERSION, **header})[:-1] + b',"records":[' + b",".join(records) + b"]}"
 
 
+# -- version 3: each record head once per message (docs/wire.md) ------------------------------------
+
+WIRE_VERSIONS = (2, 3)
+HEADS_VERSION = 3
+"""A version-3 message is a version-2 message whose records share their heads: a data record's constant part
+(shell, submodel, path, valueType, node...) travels once per message in "heads", and each record that has one
+says which with "h" instead of repeating it. `expand()` turns it back into the version-2 message."""
+
+
+def head_object(head: bytes) -> bytes | None:
+    """A stored record head (`{"shell":…,"node":…,`: the start of a body) as the JSON object a version-3
+    message lists in "heads"; None if it is not the start of an object (its records then travel whole)."""
+    if head[:1] != b"{" or head[-1:] != b"," or len(head) < 3:
+        return None
+    return head[:-1] + b"}"
+
+
+def payload_v3(
+    header: dict[str, Any],
+    origin: str,
+    heads: Sequence[bytes],
+    seqs: Sequence[int],
+    tails: Sequence[bytes],
+    refs: Sequence[int],
+) -> bytes:
+    """A version-3 message: `heads` are the JSON objects (as bytes) its records refer to; record i is
+    `tails[i]` with head `refs[i]` (an index into `heads`), or, where `refs[i]` is -1, the whole body `tails[i]`."""
+    lead = b'{"id":"' + origin.encode() + b"-"
+    records = [
+        b'%b%d","h":%d,%b' % (lead, q, r, t) if r >= 0 else b'%b%d",%b' % (lead, q, t[1:])
+        for q, t, r in zip(seqs, tails, refs, strict=True)
+    ]
+    return (
+        dumps({"v": HEADS_VERSION, **header})[:-1]
+        + b',"heads":['
+        + b",".join(heads)
+        + b'],"records":['
+        + b",".join(records)
+        + b"]}"
+    )
+
+
+class WireFormatError(ValueError):
+    """A message that is not what its version says; the text names where and what is allowed."""
+
+
+def expand(doc: dict[str, Any]) -> tuple[dict[str, Any], dict[int, str]]:
+    """A parsed version-3 message as the version-2 message it stands for, and the records that cannot be
+    expanded (index → why: an "h" that names no head, a field both in the record and its head); those are
+    left as they came. A version-2 message comes back as it is. Raises WireFormatError for a version-3
+    envelope whose "heads" is not a list of JSON objects."""
+    if doc.get("v") != HEADS_VERSION:
+        return doc, {}
+    heads = doc.get("heads")
+    if not isinstance(heads, list) or not all(isinstance(h, dict) for h in heads):
+        raise WireFormatError('$.heads: a version-3 message needs "heads", a list of JSON objects')
+    records = doc.get("records")
+    if not isinstance(records, list):
+        return {**{k: v for k, v in doc.items() if k != "heads"}, "v": WIRE_VERSION}, {}
+    problems: dict[int, str] = {}
+    out: list[Any] = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict) or "h" not in rec:
+            out.append(rec)
+            continue
+        h = rec["h"]
+        if not isinstance(h, int) or isinstance(h, bool) or not 0 <= h < len(heads):
+            problems[i] = f'$.records[{i}].h: an index into "heads" (0 to {len(heads) - 1}), got {h!r}'
+            out.append(rec)
+            continue
+        head = heads[h]
+        rest = {k: v for k, v in rec.items() if k not in ("id", "h")}
+        both = sorted(head.keys() & rest.keys())
+        if both:
+            problems[i] = f"$.records[{i}]: {', '.join(both)} both in the record and in its head {h}"
+            out.append(rec)
+            continue
+        full = {"id": rec["id"]} if "id" in rec else {}
+        full.update(head)
+        full.update(rest)
+        out.append(full)
+    expanded = {k: v for k, v in doc.items() if k not in ("heads", "records")}
+    expanded["v"] = WIRE_VERSION
+    expanded["records"] = out
+    return expanded, problems
+
+
 def record_id(origin: str, seq: int) -> str:
     return f"{origin}-{seq}"
 

@@ -89,6 +89,12 @@ class _Examiner:
         """Append the rows and rejections of message `index`; return its envelope problems (then nothing is added)."""
         envelope: list[str] = []
         per_record: dict[int, list[str]] = {}
+        unexpanded: dict[int, str] = {}  # version 3: records that cannot take their head
+        if isinstance(msg, dict):
+            try:
+                msg, unexpanded = wire.expand(msg)
+            except wire.WireFormatError as bad:
+                return [_clip(f"$[{index}]{str(bad)[1:]}")]
         for e in self._validator.iter_errors(msg):
             problem = _problem(index, e)
             p = e.absolute_path
@@ -102,7 +108,9 @@ class _Examiner:
             where = f"$[{index}].records[{i}]"
             rid = rec.get("id") if isinstance(rec, dict) else None
             rid = rid if isinstance(rid, str) else None
-            if i in per_record:
+            if i in unexpanded:
+                rejected.append(Rejection(rid, _clip(f"$[{index}]{unexpanded[i][1:]}")))
+            elif i in per_record:
                 rejected.append(Rejection(rid, _clip("; ".join(dict.fromkeys(per_record[i])))))
             elif rid is None or not self._id.fullmatch(rid):
                 rejected.append(Rejection(rid, f"{where}.id: a record needs an id like 0123456789ab-17, got {rid!r}"))

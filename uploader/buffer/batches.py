@@ -32,6 +32,20 @@ class Batches:
         self._store = store
         self._lanes = lanes
         self._open: dict[int, tuple[Batch, list[Run]]] = {}  # id(batch) -> (batch, its records by chunk)
+        self.heads_apart = False  # hand out stored bodies (a tagged one refers to its head) instead of whole ones
+
+    def set_heads_apart(self, on: bool) -> None:
+        """From now on hand out bodies as stored (`on`) or whole. Open batches are given back first, and records
+        already read are made whole when turning it off, so every body handed out after is of the new kind."""
+        self.release()
+        if self.heads_apart and not on:
+            expand = self._store.heads.expand
+            for lane in self._lanes.values():
+                for queue in (lane.ahead, lane.returned):
+                    for i, (chunk, items) in enumerate(queue):
+                        bodies = expand([item[4] for item in items])
+                        queue[i] = (chunk, [item._replace(body=b) for item, b in zip(items, bodies, strict=True)])
+        self.heads_apart = on
 
     def begin(self, lane: Lane, max_records: int, max_bytes: int | None) -> Batch | None:
         if not lane.waiting():
@@ -67,7 +81,10 @@ class Batches:
                             f"{len(bodies)} bodies). {MOVE_ASIDE}",
                         )
                     try:
-                        bodies = store.heads.expand(bodies)
+                        if self.heads_apart:
+                            store.heads.check(bodies)
+                        else:
+                            bodies = store.heads.expand(bodies)
                     except KeyError as exc:
                         raise BufferCorruptError(
                             store.path,

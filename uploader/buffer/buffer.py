@@ -350,6 +350,26 @@ class Buffer:
         if n_accepted or n_rejected:
             self._store.give_space_back()
 
+    @property
+    def heads_apart(self) -> bool:
+        """Whether `begin()` hands out bodies as stored: a body given to `add()` as (head, tail) then comes as
+        its head's tag (`head_tag`, `TAG_BYTES` long) + tail, and `head(tag)` gives the head; a body given whole
+        comes whole. Off (every body whole) unless the sender turns it on; set it while no batch is open (the
+        open ones are given back)."""
+        return self._batches.heads_apart
+
+    @heads_apart.setter
+    def heads_apart(self, on: bool) -> None:
+        self._batches.set_heads_apart(on)
+
+    def head(self, tag: bytes) -> bytes:
+        """The head a stored body's tag (its first `TAG_BYTES`) stands for; KeyError if the file has none."""
+        return self._store.heads.by_tag[tag]
+
+    def whole(self, bodies: list[bytes]) -> list[bytes]:
+        """Bodies as handed out with `heads_apart`, made whole (head + tail)."""
+        return self._store.heads.expand(bodies)
+
     def release(self) -> int:
         """End every open batch with nothing done (no disk write): for a sender that died mid-batch.
 

@@ -215,6 +215,12 @@ class Heads:
             self.by_tag[tag] = head
             self.last = max(self.last, number)
 
+    def check(self, bodies: list[bytes]) -> None:
+        """Raises KeyError for a tagged body whose tag this file has no head for."""
+        by_tag = self.by_tag
+        for tag in {b[:TAG_BYTES] for b in bodies if b[:1] == b"#"}:
+            by_tag[tag]
+
     def expand(self, bodies: list[bytes]) -> list[bytes]:
         """Stored bodies as they were given: a tagged body becomes its head + tail. Raises KeyError for a tag
         this file has no head for."""
