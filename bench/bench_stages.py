@@ -219,7 +219,7 @@ def main() -> None:
             store.close()
             return min(took), sent / (n * ROUNDS * ROUNDS)
 
-        shapes = {(elements, version): forward(elements, version) for elements in (n, n // 10) for version in (2, 3)}
+        shapes = {(elements, version): forward(elements, version) for elements in (n, n // 100) for version in (2, 3)}
     loop.close()
 
     base = rows["asyncua decode of the publish response"]

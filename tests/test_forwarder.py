@@ -457,3 +457,21 @@ def test_a_buffer_switched_back_from_version_3_hands_out_whole_bodies(tmp_path: 
     assert [orjson.dumps({k: v for k, v in r.items() if k != "id"}) for m in docs for r in m["records"]] == whole(  # type: ignore[attr-defined]
         added
     )
+
+
+def test_version_3_sends_records_whole_whose_head_is_not_the_start_of_an_object(tmp_path: Path) -> None:
+    """The buffer keeps any (head, tail) split apart; version 3 lists a head only where it is the start of a
+    JSON object ending in a comma, and sends the other records whole."""
+    out = tmp_path / "out.jsonl"
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        odd: list[Row] = [("data", "m1", float(n), (b'{"note":"', b'%d"}' % n)) for n in range(5)]
+        added = [row for pair in zip(head_rows("m1", 2, 3), odd, strict=False) for row in pair]
+        buf.add(added)
+        sink = FileSink(out)
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_delay=0, wire_version=3), delays=quick)
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values())))
+    docs = lines(out)
+    assert [len(m["heads"]) for m in docs] == [2]  # type: ignore[arg-type]
+    assert sum(1 for m in docs for r in m["records"] if "h" in r) == 5  # type: ignore[attr-defined]
+    expanded = [r for m in docs for r in wire.expand(m)[0]["records"]]
+    assert [orjson.dumps({k: v for k, v in r.items() if k != "id"}) for r in expanded] == whole(added)

@@ -96,6 +96,7 @@ class Forwarder:
             raise ValueError(f"wire_version must be one of {wire.WIRE_VERSIONS}, got {batching.wire_version!r}")
         self._heads_apart = batching.wire_version == wire.HEADS_VERSION
         self._head_objects: dict[bytes, bytes | None] = {}  # a head's tag -> its JSON object (None: sent whole)
+        self._odd_heads = False  # some head is no JSON object's start
         if buffer.heads_apart != self._heads_apart:
             buffer.heads_apart = self._heads_apart
 
@@ -248,64 +249,89 @@ class Forwarder:
         far_end = self.sink.max_message_bytes
         if far_end is not None:
             limit = min(limit, far_end - _MESSAGE_OVERHEAD)
-        apart = self._heads_apart
-        head_size = self._head_size
         for key, records in by_key.items():
             header = {"origin": origin, "site": self.site, "asset": key, "lane": batch.lane, "sent": sent}
             topic = self.sink.topic(batch.lane, key)
-            split: Iterable[Sequence[StoredRecord]] = (
-                _split_apart(records, b.max_message_records, limit, head_size)
-                if apart
-                else _split(records, b.max_message_records, limit)
-            )
-            for part in split:
-                if far_end is not None and len(part) == 1:
-                    body = part[0].body
-                    size = len(body) + (head_size(body[:TAG_BYTES]) if apart and body[:1] == b"#" else 0)
-                    if size + _RECORD_OVERHEAD > limit:
-                        too_large.append(part[0])
-                        continue
-                if apart:
-                    payload = self._payload_apart(header, origin, part)
-                else:
-                    payload = wire.payload_of(header, origin, list(map(_seq, part)), list(map(_body, part)))
+            if self._heads_apart:
+                for part, payload in self._messages_apart(header, records, limit, too_large, far_end is not None):
+                    messages.append(Message(topic, payload))
+                    parts.append(list(part))
+                continue
+            for part in _split(records, b.max_message_records, limit):
+                if far_end is not None and len(part) == 1 and len(part[0].body) + _RECORD_OVERHEAD > limit:
+                    too_large.append(part[0])
+                    continue
+                payload = wire.payload_of(header, origin, list(map(_seq, part)), list(map(_body, part)))
                 messages.append(Message(topic, payload))
                 parts.append(list(part))
         return messages, parts, too_large
 
-    def _head_object(self, tag: bytes) -> bytes | None:
-        """The JSON object of the head `tag` stands for, as a version-3 message lists it (kept per tag)."""
-        found = self._head_objects.get(tag, b"")
-        if found == b"":
+    # -- version 3: each head once per message -----------------------------------------------------
+
+    def _messages_apart(
+        self,
+        header: dict[str, Any],
+        records: Sequence[StoredRecord],
+        limit: int,
+        too_large: list[StoredRecord],
+        strict: bool,
+    ) -> Iterator[tuple[Sequence[StoredRecord], bytes]]:
+        """Version-3 messages of one key's records (bodies as stored): split by count, then, only where a
+        message would pass `limit` bytes, by size with each head counted once per message. With `strict` (the
+        far end has a limit) a record too large on its own goes to `too_large`."""
+        most = self.batching.max_message_records
+        for start in range(0, len(records), most):
+            chunk = records[start : start + most]
+            payload = self._payload_apart(header, chunk, limit)
+            if payload is not None:
+                yield chunk, payload
+                continue
+            for part in _split_apart(chunk, most, limit, self._head_size):
+                payload = self._payload_apart(header, part, limit if strict and len(part) == 1 else None)
+                if payload is None:
+                    too_large.append(part[0])
+                else:
+                    yield part, payload
+
+    def _head_objects_of(self, tags: Iterable[bytes]) -> dict[bytes, bytes | None]:
+        """The JSON objects of the heads `tags` stand for, kept per tag (None: that head's records go whole); the
+        first bytes of a whole body, also among `tags`, are not looked up."""
+        objects = self._head_objects
+        for tag in set(tags) - objects.keys():
+            if tag[:1] != b"#":
+                continue
             try:
-                head = self.buffer.head(tag)
+                found = objects[tag] = wire.head_object(self.buffer.head(tag))
             except KeyError:
                 raise BufferCorruptError(
                     self.buffer.path, f"a record refers to a head the file does not have ({tag!r})"
                 ) from None
-            found = self._head_objects[tag] = wire.head_object(head)
-        return found
+            if found is None:
+                self._odd_heads = True
+        return objects
 
     def _head_size(self, tag: bytes) -> int:
-        found = self._head_object(tag)
+        found = self._head_objects_of((tag,))[tag]
         return len(found) if found is not None else len(self.buffer.head(tag))
 
-    def _payload_apart(self, header: dict[str, Any], origin: str, part: Sequence[StoredRecord]) -> bytes:
-        """A version-3 message of `part` (bodies as stored: tagged ones refer to their heads)."""
+    def _payload_apart(self, header: dict[str, Any], part: Sequence[StoredRecord], limit: int | None) -> bytes | None:
+        """A version-3 message of `part`; None if it would pass `limit` bytes (counted as `_split` counts)."""
         bodies = list(map(_body, part))
         tags = [b[:TAG_BYTES] for b in bodies]
-        index: dict[bytes, int] = {}
-        heads: list[bytes] = []
-        for tag in dict.fromkeys(tags):
-            if tag[:1] == b"#" and (found := self._head_object(tag)) is not None:
-                index[tag] = len(heads)
-                heads.append(found)
+        distinct = dict.fromkeys(tags)
+        objects = self._head_objects_of(distinct)
+        get = objects.get
+        listed = [t for t in distinct if get(t)]  # heads with an object: not whole bodies' first bytes
+        heads: list[bytes] = list(map(objects.__getitem__, listed))  # type: ignore[arg-type]  # not None: listed
+        if limit is not None and sum(map(len, bodies)) + len(bodies) * _RECORD_OVERHEAD + sum(map(len, heads)) > limit:
+            return None
+        index = dict(zip(listed, range(len(listed)), strict=True))
         refs = [index.get(t, -1) for t in tags]
-        tails = [
-            b[TAG_BYTES:] if r >= 0 else (self.buffer.whole([b])[0] if b[:1] == b"#" else b)
-            for b, r in zip(bodies, refs, strict=True)
-        ]
-        return wire.payload_v3(header, origin, heads, list(map(_seq, part)), tails, refs)
+        if self._odd_heads:  # a head that is no JSON object's start: its records go whole
+            whole = self.buffer.whole
+            bodies = [b if r >= 0 or b[:1] != b"#" else whole([b])[0] for b, r in zip(bodies, refs, strict=True)]
+        tails = [b[TAG_BYTES:] if r >= 0 else b for b, r in zip(bodies, refs, strict=True)]
+        return wire.payload_v3(header, self.buffer.origin, heads, list(map(_seq, part)), tails, refs)
 
     async def _send(self, batch: Batch) -> bool:
         """Send one batch and end it; True if every record was confirmed or moved to the dead letters."""
