@@ -163,6 +163,16 @@ def test_metrics_are_all_there_and_move_while_the_agent_runs(tmp_path: Path) -> 
                     raise AssertionError(f"{auth!r} was let in")
                 except urllib.error.HTTPError as e:
                     assert e.code == 401 and "HTTP Basic" in e.read().decode()
+            # The periodic counters (every status_interval_s: 1 s) are on the status lane before the stop.
+            records = tmp_path / "records.jsonl"
+            try:
+                wait_until(
+                    "the periodic counters in the file sink's records",
+                    lambda: records.exists() and b'"kind":"agent-stats"' in records.read_bytes(),
+                    30,
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}; the agent's log ends:\n{agent.log()[-3000:]}") from None
             assert agent.stop() == 0
     assert "scrape-secret-1" not in (tmp_path / "agent.log").read_text()
     # The version is in the status records too: the one at start and the periodic counters.
