@@ -15,21 +15,47 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
+
+Stamp = datetime | int | None
+"""A sample's timestamp: a datetime (UTC, aware), None when the source gave none, or, only from an adapter
+asked for raw times (the agent's OPC UA collector), the OPC UA DateTime as it came: an int of 100 ns ticks
+since 1601-01-01 UTC, within the years 1602-9999 (`stamp_datetime` and `stamp_seconds` convert it; making a
+datetime per value was most of what a value cost)."""
+
+TICKS_AT_UNIX_EPOCH = 116444736000000000
+"""1970-01-01T00:00:00Z in 100 ns ticks since 1601-01-01."""
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def stamp_datetime(stamp: Stamp) -> datetime | None:
+    """A stamp as a datetime: ticks become the datetime asyncua makes of them (whole µs, rounded down)."""
+    if isinstance(stamp, int):
+        return _UNIX + timedelta(0, 0, (stamp - TICKS_AT_UNIX_EPOCH) // 10)
+    return stamp
+
+
+def stamp_seconds(stamp: Stamp) -> float | None:
+    """A stamp as POSIX seconds, exactly what `stamp_datetime(stamp).timestamp()` gives."""
+    if stamp is None:
+        return None
+    if isinstance(stamp, int):
+        return (stamp - TICKS_AT_UNIX_EPOCH) // 10 / 1_000_000
+    return stamp.timestamp()
 
 
 class Sample(NamedTuple):
     """One value change. `handle` is the index the agent gave the item when it configured the adapter.
 
     `value` is a plain Python value: bool, int, float, str, bytes, datetime (UTC, aware),
-    dict {"language", "text"} for localized text, or a list of those for arrays.
+    dict {"language", "text"} for localized text, or a list of those for arrays. The times are `Stamp`s.
     """
 
     handle: int
     value: Any
-    source_time: datetime | None
-    server_time: datetime | None
+    source_time: Stamp
+    server_time: Stamp
     status: int
 
 

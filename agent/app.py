@@ -198,6 +198,7 @@ class Agent:
             pki=self.pki,
             own_certificate=self.own_certificate,
             paths=nodepaths.load(nodepaths.path_for(data_dir, src.id), src.endpoint),
+            raw_times=True,  # the pipeline takes ticks: no datetime per value
             learnt=functools.partial(nodepaths.save, nodepaths.path_for(data_dir, src.id), src.endpoint),
         )
 

@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from aas_models.live import LiveValues
-from adapters.sample import Event, Interruption, NodeProblem, Sample, SourceState
+from adapters.sample import (
+    TICKS_AT_UNIX_EPOCH,
+    Event,
+    Interruption,
+    NodeProblem,
+    Sample,
+    SourceState,
+    stamp_datetime,
+    stamp_seconds,
+)
 from agent.committer import AGENT_KEY, Committer
 from agent.gaps import AGENT, SERVER, SOURCE, GapBook, Member
 from uploader import wire
@@ -276,15 +285,19 @@ class Pipeline:
         seen_t: list[float] = []
         encode_float = wire.encode_float
         short = _SHORT
+        unix_ticks = TICKS_AT_UNIX_EPOCH
         for s in samples:
             h, v, st, server_time, status = s  # a tuple's fields: cheaper than its attributes
             b = bindings.get(h)
             if b is None:
                 continue
+            # Raw OPC UA ticks (adapters/sample.py: Stamp) or a datetime: the same POSIX seconds either way.
             if st is not None:
-                t, clock = st.timestamp(), SOURCE
+                t = (st - unix_ticks) // 10 / 1e6 if st.__class__ is int else st.timestamp()  # type: ignore[union-attr]
+                clock = SOURCE
             elif server_time is not None:
-                t, clock = server_time.timestamp(), SERVER
+                t = (server_time - unix_ticks) // 10 / 1e6 if server_time.__class__ is int else server_time.timestamp()  # type: ignore[union-attr]
+                clock = SERVER
             else:
                 t, clock = now, AGENT
             if v is None:
@@ -358,8 +371,8 @@ class Pipeline:
         for s in samples:
             if s.handle not in self.bindings:
                 continue
-            when = s.source_time or s.server_time
-            t, clock = (when.timestamp(), SOURCE if s.source_time else SERVER) if when else (now, AGENT)
+            when = stamp_seconds(s.source_time if s.source_time is not None else s.server_time)
+            t, clock = (when, SOURCE if s.source_time is not None else SERVER) if when is not None else (now, AGENT)
             prev = self.last.get(s.handle)
             start = prev[0] if prev is not None and prev[3] == clock else None
             self.gaps.accumulate("not-stored", reason, s.handle, start, t, clock, lost=1)
@@ -487,14 +500,15 @@ class Pipeline:
             entry[0] += 1
             entry[2] = s.value
             return
-        self._bad[b.handle] = [0, s.source_time, s.value]
+        self._bad[b.handle] = [0, stamp_datetime(s.source_time), s.value]
         # The value is kept (as text) on the status lane: a wrong type is reported, not lost.
         shown = repr(s.value)[:_BAD_SHOWN]
         log.warning(
             "%s %s: value %s does not fit %s: %s", b.equipment, b.path, shown, b.value_type, exc,
             extra={"source": b.source, "machine": b.equipment, "path": b.path, "node": b.node},
         )  # fmt: skip
-        rows.append(_bad_row(b, f"value {shown} does not fit {b.value_type}: {exc}", sourceTime=s.source_time))
+        source_time = stamp_datetime(s.source_time)
+        rows.append(_bad_row(b, f"value {shown} does not fit {b.value_type}: {exc}", sourceTime=source_time))
         if self.on_mismatch is not None:
             self.on_mismatch(b.source, b.handle)  # the node may have changed type on the server
 

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from adapters.opcua import fastdecode
 from adapters.opcua.fastdecode import DataChange, Publish
 from adapters.opcua.values import no_time, plain
+from adapters.sample import stamp_datetime, stamp_seconds
 
 NOW = datetime(2026, 11, 30, 12, 34, 56, 789012, tzinfo=UTC)
 VT = ua.VariantType
@@ -123,10 +124,31 @@ def assert_same(got: Publish, want: Want, *, spec_times: bool = False) -> None:
 
 
 def check(body: bytes) -> Publish:
-    """fastdecode reads `body` as asyncua does; returns what it read."""
+    """fastdecode reads `body` as asyncua does, and with raw times gives the ticks of the same times;
+    returns what it read."""
     got = fastdecode.decode(body)
     assert_same(got, asyncua_reads(body))
+    assert_raw_times_are_the_same(body, got)
     return got
+
+
+def assert_raw_times_are_the_same(body: bytes, got: Publish) -> None:
+    """`decode(body, raw_times=True)` gives ints only for times in 1602-9999, and each stands for exactly the
+    datetime `decode(body)` gives (`stamp_datetime`), and for the same POSIX seconds (`stamp_seconds`)."""
+    raw = fastdecode.decode(body, raw_times=True)
+    assert len(raw.data) == len(got.data)
+    for r, g in zip(raw.data, got.data, strict=True):
+        if type(g) is not DataChange:
+            assert r == g
+            continue
+        assert type(r) is DataChange and len(r.samples) == len(g.samples)
+        for rs, gs in zip(r.samples, g.samples, strict=True):
+            for rt, gt in ((rs.source_time, gs.source_time), (rs.server_time, gs.server_time)):
+                if isinstance(rt, int):
+                    assert (gt is not None and gt.year not in (1601, 9999)) or gt == stamp_datetime(rt)
+                assert stamp_datetime(rt) == gt
+                assert stamp_seconds(rt) == (gt.timestamp() if gt is not None else None)
+            assert same(tuple(rs)[:2] + tuple(rs)[4:], tuple(gs)[:2] + tuple(gs)[4:])
 
 
 # -- bodies ------------------------------------------------------------------------------------------
@@ -316,6 +338,15 @@ def test_timestamps_and_datetime_values_at_every_edge_of_asyncuas_conversion() -
     raws += [Raw(100 + i, 0x01, variant=b"\x0d" + struct.pack("<q", t)) for i, t in enumerate(TICKS)]
     got = check_raw(raws)
     assert got.how == "fast"
+    # With raw times a timestamp comes as its ticks exactly where asyncua's datetime is an ordinary one.
+    raw = fastdecode.decode(response(data_change(raws, spec=True)), raw_times=True)
+    change = raw.data[0]
+    assert type(change) is DataChange
+    for t, sample in zip(TICKS, change.samples, strict=False):
+        ordinary = NO_TIME_BELOW <= t < MAX_OPC_FILETIME
+        assert isinstance(sample.source_time, int) == ordinary, t
+        if ordinary:
+            assert sample.source_time == t
 
 
 @pytest.mark.parametrize("mask", range(256))
@@ -468,7 +499,9 @@ notifications = st.lists(st.lists(raw_items, max_size=6), min_size=0, max_size=3
 def test_random_notifications(changes: list[list[Raw]], diagnostics: int) -> None:
     spec = response(*(data_change(c, spec=True, diagnostics=diagnostics) for c in changes))
     theirs = response(*(data_change(c, spec=False, diagnostics=diagnostics) for c in changes))
-    assert_same(fastdecode.decode(spec), asyncua_reads(theirs))
+    got = fastdecode.decode(spec)
+    assert_same(got, asyncua_reads(theirs))
+    assert_raw_times_are_the_same(spec, got)
 
 
 def base_body(changes: list[list[Raw]]) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pytest
@@ -45,3 +46,24 @@ def test_asyncuas_decoder_calls_the_fast_lookup(monkeypatch: pytest.MonkeyPatch)
     decoded = ua_binary.struct_from_binary(ua.DataChangeNotification, ua.utils.Buffer(data))
     assert [n.Value.Value.Value for n in decoded.MonitoredItems] == [1.5, "text", True, [1, 2, 3]]
     assert _Counting.calls >= 4
+
+
+def test_an_array_of_null_values_longer_than_the_message_is_refused_not_made() -> None:
+    """asyncua makes one None per declared element of a Null array, reading nothing: 2**31 - 1 of them took
+    the test machine's memory (found by test_fastdecode's corrupted bodies). The guard refuses an array that
+    says more elements than the message has bytes; a plausible one decodes as before."""
+
+    def notification(variant: bytes) -> bytes:
+        # One MonitoredItemNotification whose DataValue holds only a value (mask 0x01), then no diagnostics.
+        return b"\x01\x00\x00\x00" + b"\x07\x00\x00\x00" + b"\x01" + variant + b"\xff\xff\xff\xff"
+
+    for length in (2**31 - 1, 10**6, 9):
+        body = notification(b"\x80" + struct.pack("<i", length) + b"\x00" * 4)
+        with pytest.raises(ua.UaError, match=f"an array of {length} Null values with 8 bytes left"):
+            ua_binary.struct_from_binary(ua.DataChangeNotification, ua.utils.Buffer(body))
+    for length in (0, 3, -1):
+        body = notification(b"\x80" + struct.pack("<i", length) + b"\x00" * 4)
+        decoded = ua_binary.struct_from_binary(ua.DataChangeNotification, ua.utils.Buffer(body))
+        value = decoded.MonitoredItems[0].Value.Value.Value
+        assert value == (None if length == -1 else [None] * length)
+    assert getattr(ua_binary.unpack_uatype_array, "_edge_agent_guard", False), "the guard is on asyncua's path"

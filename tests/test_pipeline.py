@@ -350,3 +350,56 @@ def test_what_the_disk_refuses_becomes_a_gap_once_it_takes_records_again(tmp_pat
         {"path": "Spindle.Speed", "start": "2026-11-26T09:00:00Z", "end": "2026-11-26T09:04:59Z", "clock": "source"}
     ]
     assert [r["kind"] for r in status] == ["note"], "the held status record arrives after all"
+
+
+def ticks(at: datetime) -> int:
+    """OPC UA ticks (100 ns since 1601) of `at`, as fastdecode gives them with raw times (adapters/sample.py)."""
+    return (at - datetime(1601, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 10
+
+
+def _without_time(body: bytes) -> bytes:
+    doc = orjson.loads(body)
+    doc.pop("time", None)
+    return orjson.dumps(doc)
+
+
+def test_raw_ticks_and_datetimes_make_the_same_records_marks_repeats_gaps_and_reports(tmp_path: Path) -> None:
+    """The agent's OPC UA collector hands the pipeline timestamps as ticks; everything it stores, remembers and
+    reports is what the same samples with datetimes give: records byte for byte, marks (a repeat after a
+    restart is still known across the two forms), bad-value reports, and a batch the disk refuses."""
+    times = [T0 + timedelta(microseconds=n * 123_457) for n in range(40)]
+    as_datetimes = [
+        [Sample(1, n * 1.5, t, t + timedelta(milliseconds=1), 0), Sample(2, 300 + n if n % 7 == 0 else n, t, None, 0)]
+        for n, t in enumerate(times)
+    ]
+    as_ticks = [
+        [Sample(s.handle, s.value, ticks(s.source_time), None if s.server_time is None else ticks(s.server_time), 0)
+         for s in batch]  # type: ignore[arg-type]
+        for batch in as_datetimes
+    ]  # fmt: skip
+    as_ticks.append([Sample(2, 9, None, ticks(T0 + timedelta(hours=1)), 0)])  # a server time only
+    as_datetimes.append([Sample(2, 9, None, T0 + timedelta(hours=1), 0)])
+    stored: dict[str, tuple[list[bytes], dict[str, str], int, int]] = {}
+    for name, batches in (("datetimes", as_datetimes), ("ticks", as_ticks)):
+        with Buffer(tmp_path / f"{name}.db", quota_bytes=10 * 2**20) as buf:
+            p = pipeline(buf)
+            for batch in batches:
+                asyncio.run(p.on_samples(batch))
+            asyncio.run(p.flush(everything=True))
+            bodies = []
+            for lane in ("data", "status"):
+                while (b := buf.begin(lane, 1000)) is not None:
+                    # a status record's own time is the agent's clock at the moment: not compared
+                    bodies += [i.body if lane == "data" else _without_time(i.body) for i in b.items]
+                    buf.end(b, [i.seq for i in b.items])
+            stored[name] = (bodies, buf.marks(), p.bad_values, p.repeats)
+        with Buffer(tmp_path / f"{name}.db", quota_bytes=10 * 2**20) as buf:  # a restart: the other form repeats
+            p = pipeline(buf)
+            p.restore_marks()
+            last = as_ticks[39][0] if name == "datetimes" else as_datetimes[39][0]  # element 1's last value
+            asyncio.run(p.on_samples([last]))
+            assert p.repeats == 1, name
+    assert stored["ticks"] == stored["datetimes"]
+    bodies = stored["ticks"][0]
+    assert len(bodies) > 70 and any(b'"sourceTime":null,"serverTime":"2026-11-26T10:00:00Z"' in b for b in bodies)
+    assert any(b'"kind":"bad-value"' in b and b'"sourceTime":"2026-11-26T09:00:00Z"' in b for b in bodies)

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from adapters.opcua.fastdecode import DataChange, Publish
 from adapters.opcua.publish import Publisher
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
-from adapters.sample import Sample
+from adapters.sample import Sample, stamp_datetime
 from simulators.factory import FactoryThread
 from simulators.factory.catalogue import catalogue
 from simulators.nodeopcua.launcher import NodeOpcuaServer, node_opcua_available
@@ -36,11 +37,13 @@ def quick() -> Iterator[float]:
     return itertools.repeat(0.2)
 
 
-def source(url: str, items: Sequence[NodeItem], sink: Collected, requests: int = 3) -> OpcUaSource:
+def source(
+    url: str, items: Sequence[NodeItem], sink: Collected, requests: int = 3, raw_times: bool = False
+) -> OpcUaSource:
     endpoint = Endpoint(id="factory", url=url, publishing_interval_ms=100, timeout_s=5, publish_requests=requests)
     return OpcUaSource(
         endpoint, items, emit=sink.emit, emit_events=sink.emit_events, interrupted=sink.interrupted,
-        problem=sink.problem, state=sink.state, delays=quick,
+        problem=sink.problem, state=sink.state, delays=quick, raw_times=raw_times,
     )  # fmt: skip
 
 
@@ -51,17 +54,24 @@ def asyncua_session(s: OpcUaSource) -> UaSession:
 
 
 def by_time(samples: Sequence[Sample]) -> dict[tuple[int, Any], tuple[Any, ...]]:
-    return {(x.handle, x.source_time): tuple(x) for x in samples}
+    """Samples by (handle, source time); raw ticks (the agent's raw_times) as the datetimes they stand for."""
+    made = (
+        x._replace(source_time=stamp_datetime(x.source_time), server_time=stamp_datetime(x.server_time))
+        for x in samples
+    )
+    return {(x.handle, x.source_time): tuple(x) for x in made}
 
 
 def test_every_builtin_type_arrives_the_same_through_the_own_loop_as_through_asyncuas(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Two sources on one server at once: one on asyncua's loop (the shape check made to say no), one on ours."""
-    stock_sink, fast_sink = Collected(), Collected()
+    """Three sources on one server at once: one on asyncua's loop (the shape check made to say no), one on ours,
+    and one on ours with raw times (as the agent runs it: timestamps as ticks)."""
+    stock_sink, fast_sink, raw_sink = Collected(), Collected(), Collected()
 
     async def run(url: str) -> tuple[OpcUaSource, OpcUaSource]:
         stock, fast = source(url, ITEMS, stock_sink), source(url, ITEMS, fast_sink, requests=2)
+        raw = source(url, ITEMS, raw_sink, raw_times=True)
         tasks = []
         try:
             with monkeypatch.context() as m, caplog.at_level(logging.WARNING, logger=lowlevel.__name__):
@@ -70,10 +80,12 @@ def test_every_builtin_type_arrives_the_same_through_the_own_loop_as_through_asy
                 tasks.append(asyncio.create_task(stock.run()))
                 await until(lambda: stock.connected, 30, "the stock source to subscribe")
             tasks.append(asyncio.create_task(fast.run()))
-            await until(lambda: fast.connected, 30, "the fast source to subscribe")
+            tasks.append(asyncio.create_task(raw.run()))
+            await until(lambda: fast.connected and raw.connected, 30, "the fast sources to subscribe")
 
             def enough() -> bool:
                 common = by_time(stock_sink.samples).keys() & by_time(fast_sink.samples).keys()
+                common &= by_time(raw_sink.samples).keys()
                 return all(sum(h == i.handle for h, _ in common) >= 16 for i in ITEMS)
 
             await until(enough, 60, "16 values of every type through both paths")
@@ -90,9 +102,18 @@ def test_every_builtin_type_arrives_the_same_through_the_own_loop_as_through_asy
     with FactoryThread(port=free_port(), period=0.1, machines=1) as fac:
         asyncio.run(run(fac.endpoint))
     stock_values, fast_values = by_time(stock_sink.samples), by_time(fast_sink.samples)
-    common = stock_values.keys() & fast_values.keys()
+    raw_values = by_time(raw_sink.samples)
+    common = stock_values.keys() & fast_values.keys() & raw_values.keys()
     for key in common:
         assert same(fast_values[key], stock_values[key]), (fast_values[key], stock_values[key])
+        assert same(raw_values[key], stock_values[key]), (raw_values[key], stock_values[key])
+    # Values of a fixed size (a Double) come with ticks; of a variable size (a String) with datetimes.
+    double, string = (
+        next(i.handle for i in ITEMS if i.opcua_type == t and not i.is_array) for t in ("Double", "String")
+    )
+    assert {type(x.source_time) for x in raw_sink.samples if x.handle == double} == {int}
+    assert {type(x.source_time) for x in raw_sink.samples if x.handle == string} == {datetime}
+    assert {type(x.source_time) for x in fast_sink.samples} == {datetime}
     assert {h for h, _ in common} == {i.handle for i in ITEMS}
     assert not fast_sink.problems and not stock_sink.problems
     warnings = [r.getMessage() for r in caplog.records if r.name == lowlevel.__name__]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import jsonschema
 import orjson
 import pytest
 
+from adapters.sample import stamp_datetime
 from uploader import wire
 
 
@@ -204,3 +206,41 @@ def test_a_version_3_message_that_cannot_be_expanded_says_where_and_why() -> Non
         with pytest.raises(wire.WireFormatError, match=r'\$\.heads: a version-3 message needs "heads"'):
             wire.expand(bad)
     assert wire.head_object(b'"not":"an object",') is None and wire.head_object(b'{"a":1') is None
+
+
+# -- raw OPC UA times (adapters/sample.py: Stamp) ---------------------------------------------------------
+
+
+def _ticks(at: datetime) -> int:
+    return (at - datetime(1601, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 10
+
+
+EDGE_TICKS = [
+    _ticks(datetime(1602, 1, 1, tzinfo=UTC)),
+    116444736000000000 - 10,  # the last µs before 1970
+    116444736000000000 - 1,  # below 1 µs: rounded down, as asyncua does
+    116444736000000000,
+    116444736000000009,
+    134000000000000000,  # µs 0: no fraction written
+    134000000000000010,
+    134000000001234567,
+    (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - datetime(1601, 1, 1, tzinfo=UTC))
+    // timedelta(microseconds=1)
+    * 10
+    + 9_999_999,
+]
+
+
+def test_a_tail_with_raw_ticks_is_byte_for_byte_the_tail_with_their_datetimes() -> None:
+    rng = random.Random(5)
+    ticks = EDGE_TICKS + [rng.randrange(EDGE_TICKS[0], EDGE_TICKS[-1]) for _ in range(3000)]
+    ticks += [134000000000000000 + n * 10_000_000 for n in range(5000)]  # more seconds than the cache keeps
+    values = [1.5, "x", None, wire.encode_float(math.nan), 2**60, [1, 2]]
+    for n, t in enumerate(ticks):
+        value, status = values[n % len(values)], n % 3 * 0x40000000
+        other = [None, t, t + 10_000, datetime(2026, 1, 1, tzinfo=UTC)][n % 4]
+        want = wire.data_tail(value, stamp_datetime(t), stamp_datetime(other), status)
+        assert wire.data_tail(value, t, other, status) == want, t
+        assert wire.data_tail(value, other, t, status) == wire.data_tail(
+            value, stamp_datetime(other), stamp_datetime(t), status
+        )

@@ -20,7 +20,7 @@ import base64
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
@@ -230,18 +230,61 @@ def data_prefix(e: Element) -> bytes:
     return dumps(fixed)[:-1] + b","
 
 
-def data_body(
-    prefix: bytes, value: Any, source_time: datetime | None, server_time: datetime | None, status: int
-) -> bytes:
+def data_body(prefix: bytes, value: Any, source_time: Time, server_time: Time, status: int) -> bytes:
     """A data record: the element's prefix plus the encoded value, its two timestamps and status."""
     return prefix + data_tail(value, source_time, server_time, status)
 
 
-def data_tail(value: Any, source_time: datetime | None, server_time: datetime | None, status: int) -> bytes:
+Time = datetime | int | None
+"""A record time: a datetime, None, or an OPC UA DateTime as its int of 100 ns ticks since 1601-01-01 UTC
+(years 1602-9999; adapters/sample.py), written as the datetime it stands for would be."""
+
+
+def data_tail(value: Any, source_time: Time, server_time: Time, status: int) -> bytes:
     """What follows the prefix in a data record: `"value":…,"sourceTime":…,"serverTime":…,"status":…}`. The
     buffer keeps an element's prefix once and each record's tail (uploader/buffer/records.py)."""
-    varying = {"value": value, "sourceTime": source_time, "serverTime": server_time, "status": status}
-    return _dumps(varying, option=_OPTIONS)[1:]
+    if source_time.__class__ is int:
+        source = _ticks_json(source_time)
+        server = source if server_time == source_time else _time(server_time)
+    elif server_time.__class__ is int:
+        source, server = _time(source_time), _time(server_time)
+    else:
+        varying = {"value": value, "sourceTime": source_time, "serverTime": server_time, "status": status}
+        return _dumps(varying, option=_OPTIONS)[1:]
+    return _TAIL % (_dumps(value, option=_OPTIONS), source, server, status)
+
+
+_TAIL = b'"value":%b,"sourceTime":%b,"serverTime":%b,"status":%d}'
+_TICKS_AT_UNIX = 116444736000000000
+_UNIX = datetime(1970, 1, 1, tzinfo=UTC)
+_SECONDS: dict[int, bytes] = {}  # POSIX second -> its JSON string without the closing 'Z"' (as orjson writes it)
+_last_time: list[Any] = [None, b""]  # the last ticks `_time` wrote (a server time is often one per publish)
+
+
+def _ticks_json(ticks: int) -> bytes:
+    """OPC UA ticks as JSON: exactly what orjson writes for the datetime they stand for (whole µs)."""
+    micros = (ticks - _TICKS_AT_UNIX) // 10
+    second = micros // 1_000_000
+    start = _SECONDS.get(second)
+    if start is None:
+        if len(_SECONDS) >= 4096:  # the seconds of the last hour or so of values are enough
+            _SECONDS.clear()
+        start = _SECONDS[second] = _dumps(_UNIX + timedelta(seconds=second), option=_OPTIONS)[:-2]
+    micro = micros - second * 1_000_000
+    return b'%b.%06dZ"' % (start, micro) if micro else start + b'Z"'
+
+
+def _time(t: Time) -> bytes:
+    """A record time as JSON, as orjson writes it (ticks as the datetime they stand for)."""
+    if t.__class__ is not int:
+        return _dumps(t, option=_OPTIONS)
+    last = _last_time
+    if t == last[0]:
+        found: bytes = last[1]
+        return found
+    made = last[1] = _ticks_json(t)
+    last[0] = t
+    return made
 
 
 def event_body(*, shell: str, source: str, node: str, time: datetime, fields: dict[str, Any]) -> bytes:

@@ -44,6 +44,7 @@ from asyncua.ua.ua_binary import (
 )
 from asyncua.ua.uatypes import MAX_FILETIME_EPOCH_AS_UTC_DATETIME, MAX_OPC_FILETIME, win_epoch_to_datetime
 
+from adapters.opcua import lowlevel  # noqa: F401  # its guards in asyncua's decoder, which this falls back on
 from adapters.opcua.values import NO_TIME_YEAR, PLAIN_TYPES, no_time, plain
 from adapters.sample import Sample
 
@@ -71,11 +72,12 @@ class Publish:
     how: How
 
 
-def decode(body: bytes) -> Publish:
+def decode(body: bytes, *, raw_times: bool = False) -> Publish:
     """The PublishResponse in `body` (the bytes asyncua's `UaSession.publish` would decode). Raises only
-    what asyncua's decoder raises for the same bytes."""
+    what asyncua's decoder raises for the same bytes. With `raw_times` a timestamp in the years 1602-9999 of
+    a value of fixed size comes as its int of ticks (adapters/sample.py: Stamp), not as a datetime."""
     try:
-        return _Reader(body).publish()
+        return _Reader(body, raw_times).publish()
     except Exception:  # whatever it is, asyncua decides: same result, or its own error
         pass
     response = struct_from_binary(ua.PublishResponse, Buffer(body))
@@ -261,11 +263,12 @@ _TAILS: dict[int, tuple[struct.Struct, int, int, int]] = {
 class _Reader:
     """One pass over one body. Every length is checked against the part of the body asyncua would allow."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, raw_times: bool = False) -> None:
         self.body = body
         self.view = memoryview(body)
         self.encoding = get_string_encoding()
         self.times = _Times()
+        self.raw_times = raw_times
         self.mixed = False
 
     def publish(self) -> Publish:
@@ -360,6 +363,8 @@ class _Reader:
         append = out.append
         new = tuple.__new__
         times = self.times
+        raw = self.raw_times
+        low, high = _NO_TIME_BELOW, MAX_OPC_FILETIME  # ticks outside: None or asyncua's greatest datetime
         layouts = _LAYOUTS
         done = 0
         while done < count:
@@ -397,8 +402,16 @@ class _Reader:
                 if is_time:
                     value = win_epoch_to_datetime(value)
                 status = f[i_status] if i_status else 0
-                source = times[f[i_source]] if i_source else None
-                server = times[f[i_server]] if i_server else None
+                if raw:
+                    source = f[i_source] if i_source else None
+                    if source is not None and not low <= source < high:
+                        source = times[source]
+                    server = f[i_server] if i_server else None
+                    if server is not None and not low <= server < high:
+                        server = times[server]
+                else:
+                    source = times[f[i_source]] if i_source else None
+                    server = times[f[i_server]] if i_server else None
                 append(new(Sample, (f[0], value, source, server, status)))
                 pos += size
                 done += 1

@@ -14,6 +14,9 @@ NodeIds) still goes through asyncua's own function. tests/test_lowlevel.py check
 decoder really calls it, so an upgrade that moves the lookup fails a test instead of silently
 losing the speed-up.
 
+It also guards asyncua's decoder against an array of Null values longer than the message (`_guard_null_arrays`):
+asyncua would make every one of them.
+
 And it is the hook for the agent's own publish loop (publish.py): `create_bare_subscription` creates a
 subscription asyncua does not know of, so asyncua's one-request publish loop (started only for
 subscriptions registered through its `create_subscription`) never runs, and `publish` sends one
@@ -30,11 +33,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asyncua import Client, ua
 from asyncua.client.ua_session import UaSession
+from asyncua.common.utils import Buffer
+from asyncua.ua import ua_binary
 from asyncua.ua.ua_binary import struct_from_binary
 
 log = logging.getLogger(__name__)
@@ -186,3 +192,31 @@ def _install() -> None:
 
 
 _install()
+
+
+# -- a guard in asyncua's decoder ----------------------------------------------------------------
+
+
+def _guard_null_arrays() -> None:
+    """asyncua decodes an array of Null (Variant encoding byte 0x80) by making as many Nones as the array's
+    length says, reading nothing for each: a damaged or hostile message saying 2**31 - 1 takes some 17 GB and
+    the process with it. Every other element takes at least one byte, so only a Null array can say more
+    elements than the message has bytes left; such a message is refused here with a UaError (the publish
+    loop skips a response it cannot parse and says so). tests/test_lowlevel.py checks it is on the path."""
+    original: Callable[[ua.VariantType, Any], Any] = ua_binary.unpack_uatype_array
+    if getattr(original, "_edge_agent_guard", False):
+        return
+
+    def unpack_uatype_array(vtype: ua.VariantType, data: Any) -> Any:
+        if vtype is ua.VariantType.Null and isinstance(data, Buffer) and len(data) >= 4:
+            (length,) = _INT32.unpack_from(data._data, data._cur_pos)
+            if length > len(data) - 4:
+                raise ua.UaError(f"an array of {length} Null values with {len(data) - 4} bytes left in the message")
+        return original(vtype, data)
+
+    unpack_uatype_array._edge_agent_guard = True  # type: ignore[attr-defined]
+    ua_binary.unpack_uatype_array = unpack_uatype_array
+
+
+_INT32 = struct.Struct("<i")
+_guard_null_arrays()

@@ -80,6 +80,7 @@ class Publisher:
         requests: int = REQUESTS,
         retry_delay: float = 1.0,
         name: str = "",
+        raw_times: bool = False,
     ) -> None:
         self._client = client
         self.subscription_id = subscription_id
@@ -88,6 +89,7 @@ class Publisher:
         self.requests = max(1, requests)
         self._retry_delay = retry_delay
         self._name = name or str(subscription_id)
+        self._raw_times = raw_times  # fastdecode.decode's: timestamps as ticks (adapters/sample.py: Stamp)
         self._acks: list[ua.SubscriptionAcknowledgement] = []
         self._inflight: dict[asyncio.Task[bytes], list[ua.SubscriptionAcknowledgement]] = {}
         self._arrived: asyncio.Queue[asyncio.Task[bytes]] = asyncio.Queue()
@@ -142,7 +144,7 @@ class Publisher:
 
     async def _publish(self, body: bytes) -> None:
         try:
-            publish = fastdecode.decode(body)
+            publish = fastdecode.decode(body, raw_times=self._raw_times)
         except Exception as exc:
             # asyncua skips a response it cannot parse (its notifications stay unacknowledged); so do we.
             self._once("parse", logging.ERROR, "cannot parse a publish response (%s); skipped", exc, exc_info=True)
@@ -210,6 +212,7 @@ async def subscribe(
     ended: Callable[[str], None],
     requests: int = REQUESTS,
     name: str = "",
+    raw_times: bool = False,
 ) -> tuple[int, Publisher | None]:
     """Create a subscription whose publish responses go to `handle`; returns its id and the Publisher to run.
 
@@ -218,4 +221,4 @@ async def subscribe(
     if not lowlevel.own_publish_loop(client):
         return await lowlevel.create_subscription(client, params, handle), None
     sub_id = await lowlevel.create_bare_subscription(client, params)
-    return sub_id, Publisher(client, sub_id, handle, ended=ended, requests=requests, name=name)
+    return sub_id, Publisher(client, sub_id, handle, ended=ended, requests=requests, name=name, raw_times=raw_times)

@@ -87,10 +87,13 @@ class OpcUaSource:
         own_certificate: OwnCertificate | None = None,
         paths: Mapping[str, str] | None = None,
         learnt: Callable[[dict[str, str]], None] | None = None,
+        raw_times: bool = False,
     ) -> None:
         """`paths`: the browse path learnt earlier for each item configured by node id (node id → path);
-        `learnt(paths)` is called with all of them whenever new ones were learnt, to be kept."""
+        `learnt(paths)` is called with all of them whenever new ones were learnt, to be kept. With `raw_times`
+        subscribed values may carry their timestamps as ticks (adapters/sample.py: Stamp)."""
         self.endpoint = endpoint
+        self._raw_times = raw_times
         self._pki = pki
         self._own = own_certificate
         self._refusal = ""  # the last SecurityRefused message logged
@@ -534,6 +537,7 @@ class OpcUaSource:
             ended=ended,
             requests=self.endpoint.publish_requests,
             name=self.endpoint.id,
+            raw_times=self._raw_times,
         )
         self._sub_id = sub_id
         self.publisher = publisher  # None: asyncua's own publish loop serves the subscription
