@@ -31,7 +31,7 @@ from adapters.opcua import fastdecode
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.spec import Endpoint, NodeItem
 from adapters.sample import Sample
-from agent.pipeline import Pipeline, make_binding
+from agent.pipeline import Binding, Pipeline, make_binding
 from uploader import wire
 from uploader.buffer import Buffer
 from uploader.file import FileSink
@@ -56,6 +56,19 @@ def publish_response(n: int, round_: int) -> bytes:
     response = ua.PublishResponse()
     response.Parameters = ua.PublishResult(SubscriptionId=1, NotificationMessage=message)
     return bytes(struct_to_binary(response))
+
+
+def machine(n: int, elements: int) -> list[Binding]:
+    """The bindings of `n` items (handles 1..n) of one machine, spread over `elements` Double elements in turn."""
+    return [
+        make_binding(
+            i + 1, "bench", "machine", wire.Element(
+                shell="urn:bench:aas:machine", submodel="urn:bench:aas:machine/sm/OperationalData",
+                path=f"Var_{i % elements:05d}", value_type="xs:double", node=f"ns=1;s=Var{i % elements:05d}",
+            ),
+        )
+        for i in range(n)
+    ]  # fmt: skip
 
 
 def best(run: Callable[[], Any], values: int) -> float:
@@ -129,15 +142,7 @@ def main() -> None:
     gc.set_threshold(200_000, 20, 20)
 
     with tempfile.TemporaryDirectory() as tmp:
-        bindings = [
-            make_binding(
-                i + 1, "bench", "machine", wire.Element(
-                    shell="urn:bench:aas:machine", submodel="urn:bench:aas:machine/sm/OperationalData",
-                    path=f"Var_{i:05d}", value_type="xs:double", node=f"ns=1;s=Var{i:05d}",
-                ),
-            )
-            for i in range(n)
-        ]  # fmt: skip
+        bindings = machine(n, n)
         # The pipeline without a buffer (its committer has none to write to), then the buffer alone.
         bare = Pipeline(bindings, [], [], LiveValues(), delays=lambda: itertools.repeat(0.1))
 
@@ -189,15 +194,7 @@ def main() -> None:
         def forward(elements: int, version: int) -> tuple[float, float]:
             """Forwarding µs and wire bytes per value with `wire_version`, the n values spread over `elements`
             elements (n / elements values of each per publish)."""
-            spread = [
-                make_binding(
-                    i + 1, "bench", "machine", wire.Element(
-                        shell="urn:bench:aas:machine", submodel="urn:bench:aas:machine/sm/OperationalData",
-                        path=f"Var_{i % elements:05d}", value_type="xs:double", node=f"ns=1;s=Var{i % elements:05d}",
-                    ),
-                )
-                for i in range(n)
-            ]  # fmt: skip
+            spread = machine(n, elements)
             store = Buffer(Path(tmp) / f"buffer-{elements}-{version}.db", quota_bytes=1 << 30, chunk_records=500)
             sender = Forwarder(
                 store, FileSink(Path(tmp) / "out.jsonl"), site="bench",
