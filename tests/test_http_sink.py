@@ -170,20 +170,26 @@ def test_messages_larger_together_than_max_body_bytes_go_in_several_posts(cloud:
     assert sorted(stored(cloud, origin)) == sorted(f"{origin}-{n}" for n in range(1, 101))
 
 
+@pytest.mark.parametrize("version", [2, 3])
 def test_records_the_receiver_refuses_are_dead_lettered_with_its_reason_and_their_neighbours_stored(
-    tmp_path: Path, cloud: CloudReceiver
+    tmp_path: Path, cloud: CloudReceiver, version: int
 ) -> None:
+    """Also with wire_version 3 (each head once per message): the receiver's per-record refusals still name
+    the right records, and their dead letters are whole records."""
     with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf, contextlib.closing(DeadLetters(tmp_path / "d.db")) as dead:
         refused = {wire.record_id(buf.origin, n) for n in (3, 250, 251, 777)}
         cloud.set_faults(reject_ids=sorted(refused), reject_reason="quarantined by the test")
-        buf.add(rows(500, "m1") + rows(500, "m2"))
+        # As the pipeline adds them: the element's head apart from each record's tail.
+        split = [(lane, key, ts, (PREFIX, b[len(PREFIX) :])) for lane, key, ts, b in rows(500, "m1") + rows(500, "m2")]
+        buf.add(split)  # type: ignore[arg-type]
         sink = sink_for(cloud.url)
-        batching = Batching(max_records=500, max_delay=0, max_message_records=100)
+        batching = Batching(max_records=500, max_delay=0, max_message_records=100, wire_version=version)
         fwd = Forwarder(buf, sink, site="s", batching=batching, delays=lambda: itertools.repeat(0.1), dead_letters=dead)
         asyncio.run(drain(fwd, sink))
         letters = dead.list()
         ids = set(stored(cloud, buf.origin))
     assert {d.record_id for d in letters} == refused
+    assert all(d.body.startswith(PREFIX) and d.body[len(PREFIX) :].startswith(b'"value":') for d in letters)
     assert {d.reason for d in letters} == {"quarantined by the test"}
     assert {d.key for d in letters} == {"m1", "m2"}
     assert ids == {wire.record_id(buf.origin, n) for n in range(1, 1001)} - refused

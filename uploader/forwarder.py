@@ -479,11 +479,8 @@ def _partial(r: Partial, part: list[StoredRecord]) -> tuple[list[int], list[tupl
 def _split_apart(
     items: Sequence[StoredRecord], max_records: int, max_bytes: int, head_size: Callable[[bytes], int]
 ) -> list[Sequence[StoredRecord]]:
-    """`_split` for version-3 messages: each message also carries the heads its records refer to, once."""
-    tags = {b[:TAG_BYTES] for b in map(_body, items) if b[:1] == b"#"}
-    whole = sum(map(len, map(_body, items))) + len(items) * _RECORD_OVERHEAD + sum(map(head_size, tags))
-    if len(items) <= max_records and whole <= max_bytes:
-        return [items]
+    """`_split` for version-3 messages, counted record by record (the caller found the whole too large): each
+    message also carries the heads its records refer to, once."""
     out: list[Sequence[StoredRecord]] = []
     start, size = 0, 0
     seen: set[bytes] = set()

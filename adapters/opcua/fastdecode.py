@@ -46,7 +46,7 @@ from asyncua.ua.uatypes import MAX_FILETIME_EPOCH_AS_UTC_DATETIME, MAX_OPC_FILET
 
 from adapters.opcua import lowlevel  # noqa: F401  # its guards in asyncua's decoder, which this falls back on
 from adapters.opcua.values import NO_TIME_YEAR, PLAIN_TYPES, no_time, plain
-from adapters.sample import Sample
+from adapters.sample import TICKS_AT_UNIX_EPOCH, Sample
 
 
 class DataChange(NamedTuple):
@@ -181,7 +181,7 @@ _NO_TIME_BELOW = (datetime(NO_TIME_YEAR + 1, 1, 1, tzinfo=UTC) - _EPOCH) // time
 # asyncua adds ticks // 10 µs to 1601-01-01; adding to 1970 what lies beyond it is the same datetime
 # (1970 is a whole number of µs after 1601) and, with the smaller timedelta, about a third cheaper.
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
-_UNIX_TICKS = (_UNIX - _EPOCH) // timedelta(microseconds=1) * 10
+_UNIX_TICKS = TICKS_AT_UNIX_EPOCH
 
 
 class _Times(dict[int, datetime | None]):
