@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from basyx.aas import model
-from basyx.aas.adapter import json as aas_json
 
 Build = Callable[[], Sequence[model.Submodel]]
 
@@ -59,6 +58,8 @@ class LazyGroup:
         """
         with self._lock:
             if self._docs is None:
+                from basyx.aas.adapter import json as aas_json  # imported when first needed (agent/api/aas.py)
+
                 self._docs = {
                     i: zlib.compress(json.dumps(submodel, cls=aas_json.AASToJsonEncoder).encode(), 6)
                     for i, submodel in self.build().items()

@@ -47,9 +47,10 @@ log = logging.getLogger(__name__)
 OVERFLOW: Final = 0x480
 _BAD_SHOWN = 200  # characters of a value that did not fit, in the status record
 
-# One element's last stored value: (time, status, encoded value or None, clock, digest of the value).
-# After a restart the value itself is not known, only its digest (crc32 of its JSON form).
-_Last = tuple[float, int, Any, str, int | None]
+# One element's last stored value: (time, status, clock, encoded value or None), the tuple its buffer mark
+# is made of (`_mark`). After a restart the value itself may not be known (`_UNKNOWN`), only its digest
+# (crc32 of its JSON form, kept apart in `Pipeline._digests`).
+_Last = tuple[float, int, str, Any]
 _UNKNOWN: Final = object()
 
 
@@ -127,15 +128,16 @@ def _mark(t: float, status: int, clock: str, value: Any) -> Mark:
     return orjson.dumps((t, status, clock, None, _digest(value))).decode()
 
 
-def _restored(mark: str) -> _Last:
-    """A stamp from its mark; a mark of an earlier version (`time|status|clock|digest`) gives its digest."""
+def _restored(mark: str) -> tuple[_Last, int | None]:
+    """A stamp from its mark, and the digest of its value where the mark keeps only that (a long value, or a
+    mark of an earlier version: `time|status|clock|digest`)."""
     if mark.startswith("["):
         t, status, clock, value, *digest = orjson.loads(mark)
         if digest:
-            return (float(t), int(status), _UNKNOWN, str(clock), int(digest[0]))
-        return (float(t), int(status), value, str(clock), None)
+            return (float(t), int(status), str(clock), _UNKNOWN), int(digest[0])
+        return (float(t), int(status), str(clock), value), None
     t, status, clock, old_digest = mark.split("|")
-    return (float(t), int(status), _UNKNOWN, clock, int(old_digest))
+    return (float(t), int(status), clock, _UNKNOWN), int(old_digest)
 
 
 def _bad_row(b: Binding, message: str, **extra: Any) -> Row:
@@ -183,6 +185,7 @@ class Pipeline:
         # A resubscribe or restart re-reports each current value with its old source time: that is
         # a repeat, not a new value, when time, status and value are the same.
         self.last: dict[int, _Last] = {}
+        self._digests: dict[int, int] = {}  # handle -> digest of its last value, where `last` has `_UNKNOWN`
         self._bad: dict[int, list[Any]] = {}  # handle -> [values not fitting since the last report, first time]
         self.on_mismatch: Callable[[str, int], None] | None = None  # (source, handle): a value did not fit
         self.repeats = 0
@@ -250,6 +253,7 @@ class Pipeline:
             body = wire.status_body(now, "element-removed", f"no longer collected: {reason}", **where)
             rows.append(("status", key, now.timestamp(), body))
             self.last.pop(h, None)
+            self._digests.pop(h, None)
             self.problems.pop(h, None)
         records = self.gaps.close(removed, now)
         if records:
@@ -275,7 +279,8 @@ class Pipeline:
         last = self.last
         opened = self.gaps.open
         closing = False  # a value of an element with an open gap arrived
-        touched: dict[int, _Last | None] = {}  # handle -> its stamp before this batch
+        before: list[_Last | None] = []  # each stored value's element's stamp before it, in the order of seen_h
+        keep_before = before.append
         marks: dict[str, Mark] = {}  # each stored element's stamp, as its buffer mark
         mark = _mark
         repeats = 0
@@ -283,6 +288,7 @@ class Pipeline:
         watch = self._watch
         seen_h: list[int] = []
         seen_t: list[float] = []
+        seen_handle, seen_time = seen_h.append, seen_t.append
         encode_float = wire.encode_float
         short = _SHORT
         unix_ticks = TICKS_AT_UNIX_EPOCH
@@ -311,37 +317,36 @@ class Pipeline:
                 except (wire.WireValueError, TypeError, ValueError) as exc:
                     self._bad_value(b, s, exc, rows)
                     continue
-            if h in bad:
+            if bad and h in bad:
                 self._settle_bad(b, rows)
             prev = last.get(h)
             if opened and h in opened:
                 self.gaps.seen(h, (t, clock))
                 closing = True
             if prev is not None and clock == SOURCE and prev[0] == t and prev[1] == status:
-                if prev[2] is _UNKNOWN:
-                    if prev[4] == _digest(value):
+                if prev[3] is _UNKNOWN:
+                    if self._digests.get(h) == _digest(value):
                         repeats += 1
                         continue
-                elif prev[2] == value:
+                elif prev[3] == value:
                     repeats += 1
                     continue
             if status & OVERFLOW == OVERFLOW:
                 self._series_gap((h,), "the server's queue overflowed: it discarded values")
-                start = prev[0] if prev is not None and prev[3] == clock else None
+                start = prev[0] if prev is not None and prev[2] == clock else None
                 self.gaps.accumulate(
                     "overflow", "the server's queue overflowed: it discarded values", h, start, t, clock
                 )
-            if h not in touched:
-                touched[h] = prev
-            last[h] = (t, status, value, clock, None)
-            marks[b.mark] = (t, status, clock, value) if value.__class__ in short else mark(t, status, clock, value)
+            keep_before(prev)
+            last[h] = stamp = (t, status, clock, value)
+            marks[b.mark] = stamp if value.__class__ in short else mark(t, status, clock, value)
             append(("data", b.equipment, t, (b.prefix, data_tail(value, st, server_time, status))))
             update(b.live_key, v)
             add = series(h)
             if add is not None:
                 add((t, b.path, v))
-            seen_h.append(h)
-            seen_t.append(t)
+            seen_handle(h)
+            seen_time(t)
             if h in watch:
                 for analyzer, role in watch[h]:
                     analyzer.observe(role, v, t)
@@ -353,7 +358,8 @@ class Pipeline:
         self.values_in += len(samples)
         self.repeats += repeats
         if not await self.store(rows, marks):
-            self._not_stored(samples, touched)
+            # Each element's stamp before its first value of this batch (reversed: the first one wins).
+            self._not_stored(samples, dict(zip(reversed(seen_h), reversed(before), strict=True)))
         if closing:
             await self.flush()
 
@@ -374,7 +380,7 @@ class Pipeline:
             when = stamp_seconds(s.source_time if s.source_time is not None else s.server_time)
             t, clock = (when, SOURCE if s.source_time is not None else SERVER) if when is not None else (now, AGENT)
             prev = self.last.get(s.handle)
-            start = prev[0] if prev is not None and prev[3] == clock else None
+            start = prev[0] if prev is not None and prev[2] == clock else None
             self.gaps.accumulate("not-stored", reason, s.handle, start, t, clock, lost=1)
 
     async def on_events(self, events: Sequence[Event]) -> None:
@@ -395,7 +401,7 @@ class Pipeline:
     async def on_interruption(self, i: Interruption) -> None:
         """Begin (`end` None): open the elements' gaps, durably. End: their gap records follow their first values."""
         if i.end is None:
-            marks = self.gaps.begin(i.handles, i.start, i.reason, {h: (v[0], v[3]) for h, v in self.last.items()})
+            marks = self.gaps.begin(i.handles, i.start, i.reason, {h: (v[0], v[2]) for h, v in self.last.items()})
             self._series_gap(i.handles, i.reason)
             await self.store([], marks)
             if self.measure is not None and i.source not in self._interrupted:
@@ -441,7 +447,7 @@ class Pipeline:
         last = self.last.get(handle)
         if last is None:
             return None
-        t, status, value, _, _ = last
+        t, status, _, value = last
         return (t, status, None, False) if value is _UNKNOWN else (t, status, value, True)
 
     def restore_marks(self) -> None:
@@ -455,9 +461,11 @@ class Pipeline:
             if h is None:
                 continue
             try:
-                self.last[h] = _restored(value)
+                self.last[h], digest = _restored(value)
             except (ValueError, TypeError):
                 continue
+            if digest is not None:
+                self._digests[h] = digest
         self.gaps.restore(marks)
 
     async def stopping(self, handles_by_source: dict[str, tuple[int, ...]], reason: str) -> None:

@@ -43,3 +43,17 @@ def test_second_agent_on_the_same_buffer_is_refused_and_the_first_stops_cleanly(
     assert "cannot connect to opc.tcp://127.0.0.1" in log and "stopped cleanly" in log
     assert "Traceback" not in log
     assert b"source-disconnected" in out.read_bytes()
+
+
+def test_the_running_agent_does_not_load_what_only_exports_and_api_reads_use() -> None:
+    """basyx's serializers (with lxml and the AASX packager, ~5 MB) and numpy are imported by the commands and
+    API answers that use them, not by `run`: every gateway pays for what it loads, all the months it runs."""
+    probe = (
+        "import sys, agent.app, agent.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'lxml', 'numpy', 'pyecma376_2'}"
+        " or m.startswith('basyx.aas.adapter')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout

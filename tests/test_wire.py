@@ -235,6 +235,9 @@ def test_a_tail_with_raw_ticks_is_byte_for_byte_the_tail_with_their_datetimes() 
     rng = random.Random(5)
     ticks = EDGE_TICKS + [rng.randrange(EDGE_TICKS[0], EDGE_TICKS[-1]) for _ in range(3000)]
     ticks += [134000000000000000 + n * 10_000_000 for n in range(5000)]  # more seconds than the cache keeps
+    # One time for a run of values (a server stamping a scan at once), then another, then the first again:
+    # the tail keeps the last time it wrote, and must notice every change.
+    ticks += [EDGE_TICKS[1]] * 3 + [EDGE_TICKS[1] + 1, EDGE_TICKS[1], EDGE_TICKS[2], EDGE_TICKS[2], EDGE_TICKS[1]]
     values = [1.5, "x", None, wire.encode_float(math.nan), 2**60, [1, 2]]
     for n, t in enumerate(ticks):
         value, status = values[n % len(values)], n % 3 * 0x40000000

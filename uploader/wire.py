@@ -244,8 +244,18 @@ def data_tail(value: Any, source_time: Time, server_time: Time, status: int) -> 
     """What follows the prefix in a data record: `"value":…,"sourceTime":…,"serverTime":…,"status":…}`. The
     buffer keeps an element's prefix once and each record's tail (uploader/buffer/records.py)."""
     if source_time.__class__ is int:
-        source = _ticks_json(source_time)
-        server = source if server_time == source_time else _time(server_time)
+        last = _last_source  # a server often stamps a whole scan of values with one time
+        if source_time == last[0]:
+            source = last[1]
+        else:
+            source = last[1] = _ticks_json(source_time)
+            last[0] = source_time
+        if server_time == source_time:
+            server = source
+        elif server_time == _last_time[0]:  # `_time`'s own first step, without the call
+            server = _last_time[1]
+        else:
+            server = _time(server_time)
     elif server_time.__class__ is int:
         source, server = _time(source_time), _time(server_time)
     else:
@@ -259,6 +269,7 @@ _TICKS_AT_UNIX = 116444736000000000
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, bytes] = {}  # POSIX second -> its JSON string without the closing 'Z"' (as orjson writes it)
 _last_time: list[Any] = [None, b""]  # the last ticks `_time` wrote (a server time is often one per publish)
+_last_source: list[Any] = [None, b""]  # the last source ticks `data_tail` wrote
 
 
 def _ticks_json(ticks: int) -> bytes:

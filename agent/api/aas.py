@@ -30,7 +30,6 @@ from typing import Any, Literal, TypeVar
 import orjson
 from aiohttp import web
 from basyx.aas import model
-from basyx.aas.adapter import json as aas_json
 from basyx.aas.model.concept import ConceptDescription
 
 from aas_models.build import ShellEnvironment
@@ -213,6 +212,9 @@ def to_json(obj: object) -> Any:
         return obj.doc()
     if isinstance(obj, dict):
         return obj
+    # basyx.aas.adapter (JSON, XML, AASX, lxml: about 5 MB) is imported at the first answer that needs it.
+    from basyx.aas.adapter import json as aas_json
+
     doc = json.loads(json.dumps(obj, cls=aas_json.AASToJsonEncoder))
     if isinstance(obj, model.AssetAdministrationShell) and isinstance(doc.get("submodels"), list):
         doc["submodels"].sort(key=lambda r: str(r["keys"][0]["value"]))
