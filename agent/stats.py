@@ -58,7 +58,7 @@ import threading
 import time
 from array import array
 from bisect import bisect_left
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,6 +163,9 @@ class ElementInfo:
 
 # One element-hour accumulator: [values, intervals, sum, sum of squares, min, max, first t, last t].
 _N, _K, _S, _SS, _MIN, _MAX, _FIRST, _LAST = range(8)
+
+
+_drain: Final = deque(maxlen=0).extend  # consumes an iterator, keeping nothing
 
 
 def _times() -> array[float]:
@@ -406,10 +409,11 @@ class Stats:
         Per value only an append to its element's pending times; every `FOLD_VALUES` values (and before
         anything reads or cuts the figures) each element's pending times are counted at once, with C-level
         loops (`_values`), instead of value by value."""
+        if len(handles) != len(source_times):
+            raise ValueError(f"values_each: {len(handles)} handles but {len(source_times)} source times")
         with self._lock:
-            pending = self._pending
-            for h, t in zip(handles, source_times, strict=True):
-                pending[h].append(t)
+            # Each time onto its element's pending array, the loop in C (map, drained by a zero-length deque).
+            _drain(map(array.append, map(self._pending.__getitem__, handles), source_times))
             self._pending_n += len(handles)
             if self._pending_n >= FOLD_VALUES:
                 self._fold()

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import logging
 import os
+import random
 import resource
 import signal
 from collections.abc import Callable, Iterator, Sequence
@@ -21,10 +22,10 @@ from simulators.ports import free_port
 from tests.helpers import until
 from tests.mqtt_broker import MosquittoBroker, Subscriber
 from uploader import wire
-from uploader.buffer import Buffer, Row
+from uploader.buffer import Buffer, Row, StoredRecord
 from uploader.deadletter import DeadLetters
 from uploader.file import FileSink
-from uploader.forwarder import Batching, Forwarder
+from uploader.forwarder import _RECORD_OVERHEAD, Batching, Forwarder, _split
 from uploader.mqtt import MqttSettings, MqttSink
 from uploader.sink import Message, Outcome, Partial, Sink
 
@@ -475,3 +476,31 @@ def test_version_3_sends_records_whole_whose_head_is_not_the_start_of_an_object(
     assert sum(1 for m in docs for r in m["records"] if "h" in r) == 5  # type: ignore[attr-defined]
     expanded = [r for m in docs for r in wire.expand(m)[0]["records"]]
     assert [orjson.dumps({k: v for k, v in r.items() if k != "id"}) for r in expanded] == whole(added)
+
+
+def test_a_batch_is_split_into_messages_as_full_as_both_limits_allow() -> None:
+    """`_split` against the rule written record by record: a message takes the next record while it has fewer
+    than max_records and the bytes stay within max_bytes; a record over max_bytes goes alone."""
+
+    def by_rule(items: list[StoredRecord], max_records: int, max_bytes: int) -> list[list[StoredRecord]]:
+        out: list[list[StoredRecord]] = []
+        for item in items:
+            n = len(item.body) + _RECORD_OVERHEAD
+            last = out[-1] if out else None
+            if (
+                last is None
+                or len(last) >= max_records
+                or sum(len(r.body) + _RECORD_OVERHEAD for r in last) + n > max_bytes
+            ):
+                out.append([item])
+            else:
+                last.append(item)
+        return out
+
+    rng = random.Random(3)
+    for _ in range(3000):
+        sizes = [rng.choice([0, 1, 60, 300, rng.randrange(900)]) for _ in range(rng.randrange(40))]
+        items = [StoredRecord(i, "data", "k", 0.0, b"x" * n) for i, n in enumerate(sizes)]
+        max_records, max_bytes = rng.randrange(1, 12), rng.randrange(1, 2000)
+        got = [list(part) for part in _split(items, max_records, max_bytes)]
+        assert got == by_rule(items, max_records, max_bytes), (sizes, max_records, max_bytes)

@@ -501,15 +501,18 @@ def _split_apart(
 
 
 def _split(items: Sequence[StoredRecord], max_records: int, max_bytes: int) -> Iterator[Sequence[StoredRecord]]:
-    if len(items) <= max_records and sum(map(len, map(_body, items))) + len(items) * _RECORD_OVERHEAD <= max_bytes:
-        yield items  # the common case: one message, no record counted one by one
-        return
-    start, size = 0, 0
-    for i, item in enumerate(items):
-        n = len(item.body) + _RECORD_OVERHEAD
-        if i > start and (i - start >= max_records or size + n > max_bytes):
-            yield items[start:i]
-            start, size = i, 0
-        size += n
-    if start < len(items):
-        yield items[start:]
+    """Messages of at most `max_records` records and `max_bytes` bytes (a record over `max_bytes` alone in its
+    own), in order, each as full as the limits let it be. A window of `max_records` that fits in bytes is
+    taken whole after one sum (the common case); only a window over the bytes is walked record by record."""
+    total = len(items)
+    sizes = [n + _RECORD_OVERHEAD for n in map(len, map(_body, items))]
+    start = 0
+    while start < total:
+        end = min(start + max_records, total)
+        if sum(sizes[start:end]) > max_bytes:
+            size, end = 0, start
+            while end < total and end - start < max_records and (end == start or size + sizes[end] <= max_bytes):
+                size += sizes[end]
+                end += 1
+        yield items[start:end] if start or end < total else items
+        start = end
