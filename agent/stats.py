@@ -59,7 +59,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections import defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import accumulate, chain, islice
@@ -165,7 +165,8 @@ class ElementInfo:
 _N, _K, _S, _SS, _MIN, _MAX, _FIRST, _LAST = range(8)
 
 
-_drain: Final = deque(maxlen=0).extend  # consumes an iterator, keeping nothing
+# Consumes an iterator, keeping nothing.
+_drain: Final[Callable[[Iterable[object]], None]] = deque[object](maxlen=0).extend
 
 
 def _times() -> array[float]:
