@@ -70,7 +70,20 @@ def child(points: int, lazy: bool) -> None:
         started = time.perf_counter()
         entries[0].doc()
         again_s = time.perf_counter() - started
-        out += [f"{first_s:.2f}", f"{again_s:.2f}", f"{rss() - before:.1f}"]
+        aid = next(e for e in entries if e.id_short == "AssetInterfacesDescription")
+        last = ["InterfaceOPCUA", "InteractionMetadata", "properties", f"Var_{points - 1:05d}"]
+        started = time.perf_counter()
+        element = aid.group.path(aid.id, last)  # the API's read of one element (GET .../submodel-elements/...)
+        element_s = time.perf_counter() - started
+        assert element is not None and element[-1]["idShort"] == last[-1]
+        kept_kb = aid.group.kept_bytes / 1024
+        out += [
+            f"{first_s:.2f}",
+            f"{again_s:.2f}",
+            f"{rss() - before:.1f}",
+            f"{element_s * 1000:.1f}",
+            f"{kept_kb:.0f}",
+        ]
     print(" ".join(out))
 
 
@@ -86,13 +99,15 @@ def run(points: int, lazy: bool) -> list[float]:
 
 def main() -> None:
     print("points   model as the agent builds it   all held (AID/AIMC as objects)   AID JSON: first read, again,")
-    print("                                                                            model after the first read")
+    print("                                                                            model after the first read;")
+    print("                                                                            one AID element read, JSON kept")
     for points in SIZES:
         lazy = run(points, True)
         held = run(points, False)
         print(
             f"{points:6d}   {lazy[0]:6.1f} MB (built in {lazy[1]:.1f} s)      "
-            f"{held[0]:6.1f} MB (built in {held[1]:.1f} s)         {lazy[2]:.1f} s, {lazy[3]:.2f} s, {lazy[4]:.1f} MB"
+            f"{held[0]:6.1f} MB (built in {held[1]:.1f} s)         {lazy[2]:.1f} s, {lazy[3]:.2f} s, {lazy[4]:.1f} MB;"
+            f" {lazy[5]:.1f} ms, {lazy[6]:.0f} KiB"
         )
 
 

@@ -22,6 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from basyx.aas import model
 
+import aas_models.lazy as lazy_module
 from aas_models.lazy import LazySubmodel
 from aas_models.live import LiveValues
 from agent import usage
@@ -676,12 +677,19 @@ def _has_values(client: Http) -> bool:
 # -- the lazy asset interfaces (aas_models/lazy.py) are served as held ones --------------------------------------
 
 
-def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group", [lazy_module.GROUP, 2, 1])
+def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, group: int
+) -> None:
     """The agent holds each machine's AID and AIMC as a recipe (aas_models/lazy.py), not as SDK objects: every
     read route answers as it does for an environment that holds them (built eagerly), element paths inside
-    them, paging and the serialization included."""
+    them, paging and the serialization included. Their JSON is kept in parts of `GROUP` children (an element
+    read reads only the parts on its way): with groups of 2 and 1 every element with children is split, at
+    every depth."""
     from aas_models.build import build_environment
     from agent.shells import shell_specs, site_spec
+
+    monkeypatch.setattr(lazy_module, "GROUP", group)
 
     cfg = make_config(tmp_path, users=False, machines=3)
     specs = shell_specs(cfg)
@@ -730,7 +738,7 @@ def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(tmp_path: Path) -
         f"{aimc_sm}/submodel-elements/MappingConfigurations[7]",  # 404
     ]
 
-    async def answers(env: Any) -> list[tuple[int, Any]]:
+    async def answers(env: Any, paths: list[str] = paths) -> list[tuple[int, Any]]:
         found: list[tuple[int, Any]] = []
         app = create_app(cfg, env, LiveValues(), Recorded())
         async with TestClient(TestServer(app, host="127.0.0.1")) as client:
@@ -755,3 +763,13 @@ def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(tmp_path: Path) -
     assert status == 200 and set(relation) == {"first", "second"}
     assert served[f"/shells/{b64(shell_ids[1])}/submodels/{b64(aimc_id)}"][0] == 404
     assert [s for s, _ in served.values()].count(404) == 3
+
+    # Every element of both, by its path, and one past the end of each list.
+    every = [f"{base}/submodel-elements/{p}" for base in (aid_sm, aimc_sm) for p in served[base + "/$path"][1]]
+    past_end = [e.rsplit("[", 1)[0] + "[999]" for e in every if e.endswith("]")][:5]
+    every += past_end
+    assert len(every) > 100 and past_end
+    lazy, held = (asyncio.run(answers(envs[k], every)) for k in (True, False))
+    for path, a, b in zip(every, lazy, held, strict=True):
+        assert a == b, path
+    assert [s for s, _ in lazy].count(404) == len(past_end)

@@ -33,7 +33,7 @@ from basyx.aas import model
 from basyx.aas.model.concept import ConceptDescription
 
 from aas_models.build import ShellEnvironment
-from aas_models.lazy import LazyGroup, LazySubmodel
+from aas_models.lazy import CHILDREN, LazyGroup, LazySubmodel
 from aas_models.live import LiveValues
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,7 @@ API_PREFIX = "/api/v3.0"  # the same routes again under the spec's versioned pre
 Level = Literal["deep", "core"]
 
 # Where a JSON object of each model type keeps its child elements.
-_CHILDREN = {
-    "Submodel": "submodelElements",
-    "SubmodelElementCollection": "value",
-    "SubmodelElementList": "value",
-    "Entity": "statements",
-    "AnnotatedRelationshipElement": "annotations",
-}
+_CHILDREN = CHILDREN  # what holds an element's children in the JSON, by modelType (aas_models/lazy.py)
 # What $metadata leaves out: the value, the children (and for a submodel its elements).
 _VALUE_KEYS = {
     "Property": ("value", "valueId"),
@@ -399,7 +393,14 @@ def resolve(submodel: Submodel, text: str) -> tuple[Node, list[tuple[str, str]]]
     """The element at idShort path `text`, and the keys of its ModelReference; ApiError 404 if absent."""
     obj: object = submodel
     keys = [("Submodel", submodel.id)]
-    for segment in parse_path(text):
+    segments = parse_path(text)
+    if isinstance(submodel, LazySubmodel):  # only the parts of its JSON on the way are read
+        on_the_way = submodel.group.path(submodel.id, segments)
+        if on_the_way is None:
+            raise ApiError(404, f"submodel {submodel.id!r} has no element {text[:200]!r}")
+        keys += [(kind_of(found), str(segment)) for found, segment in zip(on_the_way, segments, strict=True)]
+        return on_the_way[-1], keys
+    for segment in segments:
         found = next((child for s, child in _children(obj) if s == segment), None)
         if found is None:
             raise ApiError(404, f"submodel {submodel.id!r} has no element {text[:200]!r}")
