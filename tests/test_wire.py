@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import jsonschema
 import orjson
@@ -12,6 +15,8 @@ import pytest
 
 from adapters.sample import stamp_datetime
 from uploader import wire
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
@@ -247,3 +252,17 @@ def test_a_tail_with_raw_ticks_is_byte_for_byte_the_tail_with_their_datetimes() 
         assert wire.data_tail(value, other, t, status) == wire.data_tail(
             value, stamp_datetime(other), stamp_datetime(t), status
         )
+
+
+def test_the_first_tail_a_process_writes_is_whole_whatever_its_times() -> None:
+    """The tail keeps the last times it wrote between calls; before the first, no time (None above all) may be
+    taken for a kept one. Each case in a fresh interpreter, as the agent's first record after a start."""
+    cases = ["(1.5, T, None, 0)", "(1.5, None, T, 0)", "(1.5, None, None, 0)", "(1.5, T, T, 0)", "(1.5, T, T + 10, 0)"]
+    for case in cases:
+        probe = (
+            "import orjson\nfrom uploader import wire\nT = 134000000001234567\n"
+            f"print(orjson.loads(b'{{' + wire.data_tail{case}))"
+        )
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, (case, out.stderr[-500:])
+        assert "'status': 0" in out.stdout, (case, out.stdout)

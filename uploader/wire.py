@@ -268,21 +268,41 @@ _TAIL = b'"value":%b,"sourceTime":%b,"serverTime":%b,"status":%d}'
 _TICKS_AT_UNIX = 116444736000000000
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, bytes] = {}  # POSIX second -> its JSON string without the closing 'Z"' (as orjson writes it)
-_last_time: list[Any] = [None, b""]  # the last ticks `_time` wrote (a server time is often one per publish)
-_last_source: list[Any] = [None, b""]  # the last source ticks `data_tail` wrote
+# The last ticks `_time` wrote (a server time is often one per publish), and the last source ticks `data_tail`
+# wrote; -1 before the first (no time is: None must never match it).
+_last_time: list[Any] = [-1, b""]
+_last_source: list[Any] = [-1, b""]
 
 
 def _ticks_json(ticks: int) -> bytes:
-    """OPC UA ticks as JSON: exactly what orjson writes for the datetime they stand for (whole µs)."""
-    micros = (ticks - _TICKS_AT_UNIX) // 10
-    second = micros // 1_000_000
+    """OPC UA ticks as JSON: exactly what orjson writes for the datetime they stand for (whole µs). Per value one
+    lookup of its millisecond (a busy server's values share them) and one join with its microseconds."""
+    milli = ticks // 10_000  # milliseconds since 1601; 1970 falls on a whole second of them
+    head = _MILLIS.get(milli)
+    if head is None:
+        head = _milli_json(milli)
+    micro = (ticks - milli * 10_000) // 10
+    if micro or milli % 1000:
+        return head + _MICROS[micro]
+    return head[:-4] + b'Z"'  # a whole second: orjson writes no fraction
+
+
+_MILLIS: dict[int, bytes] = {}  # millisecond (since 1601) -> its JSON string up to the microseconds: `"….123`
+_MICROS = tuple(b'%03dZ"' % n for n in range(1000))  # a millisecond's microseconds and the string's end
+
+
+def _milli_json(milli: int) -> bytes:
+    if len(_MILLIS) >= 4096:  # the milliseconds of the last seconds of values are enough
+        _MILLIS.clear()
+    unix_milli = milli - _TICKS_AT_UNIX // 10_000
+    second = unix_milli // 1000
     start = _SECONDS.get(second)
     if start is None:
-        if len(_SECONDS) >= 4096:  # the seconds of the last hour or so of values are enough
+        if len(_SECONDS) >= 4096:
             _SECONDS.clear()
         start = _SECONDS[second] = _dumps(_UNIX + timedelta(seconds=second), option=_OPTIONS)[:-2]
-    micro = micros - second * 1_000_000
-    return b'%b.%06dZ"' % (start, micro) if micro else start + b'Z"'
+    head = _MILLIS[milli] = b"%b.%03d" % (start, unix_milli - second * 1000)
+    return head
 
 
 def _time(t: Time) -> bytes:
