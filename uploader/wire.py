@@ -244,16 +244,18 @@ def data_tail(value: Any, source_time: Time, server_time: Time, status: int) -> 
     """What follows the prefix in a data record: `"value":…,"sourceTime":…,"serverTime":…,"status":…}`. The
     buffer keeps an element's prefix once and each record's tail (uploader/buffer/records.py)."""
     if source_time.__class__ is int:
+        global _last_source
         last = _last_source  # a server often stamps a whole scan of values with one time
         if source_time == last[0]:
             source = last[1]
         else:
-            source = last[1] = _ticks_json(source_time)
-            last[0] = source_time
+            source = _ticks_json(source_time)
+            _last_source = (source_time, source)
+        kept = _last_time
         if server_time == source_time:
             server = source
-        elif server_time == _last_time[0]:  # `_time`'s own first step, without the call
-            server = _last_time[1]
+        elif server_time == kept[0]:  # `_time`'s own first step, without the call
+            server = kept[1]
         else:
             server = _time(server_time)
     elif server_time.__class__ is int:
@@ -269,9 +271,9 @@ _TICKS_AT_UNIX = 116444736000000000
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, bytes] = {}  # POSIX second -> its JSON string without the closing 'Z"' (as orjson writes it)
 # The last ticks `_time` wrote (a server time is often one per publish), and the last source ticks `data_tail`
-# wrote; -1 before the first (no time is: None must never match it).
-_last_time: list[Any] = [-1, b""]
-_last_source: list[Any] = [-1, b""]
+# wrote, each with its JSON: one tuple, replaced whole. -1 before the first (no time is: None must never match).
+_last_time: tuple[Any, bytes] = (-1, b"")
+_last_source: tuple[Any, bytes] = (-1, b"")
 
 
 def _ticks_json(ticks: int) -> bytes:
@@ -309,12 +311,12 @@ def _time(t: Time) -> bytes:
     """A record time as JSON, as orjson writes it (ticks as the datetime they stand for)."""
     if t.__class__ is not int:
         return _dumps(t, option=_OPTIONS)
+    global _last_time
     last = _last_time
     if t == last[0]:
-        found: bytes = last[1]
-        return found
-    made = last[1] = _ticks_json(t)
-    last[0] = t
+        return last[1]
+    made = _ticks_json(t)
+    _last_time = (t, made)
     return made
 
 
