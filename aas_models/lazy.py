@@ -111,8 +111,8 @@ class _Packed:
     __slots__ = ("_parts",)
 
     def __init__(self, doc: dict[str, Any]) -> None:
-        self._parts: list[bytes] = []
-        self._parts.insert(0, _compressed(self._packed(doc)))  # part 0: the submodel itself, after its groups
+        self._parts: list[bytes] = [b""]  # part 0: the submodel itself, once its groups are stored
+        self._parts[0] = _compressed(self._packed(doc))
 
     @property
     def size(self) -> int:
@@ -129,8 +129,8 @@ class _Packed:
             placeholders = []
             for i in range(0, len(children), GROUP):
                 group = children[i : i + GROUP]
+                placeholders.append({_PART: len(self._parts), "ids": [_id_of(c) for c in group]})
                 self._parts.append(_compressed(group))
-                placeholders.append({_PART: len(self._parts), "ids": [_id_of(c) for c in group]})  # 0 goes in front
             children = placeholders
         return {**element, key: children}
 

@@ -297,15 +297,17 @@ class Pipeline:
             b = bindings.get(h)
             if b is None:
                 continue
-            # Raw OPC UA ticks (adapters/sample.py: Stamp) or a datetime: the same POSIX seconds either way.
             if st is not None:
-                t = (st - unix_ticks) // 10 / 1e6 if st.__class__ is int else st.timestamp()  # type: ignore[union-attr]
-                clock = SOURCE
+                when, clock = st, SOURCE
             elif server_time is not None:
-                t = (server_time - unix_ticks) // 10 / 1e6 if server_time.__class__ is int else server_time.timestamp()  # type: ignore[union-attr]
-                clock = SERVER
+                when, clock = server_time, SERVER
             else:
-                t, clock = now, AGENT
+                when, clock = None, AGENT
+            # Raw OPC UA ticks (adapters/sample.py: Stamp) or a datetime: `stamp_seconds` without the call.
+            if when.__class__ is int:
+                t = (when - unix_ticks) // 10 / 1e6
+            else:
+                t = now if when is None else when.timestamp()  # type: ignore[union-attr]
             if v is None:
                 value = None
                 self.null_values += 1

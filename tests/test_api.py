@@ -773,3 +773,33 @@ def test_lazy_asset_interfaces_are_served_exactly_as_held_ones(
     for path, a, b in zip(every, lazy, held, strict=True):
         assert a == b, path
     assert [s for s, _ in lazy].count(404) == len(past_end)
+
+
+def test_an_element_read_decompresses_only_the_parts_on_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The promise behind `LazyGroup.path`: one element of a 5,000-point submodel is read without the rest. The
+    parts each read opens are counted (the reads themselves are the real ones)."""
+    points = [
+        {"modelType": "SubmodelElementCollection", "idShort": f"P{i}", "value": [
+            {"modelType": "Property", "idShort": "v", "valueType": "xs:int", "value": str(i)},
+        ]}
+        for i in range(5000)
+    ]  # fmt: skip
+    doc = {"modelType": "Submodel", "id": "urn:x", "submodelElements": [
+        {"modelType": "SubmodelElementCollection", "idShort": "properties", "value": points},
+        {"modelType": "SubmodelElementList", "idShort": "rows", "value": points},
+    ]}  # fmt: skip
+    packed = lazy_module._Packed(orjson.loads(orjson.dumps(doc)))
+    opened: list[int] = []
+    read_part = lazy_module._Packed._part
+    monkeypatch.setattr(lazy_module._Packed, "_part", lambda self, n: opened.append(n) or read_part(self, n))
+
+    found = packed.path(["properties", "P4999", "v"])
+    assert found is not None and found[-1]["value"] == "4999"
+    assert len(opened) == 2, opened  # the submodel's own part and the group holding P4999
+    opened.clear()
+    found = packed.path(["rows", 4097])
+    assert found is not None and found[-1]["idShort"] == "P4097" and len(opened) == 2
+    opened.clear()
+    assert packed.path(["properties", "P5000"]) is None and len(opened) == 1  # in no group: none opened
+    assert packed.doc() == doc
+    assert len(opened) > 150  # the whole: every group (5,000 / 64 twice), for comparison

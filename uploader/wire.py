@@ -267,7 +267,7 @@ def data_tail(value: Any, source_time: Time, server_time: Time, status: int) -> 
 
 
 _TAIL = b'"value":%b,"sourceTime":%b,"serverTime":%b,"status":%d}'
-_TICKS_AT_UNIX = 116444736000000000
+_TICKS_AT_UNIX = 116444736000000000  # as adapters/sample.py: TICKS_AT_UNIX_EPOCH (uploader imports no adapter)
 _UNIX = datetime(1970, 1, 1, tzinfo=UTC)
 _SECONDS: dict[int, bytes] = {}  # POSIX second -> its JSON string without the closing 'Z"' (as orjson writes it)
 # The last ticks `_time` wrote (a server time is often one per publish), and the last source ticks `data_tail`

@@ -50,8 +50,6 @@ API_PREFIX = "/api/v3.0"  # the same routes again under the spec's versioned pre
 
 Level = Literal["deep", "core"]
 
-# Where a JSON object of each model type keeps its child elements.
-_CHILDREN = CHILDREN  # what holds an element's children in the JSON, by modelType (aas_models/lazy.py)
 # What $metadata leaves out: the value, the children (and for a submodel its elements).
 _VALUE_KEYS = {
     "Property": ("value", "valueId"),
@@ -216,7 +214,7 @@ def to_json(obj: object) -> Any:
 
 
 def _children_of(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    key = _CHILDREN.get(doc.get("modelType", ""))
+    key = CHILDREN.get(doc.get("modelType", ""))
     found = doc.get(key) if key else None
     return found if isinstance(found, list) else []
 
@@ -226,7 +224,7 @@ def shape(doc: dict[str, Any], *, level: Level = "deep", blobs: bool = False) ->
     only with `blobs`. Changes `doc` (a fresh one from `to_json`) and returns it."""
     if level == "core":
         for child in _children_of(doc):
-            key = _CHILDREN.get(child.get("modelType", ""))
+            key = CHILDREN.get(child.get("modelType", ""))
             if key:
                 child.pop(key, None)
     if not blobs:
@@ -737,7 +735,7 @@ def _element_json(element: Node, level: Level, blobs: bool, *, top: bool = False
     (the submodel is the object asked for), for an element asked for by path with its direct children."""
     doc = to_json(element)
     if top and level == "core":
-        key = _CHILDREN.get(doc.get("modelType", ""))
+        key = CHILDREN.get(doc.get("modelType", ""))
         if key:
             doc.pop(key, None)
         return shape(doc, blobs=blobs)
