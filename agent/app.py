@@ -98,6 +98,7 @@ class Agent:
             on_stored=self._wake,
             lanes=[lanes(s) for s in cfg.sinks],
             measure=self.measure,
+            on_received=self.metrics.received,
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
@@ -592,7 +593,12 @@ class Agent:
                 await asyncio.to_thread(self.measure.flush)
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
-                await self.pipeline.status("agent-stats", "counters since start", **self.status_snapshot())
+                await self.pipeline.status(
+                    "agent-stats",
+                    "counters since start",
+                    **self.status_snapshot(),
+                    receive_age_ms=self.metrics.recent_receive_ages(),
+                )
 
     async def _usage_spool(self, every: float = 1.0) -> None:
         """Usage events of CLI commands (agent/usage.py) onto the usage lane, and control writes' outcomes

@@ -1,9 +1,10 @@
 """The agent's metrics in the Prometheus text format (prometheus-client), served at `/metrics` (docs/operations.md).
 
 Nothing here is per-value work: counters the agent keeps anyway (pipeline, committer, forwarders,
-sources, the statistics store) are read when a scrape asks, by a collector; only the two histograms
+sources, the statistics store) are read when a scrape asks, by a collector; only the histograms
 are observed as things happen, once per confirmed message (its records' ages, a sample of at most a
-few per message, as the level statistics take them) and once per sent batch (its round trip).
+few per message, as the level statistics take them), once per sent batch (its round trip) and once
+per stored notification (the ages of its first and last value on arrival).
 
 Metric names (all `edge_agent_`; labels in braces):
 - values_in_total{machine}: values stored into the buffers, per machine
@@ -19,6 +20,10 @@ Metric names (all `edge_agent_`; labels in braces):
 - publish_round_trip_seconds{sink}: from handing a batch to the sink to its answer (histogram)
 - delivery_age_seconds{sink,lane}: from a record's own time (a value's source time) to the far end's
   confirmation (histogram)
+- receive_age_seconds{source}: from a value's own time to the agent taking it in, the first and last
+  value of each notification (histogram): the server's sampling and publishing delay, plus how far its
+  clock is from ours (a clock ahead of ours gives ages below zero). delivery_age minus receive_age is
+  what the agent itself adds.
 - info{version}, and the process's own: process_resident_memory_bytes, process_cpu_seconds_total, …
 """
 
@@ -35,6 +40,7 @@ from agent.committer import AGENT_KEY
 from agent.status import Parts, buffer_figures
 
 _AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, float("inf"))
+RECENT_AGES = 10_000  # ages on arrival kept between two agent-stats records (two per notification)
 _RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
@@ -58,6 +64,14 @@ class Metrics:
             buckets=_RTT_BUCKETS,
             registry=self.registry,
         )
+        self._arrival = Histogram(
+            "edge_agent_receive_age_seconds",
+            "seconds from a value's own time to the agent taking it in (first and last value of each notification)",
+            ["source"],
+            buckets=_AGE_BUCKETS,
+            registry=self.registry,
+        )
+        self._recent: list[float] = []  # the ages of values on arrival since the last `recent_receive_ages`
         self._out: dict[tuple[str, str, str], int] = {}
         self._state = _State(self._out)
         self.registry.register(self._state)
@@ -72,6 +86,28 @@ class Metrics:
         observe = self._age.labels(sink, lane).observe
         for age in ages:
             observe(age)
+
+    def received(self, source: str, ages: tuple[float, float]) -> None:
+        """A notification's values were stored (the pipeline's `on_received`)."""
+        observe = self._arrival.labels(source).observe
+        observe(ages[0])
+        observe(ages[1])
+        if len(self._recent) < RECENT_AGES:
+            self._recent += ages
+
+    def recent_receive_ages(self) -> dict[str, float | int]:
+        """Milliseconds: the median, 95th percentile and most of the ages on arrival since the last call (at most
+        the first RECENT_AGES of them), and how many; empty when none arrived. For the `agent-stats` records."""
+        ages, self._recent = sorted(self._recent), []
+        if not ages:
+            return {}
+        n = len(ages)
+        return {
+            "count": n,
+            "p50": round(ages[n // 2] * 1000, 1),
+            "p95": round(ages[min(n - 1, n * 95 // 100)] * 1000, 1),
+            "max": round(ages[-1] * 1000, 1),
+        }
 
     def round_trip(self, sink: str) -> Callable[[float], None]:
         """The forwarder's `on_round_trip` for `sink`."""

@@ -163,8 +163,12 @@ class Pipeline:
         on_stored: Callable[[], None] = lambda: None,
         lanes: Sequence[frozenset[str] | None] = (),
         measure: Measure | None = None,
+        on_received: Callable[[str, tuple[float, float]], None] | None = None,
     ) -> None:
         self.measure = measure
+        # (source, ages of a notification's first and last stored value on arrival, in seconds): one call per
+        # batch, so how late values reach the agent (the server's sampling and publishing, and its clock) shows.
+        self.on_received = on_received
         self._watch = measure.watch if measure is not None else {}
         self._interrupted: dict[str, tuple[datetime, str]] = {}  # source -> start and reason of its open interruption
         self.buffers = tuple(buffers)
@@ -355,8 +359,11 @@ class Pipeline:
         if seen_h:
             for ring in self._rings:
                 ring.touch(now)
-        if seen_h and self.measure is not None:
-            self.measure.stats.values_each(seen_h, seen_t)
+        if seen_h:
+            if self.measure is not None:
+                self.measure.stats.values_each(seen_h, seen_t)
+            if self.on_received is not None:
+                self.on_received(bindings[seen_h[0]].source, (now - seen_t[0], now - seen_t[-1]))
         self.values_in += len(samples)
         self.repeats += repeats
         if not await self.store(rows, marks):

@@ -334,6 +334,8 @@ class AgentStats:
     time: float  # epoch seconds, the agent's clock
     values_in: int  # values taken from OPC UA since start
     pending_data: int  # data records in its buffer, not yet confirmed by the broker
+    receive_p50_ms: float | None = None  # the ages of values as the agent took them in since the last record
+    receive_p95_ms: float | None = None
 
 
 class RecordCounter:
@@ -425,7 +427,16 @@ class RecordCounter:
             if r.get("kind") != "agent-stats":
                 continue
             pending = sum(int(b.get("pending", {}).get("data", 0)) for b in r.get("buffers", {}).values())
-            found.append(AgentStats(datetime.fromisoformat(r["time"]).timestamp(), int(r["values_in"]), pending))
+            ages = r.get("receive_age_ms") or {}
+            found.append(
+                AgentStats(
+                    datetime.fromisoformat(r["time"]).timestamp(),
+                    int(r["values_in"]),
+                    pending,
+                    ages.get("p50"),
+                    ages.get("p95"),
+                )
+            )
         with self._lock:
             self.stats.extend(found)
 
@@ -720,6 +731,18 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
             f"{extras.values_in_rate:,.0f} values/s from OPC UA; data records pending in its buffer "
             f"{pending[0]:,} -> {pending[-1]:,} (max {max(pending):,})"
         )
+        received = [(s.receive_p50_ms, s.receive_p95_ms) for s in extras.stats if s.receive_p50_ms is not None]
+        if received:
+            # The server's part of the age (its sampling and publishing, whose phase against its own change
+            # timer differs from one subscription to the next) apart from the agent's own.
+            r50 = statistics.median(p50 for p50, _ in received)
+            r95 = statistics.median(p95 for _, p95 in received if p95 is not None)
+            a50, a95 = statistics.median(agent.ages_ms or [float("nan")]), percentile(agent.ages_ms, 0.95)
+            print(
+                f"agent's ages of values as it took them in from OPC UA (its agent-stats): median {r50:,.0f} ms, "
+                f"p95 {r95:,.0f} ms; so the agent itself added ≈ {a50 - r50:,.0f} ms at the median, "
+                f"≈ {a95 - r95:,.0f} ms at p95 (the rest is the server's sampling and publishing)"
+            )
         per_in = agent.cpu_s / (extras.values_in_rate * agent.seconds) * 10_000 if extras.values_in_rate else 0.0
         if per_in and abs(extras.values_in_rate - agent.rate) > 0.05 * agent.rate:
             # In a backlog the two counts part: CPU per delivered value overstates the steady-state

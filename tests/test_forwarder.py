@@ -87,6 +87,46 @@ def test_lanes_leave_most_urgent_first_and_in_order_in_messages_split_by_count_a
     assert seqs == sorted(seqs) and len(seqs) == 25
 
 
+def test_data_that_fills_whole_messages_goes_at_once_and_only_the_rest_waits_for_more(tmp_path: Path) -> None:
+    """max_delay is for fuller messages: of 1,003 records in a 2,000-record batch of 500-record messages,
+    1,000 leave at once as two full messages and 3 wait; 497 more make a full message of them at once."""
+    out = tmp_path / "out.jsonl"
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        sink = FileSink(out)
+        batching = Batching(max_records=2000, max_delay=600, max_message_records=500)
+        fwd = Forwarder(buf, sink, site="s", batching=batching, delays=quick)
+        buf.add(rows("data", "m1", 0, 1003))
+        # Within the timeout, far below max_delay: waiting for the whole delay would fail here.
+        asyncio.run(run_until(fwd, sink, lambda: sum(buf.pending().values()) == 3, timeout=30))
+        assert [len(m["records"]) for m in lines(out)] == [500, 500]  # type: ignore[arg-type]
+        assert buf.pending()["data"] == 3
+        buf.add(rows("data", "m1", 1003, 497))
+        asyncio.run(run_until(fwd, sink, lambda: not sum(buf.pending().values()), timeout=30))
+    got = lines(out)
+    assert [len(m["records"]) for m in got] == [500, 500, 500]  # type: ignore[arg-type]
+    seqs = [int(r["id"].rsplit("-", 1)[1]) for m in got for r in m["records"]]  # type: ignore[attr-defined, union-attr]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 1500
+
+
+def test_fewer_records_than_a_message_wait_for_max_delay(tmp_path: Path) -> None:
+    """The other side of the rule above: 499 records wait for the 500th, up to max_delay (here 0.5 s), then go."""
+    out = tmp_path / "out.jsonl"
+    with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
+        sink = FileSink(out)
+        fwd = Forwarder(buf, sink, site="s", batching=Batching(max_records=2000, max_delay=0.5), delays=quick)
+        buf.add(rows("data", "m1", 0, 499))
+
+        async def run() -> float:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            await run_until(fwd, sink, lambda: not sum(buf.pending().values()), timeout=30)
+            return loop.time() - start
+
+        waited = asyncio.run(run())
+    assert waited >= 0.5, waited
+    assert [len(m["records"]) for m in lines(out)] == [499]  # type: ignore[arg-type]
+
+
 def test_a_publish_the_broker_refuses_is_dead_lettered_with_its_reason_and_never_sent_again(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
     acl.write_text("topic readwrite t/s/allowed/#\n")

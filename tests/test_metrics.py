@@ -187,3 +187,53 @@ def test_metrics_are_all_there_and_move_while_the_agent_runs(tmp_path: Path) -> 
     assert [r["version"] for r in statuses if r["kind"] == "agent-started"] == [VERSION]
     assert all(r["version"] == VERSION for r in statuses if r["kind"] == "agent-stats")
     assert any(r["kind"] == "agent-stats" for r in statuses)
+
+
+def test_the_age_of_values_on_arrival_shows_a_device_clock_that_is_behind(tmp_path: Path) -> None:
+    """The simulated PLC's clock is ten minutes behind the gateway's: the values' ages on arrival say so, in the
+    histogram and in the agent-stats records, while the delivery age (the agent's own part on top) is no less."""
+    api_port = free_port()
+    behind = 600.0
+    with FactoryThread(port=free_port(), period=0.1, machines=2, clock_offset=-behind) as factory:
+        config = _config(tmp_path, factory.port, api_port)
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            m = wait_until(
+                "ages on arrival observed",
+                lambda: (
+                    (m := try_scrape(api_port)) is not None
+                    and value(m, "edge_agent_receive_age_seconds_count", source="plc") >= 20
+                    and total(m, "edge_agent_delivery_age_seconds_count", lane="data") > 0
+                    and m
+                ),
+                60,
+            )
+            count = value(m, "edge_agent_receive_age_seconds_count", source="plc")
+            # Every age is over 300 s and under an hour: the buckets say where each one fell.
+            assert value(m, "edge_agent_receive_age_seconds_bucket", source="plc", le="300.0") == 0
+            assert value(m, "edge_agent_receive_age_seconds_bucket", source="plc", le="3600.0") == count
+            mean = value(m, "edge_agent_receive_age_seconds_sum", source="plc") / count
+            assert behind <= mean < behind + 30, mean
+            delivered = total(m, "edge_agent_delivery_age_seconds_sum", lane="data") / total(
+                m, "edge_agent_delivery_age_seconds_count", lane="data"
+            )
+            assert delivered >= behind, delivered
+            records = tmp_path / "records.jsonl"
+
+            def stats() -> list[dict[str, object]]:
+                if not records.exists():
+                    return []
+                found = [
+                    r
+                    for line in records.read_bytes().splitlines()
+                    if (msg := orjson.loads(line))["lane"] == "status"
+                    for r in msg["records"]
+                    if r["kind"] == "agent-stats" and r["receive_age_ms"]
+                ]
+                return found
+
+            with_ages = wait_until("an agent-stats record with ages on arrival", stats, 30)
+            assert agent.stop() == 0
+    ages = with_ages[-1]["receive_age_ms"]
+    assert isinstance(ages, dict) and set(ages) == {"count", "p50", "p95", "max"}, ages
+    assert ages["count"] >= 2
+    assert behind * 1000 <= ages["p50"] <= ages["p95"] <= ages["max"] < (behind + 30) * 1000, ages
