@@ -65,6 +65,11 @@ class LiveValues:
         pipeline's per-value step). Valid for as long as this LiveValues lives."""
         return self._pending.__setitem__
 
+    @property
+    def store_many(self) -> Callable[[Iterable[tuple[tuple[str, str], object]]], None]:
+        """`store` for many values at once: ((shell id, path), value) pairs, one dict update."""
+        return self._pending.update
+
     def apply(self, env: ShellEnvironment) -> list[ValueProblem]:
         """Write every value updated since the last apply; never raises for a bad value."""
         pending = dict(self._pending)

@@ -3,7 +3,11 @@
 Everything here is per batch: one pass over the samples, one `add` per buffer. The constant
 part of every record (shell, submodel, idShort path, semanticId, valueType, unit, node) is
 encoded once per element at start-up; per value only the value, the two timestamps and the
-status are encoded.
+status are encoded. The common batch (finite Doubles, Good, each element once, no repeat, no open
+gap: what a busy server sends all day) takes a column-wise path, `_plain`: a few C-level passes
+over the batch's columns instead of a dozen Python steps per value, about half the CPU; any other
+batch takes the value-by-value loop, `_each`, whole. tests/test_pipeline_plain.py holds the two to
+the same results.
 
 Nothing is dropped silently: a value that does not fit its type goes to the status lane, a Bad
 sample travels with `value: null`, the server's queue overflow and batches the disk refused
@@ -17,6 +21,9 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import repeat
+from math import isfinite
+from operator import eq, itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -52,6 +59,11 @@ _BAD_SHOWN = 200  # characters of a value that did not fit, in the status record
 # (crc32 of its JSON form, kept apart in `Pipeline._digests`).
 _Last = tuple[float, int, str, Any]
 _UNKNOWN: Final = object()
+_NO_STAMP: Final[_Last] = (float("nan"), -1, "", None)  # `_plain`'s stamp before an element's first value
+_time_of = itemgetter(0)
+_FLOAT: Final = {float}
+_INT: Final = {int}
+_TICKS_OR_NONE: Final = frozenset({int, type(None)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +222,12 @@ class Pipeline:
             if (ring := self.live.series.get(b.shell_id)) is not None and b.path in ring.variables
         }
         self._series = {h: ring.values.append for h, ring in self._ring_of.items()}
+        # The elements of plain Doubles (`_plain`): handle -> each of what their records and stamps need.
+        floats = [b for b in bindings if b.encode is wire.encode_float]
+        self._equipment_of = {b.handle: b.equipment for b in floats}
+        self._prefix_of = {b.handle: b.prefix for b in floats}
+        self._mark_of = {b.handle: b.mark for b in floats}
+        self._live_of = {b.handle: b.live_key for b in floats}
         self._rings = tuple({id(ring): ring for ring in self._ring_of.values()}.values())
         members = {
             b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
@@ -273,6 +291,93 @@ class Pipeline:
     # -- adapter callbacks ----------------------------------------------------------------------
 
     async def on_samples(self, samples: Sequence[Sample]) -> None:
+        now = _utcnow().timestamp()
+        plain = self._plain(samples)
+        before: Sequence[_Last | None]
+        if plain is not None:
+            rows, marks, before, seen_h, seen_t = plain
+            closing = False
+        else:
+            rows, marks, before, seen_h, seen_t, closing = self._each(samples, now)
+        if seen_h:
+            for ring in self._rings:
+                ring.touch(now)
+            if self.measure is not None:
+                self.measure.stats.values_each(seen_h, seen_t)
+            if self.on_received is not None:
+                self.on_received(self.bindings[seen_h[0]].source, (now - seen_t[0], now - seen_t[-1]))
+        self.values_in += len(samples)
+        if not await self.store(rows, marks):
+            # Each element's stamp before its first value of this batch (reversed: the first one wins).
+            firsts = (None if p is _NO_STAMP else p for p in reversed(before))
+            self._not_stored(samples, dict(zip(reversed(seen_h), firsts, strict=True)))
+        if closing:
+            await self.flush()
+
+    def _plain(
+        self, samples: Sequence[Sample]
+    ) -> tuple[list[Row], dict[str, Mark], Sequence[_Last | None], Sequence[int], list[float]] | None:
+        """The common batch, in a few C-level passes over its columns instead of a step per value: every value a
+        finite Double of a Double element, Good, with source ticks (server ticks or none), each element once,
+        none with a gap open or a value reported unfit, and no element's last stamp at the same source time
+        (so nothing in it is a repeat). Gives what `_each` gives for it (its rows, marks, the stamps before
+        them with `_NO_STAMP` for none, handles and times), having done what `_each` does; None for any other
+        batch, untouched, for `_each`. tests/test_pipeline_plain.py holds the two to the same results."""
+        n = len(samples)
+        if not n:
+            return None
+        handles, values, sources, servers, statuses = zip(*samples, strict=True)
+        if (
+            any(statuses)
+            or set(map(type, values)) != _FLOAT
+            or not isfinite(sum(values))  # an inf or NaN makes the sum one (and an overflow: then `_each`)
+            or set(map(type, sources)) != _INT
+            or not _TICKS_OR_NONE.issuperset(map(type, servers))
+        ):
+            return None
+        unique = set(handles)
+        if (
+            len(unique) != n
+            or not self._mark_of.keys() >= unique
+            or (self._bad and not self._bad.keys().isdisjoint(unique))
+            or (self.gaps.open and not self.gaps.open.keys().isdisjoint(unique))
+        ):
+            return None
+        # As `_each` converts, once per distinct time (a server stamps a scan of values with few).
+        seconds = {t: (t - TICKS_AT_UNIX_EPOCH) // 10 / 1e6 for t in set(sources)}
+        times = list(map(seconds.__getitem__, sources))
+        last = self.last
+        before: list[_Last] = list(map(last.get, handles, repeat(_NO_STAMP)))
+        if any(map(eq, times, map(_time_of, before))):
+            return None  # maybe a repeat: `_each` decides
+        stamps: list[_Last] = list(zip(times, repeat(0), repeat(SOURCE), values, strict=False))
+        last.update(zip(handles, stamps, strict=True))
+        marks: dict[str, Mark] = dict(zip(map(self._mark_of.__getitem__, handles), stamps, strict=True))
+        tails = wire.float_tails(values, sources, servers)
+        equipment = map(self._equipment_of.__getitem__, handles)
+        bodies = zip(map(self._prefix_of.__getitem__, handles), tails, strict=True)
+        rows: list[Row] = list(zip(repeat("data"), equipment, times, bodies, strict=False))
+        self.live.store_many(zip(map(self._live_of.__getitem__, handles), values, strict=True))
+        series = self._series
+        if series:
+            bindings = self.bindings
+            for h, t, v in zip(handles, times, values, strict=True):
+                add = series.get(h)
+                if add is not None:
+                    add((t, bindings[h].path, v))
+        watch = self._watch
+        if watch and not watch.keys().isdisjoint(unique):
+            for h, t, v in zip(handles, times, values, strict=True):
+                if h in watch:
+                    for analyzer, role in watch[h]:
+                        analyzer.observe(role, v, t)
+        return rows, marks, before, handles, times
+
+    def _each(
+        self, samples: Sequence[Sample], now: float
+    ) -> tuple[list[Row], dict[str, Mark], list[_Last | None], list[int], list[float], bool]:
+        """Any batch, value by value: its rows and marks, each stored value's element's stamp before it, the
+        handles and times of the stored values, and whether a value of an element with an open gap came."""
         rows: list[Row] = []
         append = rows.append
         bindings = self.bindings
@@ -288,7 +393,6 @@ class Pipeline:
         marks: dict[str, Mark] = {}  # each stored element's stamp, as its buffer mark
         mark = _mark
         repeats = 0
-        now = _utcnow().timestamp()
         watch = self._watch
         seen_h: list[int] = []
         seen_t: list[float] = []
@@ -356,21 +460,8 @@ class Pipeline:
             if h in watch:
                 for analyzer, role in watch[h]:
                     analyzer.observe(role, v, t)
-        if seen_h:
-            for ring in self._rings:
-                ring.touch(now)
-        if seen_h:
-            if self.measure is not None:
-                self.measure.stats.values_each(seen_h, seen_t)
-            if self.on_received is not None:
-                self.on_received(bindings[seen_h[0]].source, (now - seen_t[0], now - seen_t[-1]))
-        self.values_in += len(samples)
         self.repeats += repeats
-        if not await self.store(rows, marks):
-            # Each element's stamp before its first value of this batch (reversed: the first one wins).
-            self._not_stored(samples, dict(zip(reversed(seen_h), reversed(before), strict=True)))
-        if closing:
-            await self.flush()
+        return rows, marks, before, seen_h, seen_t, closing
 
     def _not_stored(self, samples: Sequence[Sample], before: dict[int, _Last | None]) -> None:
         """A batch no buffer took: its values are lost; each element's range becomes a gap."""
