@@ -260,3 +260,21 @@ def test_a_column_wise_batch_the_disk_refuses_is_the_same_gap_as_the_loops(tmp_p
     [(_, _, body)] = stored["lanes"]["gap"]
     assert len(orjson.loads(body)["elements"]) == DOUBLES
     assert len(stored["lanes"]["data"]) == 5
+
+
+def test_many_times_are_written_as_each_alone_across_seconds_and_more_milliseconds_than_are_kept() -> None:
+    """`wire._times_json` against `_ticks_json` one by one: whole seconds (no fraction), tenths of a
+    microsecond (cut), times 1 ms apart over 10 s (more milliseconds than the cache keeps), few distinct."""
+    second = 10_000_000
+    cases = [
+        [T0 + n * second for n in range(10)],
+        [T0 + n * second + d for n in range(3) for d in (0, 1, 9, 10, 10_000, 9_999_999)],
+        [T0 + n * 10_000 + 7 for n in range(10_000)],
+        [T0 + 5] * 40 + [T0 + second],
+    ]
+    for ticks in cases:
+        wire._MILLIS.clear()
+        wire._ticks_json(T0)  # one millisecond known before
+        got = wire._times_json(ticks)
+        wire._MILLIS.clear()
+        assert got == [wire._ticks_json(t) for t in ticks]

@@ -280,10 +280,25 @@ def float_tails(values: Sequence[float], sources: Sequence[int], servers: Sequen
     texts = _dumps(values).strip(b"[]").split(b",")  # a float's JSON has no comma, and no bracket
     if len(texts) != len(values):  # not floats after all
         return list(map(data_tail, values, sources, servers, repeat(0)))
-    source = {t: _ticks_json(t) for t in set(sources)}
-    server = {t: source[t] if t in source else _time(t) for t in set(servers)}
-    times = zip(texts, map(source.__getitem__, sources), map(server.__getitem__, servers), strict=True)
-    return list(map(_GOOD_TAIL.__mod__, times))
+    source = _times_json(sources)
+    if servers == sources:
+        server = source
+    elif None in servers:
+        known = dict(zip(sources, source, strict=True))
+        server = [known[t] if t in known else _time(t) for t in servers]
+    else:
+        server = _times_json(servers)  # type: ignore[arg-type]  # no None in them
+    return list(map(_GOOD_TAIL.__mod__, zip(texts, source, server, strict=True)))
+
+
+def _times_json(ticks: Sequence[int]) -> list[bytes]:
+    """`_ticks_json` of each: once per distinct time where few are (a server stamping a scan of values with
+    one), else one by one (C-level passes over the numbers measured slower than that: bench/README.md)."""
+    distinct = set(ticks)
+    if len(distinct) * 4 <= len(ticks):
+        known = {t: _ticks_json(t) for t in distinct}
+        return list(map(known.__getitem__, ticks))
+    return list(map(_ticks_json, ticks))
 
 
 _TICKS_AT_UNIX = 116444736000000000  # as adapters/sample.py: TICKS_AT_UNIX_EPOCH (uploader imports no adapter)
