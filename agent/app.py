@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,12 +64,13 @@ class Agent:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
         # The AAS model (SDK objects: seconds for 10,000 elements) is built once collection runs (_build_model);
-        # collecting needs only the specs.
+        # collecting needs only the specs. Only the local API reads the model and the recent records (Time Series
+        # Data): without it (api.enabled false) neither is kept.
         self.specs = shell_specs(cfg)
         self.env: ShellEnvironment | None = None
-        self._model_built = asyncio.Event()  # set once the model is built, or failed to be
+        self._model_built = asyncio.Event()  # set once the model is built, or failed to be, or is not wanted
         self._model_task: asyncio.Task[None] | None = None
-        self.live = LiveValues(series=rings_for(self.specs))  # recent records: Time Series Data
+        self.live = LiveValues(series=rings_for(self.specs) if cfg.api.enabled else {})
         self.plan = plan(cfg, self.specs)
         self.backoff = Backoff(initial=1.0, maximum=30.0)
         cfg.agent.data_dir.mkdir(parents=True, exist_ok=True)
@@ -290,13 +292,14 @@ class Agent:
         if self.env is not None:
             self.live.apply(self.env)
             carry(self.env, env)
-        rings = rings_for(env.shells)
+        serving = new.api.enabled  # else nothing reads the model: it was built only to check the config
+        rings = rings_for(env.shells) if serving else {}
         for sid, ring in rings.items():
             before = self.live.series.get(sid)
             if before is not None and before.variables == ring.variables:
                 rings[sid] = before
         self.live.series = rings
-        self.env, self.specs = env, specs
+        self.env, self.specs = (env if serving else None), specs
         self.plan = plan(new, specs, self._handles)
         self._handles |= self.plan.handles
         self.measure.reconfigure(new, _shells(new), self.plan.handles, datetime.now(UTC).timestamp())
@@ -317,7 +320,7 @@ class Agent:
             sup.start(f"forwarder-{sink.name}", forwarder.run)
         if self._api is not None:
             self._api.use(env)
-        else:
+        elif serving:
             self._start_api()  # the model of the config before could not be built: the API starts now
         for kind, message, details in self._buffer_notes[notes:]:
             await self.pipeline.status(kind, message, **details)
@@ -504,7 +507,11 @@ class Agent:
             sup.start(f"forwarder-{f.sink.name}", f.run)
         sup.start("heartbeat", self._heartbeat)
         sup.start("usage-spool", self._usage_spool)
-        self._model_task = asyncio.create_task(self._build_model(), name="aas-model")
+        if self.cfg.api.enabled:
+            self._model_task = asyncio.create_task(self._build_model(), name="aas-model")
+        else:
+            log.info("local API off (api.enabled: false): no AAS model is kept in memory")
+            self._model_built.set()
         self._running = True
         try:
             await sup.wait(stop)
@@ -515,6 +522,7 @@ class Agent:
 
     async def _build_model(self) -> None:
         """The AAS model, built in a thread while collection runs; then the local API that serves it."""
+        started = time.monotonic()
         try:
             self.env = await asyncio.to_thread(build_shells, self.cfg, self.specs)
         except Exception as e:  # collection goes on without the model; the config check names the problem
@@ -524,6 +532,12 @@ class Agent:
             return
         finally:
             self._model_built.set()
+        log.info(
+            "AAS model built: %d shells, %d elements, in %.1f s",
+            len(self.specs),
+            len(self.plan.bindings),
+            time.monotonic() - started,
+        )
         gc.freeze()  # long-lived: out of the collector's way, as the rest of the start-up's objects
         self._start_api()
 

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from simulators.agentproc import ROOT, AgentProcess
+from simulators.factory import FactoryThread
 from simulators.factory.agentconfig import factory_config
 from simulators.ports import free_port
 from tests.helpers import wait_until
@@ -57,3 +60,28 @@ def test_the_running_agent_does_not_load_what_only_exports_and_api_reads_use() -
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("api", [True, False])
+def test_the_aas_model_is_built_only_for_the_local_api_that_serves_it(tmp_path: Path, api: bool) -> None:
+    """Only the local API reads the AAS model and the recent records (~4 KB per element): with `api.enabled:
+    false` the agent collects and delivers as ever, and builds neither."""
+    out = tmp_path / "records.jsonl"
+    cfg = tmp_path / "agent.yaml"
+    with FactoryThread(port=free_port(), period=0.1, machines=1) as factory:
+        text = factory_config(
+            opc_port=factory.port,
+            data_dir=tmp_path / "data",
+            sinks=f"- type: file\n  path: {out}\n  batch: {{max_delay_ms: 50}}",
+            machines=1,
+        )
+        cfg.write_text(text + (f"api: {{port: {free_port()}}}\n" if api else "api: {enabled: false}\n"))
+        with AgentProcess(cfg, tmp_path / "agent.log") as agent:
+            wait_until("data records", lambda: out.exists() and b'"lane":"data"' in out.read_bytes(), 60)
+            if api:
+                wait_until("the model built", lambda: "AAS model built" in agent.log(), 60)
+            assert agent.stop() == 0
+    log = agent.log()
+    assert ("AAS model built" in log) is api, log[-2000:]
+    assert ("no AAS model is kept in memory" in log) is not api, log[-2000:]
+    assert ("local API on" in log) is api
