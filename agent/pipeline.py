@@ -229,6 +229,11 @@ class Pipeline:
         self._mark_of = {b.handle: b.mark for b in floats}
         self._live_of = {b.handle: b.live_key for b in floats}
         self._rings = tuple({id(ring): ring for ring in self._ring_of.values()}.values())
+        # Each ring's elements, for `_plain`: a batch of one ring's elements goes in with one C-level extend.
+        self._ring_path = {h: self.bindings[h].path for h in self._ring_of}
+        self._ring_members = [
+            (ring.values.extend, frozenset(h for h, r in self._ring_of.items() if r is ring)) for ring in self._rings
+        ]
         members = {
             b.handle: Member(b.source, b.equipment, b.shell_id, b.submodel_id, b.path, f"open:{b.equipment}/{b.path}")
             for b in bindings
@@ -366,11 +371,15 @@ class Pipeline:
         self.live.store_many(zip(map(self._live_of.__getitem__, handles), values, strict=True))
         series = self._series
         if series:
-            bindings = self.bindings
-            for h, t, v in zip(handles, times, values, strict=True):
-                add = series.get(h)
-                if add is not None:
-                    add((t, bindings[h].path, v))
+            for extend, members in self._ring_members:
+                if members >= unique:  # the whole batch is this ring's
+                    extend(zip(times, map(self._ring_path.__getitem__, handles), values, strict=True))
+                    break
+            else:
+                for h, t, v in zip(handles, times, values, strict=True):
+                    add = series.get(h)
+                    if add is not None:
+                        add((t, self._ring_path[h], v))
         watch = self._watch
         if watch and not watch.keys().isdisjoint(unique):
             for h, t, v in zip(handles, times, values, strict=True):

@@ -64,7 +64,7 @@ def test_the_running_agent_does_not_load_what_only_exports_and_api_reads_use() -
 
 @pytest.mark.parametrize("api", [True, False])
 def test_the_aas_model_is_built_only_for_the_local_api_that_serves_it(tmp_path: Path, api: bool) -> None:
-    """Only the local API reads the AAS model and the recent records (~4 KB per element): with `api.enabled:
+    """Only the local API reads the AAS model and the recent records (about 6 KB per element): with `api.enabled:
     false` the agent collects and delivers as ever, and builds neither."""
     out = tmp_path / "records.jsonl"
     cfg = tmp_path / "agent.yaml"
