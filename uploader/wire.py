@@ -273,8 +273,8 @@ _GOOD_TAIL = b'"value":%b,"sourceTime":%b,"serverTime":%b,"status":0}'
 
 def float_tails(values: Sequence[float], sources: Sequence[int], servers: Sequence[int | None]) -> list[bytes]:
     """`data_tail` of each of many values at once, byte for byte, where every value is a finite float with
-    status Good (0), every source time OPC UA ticks and every server time ticks or None: a few C-level passes
-    over the values, and one conversion per distinct time (a server stamps a scan of values with few)."""
+    status Good (0), every source time OPC UA ticks and every server time ticks or None: one orjson call for
+    all the values, and the times as `_times_json` writes them."""
     if not values:
         return []
     texts = _dumps(values).strip(b"[]").split(b",")  # a float's JSON has no comma, and no bracket
