@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import signal
-import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 
 import orjson
 
-from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues, carry
 from aas_models.timeseries import rings_for
 from adapters.opcua.pki import Pki
@@ -42,7 +40,7 @@ from agent.metrics import Metrics
 from agent.pipeline import Pipeline
 from agent.reload import Changes, compare
 from agent.runstate import RunState
-from agent.shells import build_shells, shell_specs
+from agent.shells import ModelOnDemand, build_shells, shell_specs
 from agent.status import Parts, snapshot
 from agent.supervisor import ComponentFailed, Supervisor
 from agent.version import VERSION
@@ -63,13 +61,11 @@ STATS_FLUSH_S = 60.0  # the statistics behind `edge-agent level` are written thi
 class Agent:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
-        # The AAS model (SDK objects: seconds for 10,000 elements) is built once collection runs (_build_model);
-        # collecting needs only the specs. Only the local API reads the model and the recent records (Time Series
-        # Data): without it (api.enabled false) neither is kept.
+        # Collecting needs only the specs. Only the local API reads the AAS model (SDK objects: seconds and ~4 KB
+        # per element) and the recent records (Time Series Data): the model is built at its first AAS read
+        # (ModelOnDemand), and without the API (api.enabled false) neither is kept.
         self.specs = shell_specs(cfg)
-        self.env: ShellEnvironment | None = None
-        self._model_built = asyncio.Event()  # set once the model is built, or failed to be, or is not wanted
-        self._model_task: asyncio.Task[None] | None = None
+        self.model = ModelOnDemand(functools.partial(build_shells, cfg, self.specs))
         self.live = LiveValues(series=rings_for(self.specs) if cfg.api.enabled else {})
         self.plan = plan(cfg, self.specs)
         self.backoff = Backoff(initial=1.0, maximum=30.0)
@@ -119,7 +115,6 @@ class Agent:
         self._handles = dict(self.plan.handles)  # every element's handle, also of those a reload removed
         self._reloading = asyncio.Lock()
         self._running = False  # collectors started, not yet stopping: a reload may change them
-        self._api: ApiServer | None = None
         self.parts = Parts(
             self.pipeline,
             self.measure,
@@ -228,7 +223,7 @@ class Agent:
             return {"applied": False, "message": "the agent is starting or stopping; try again once it runs"}
         if self.config_path is None:
             return await self._refuse("the agent was started without a configuration file")
-        await self._model_built.wait()  # the model of the running config, to carry its values over
+        old_env = await self.model.settled()  # the model of the running config (if built), to carry its values over
         try:
             new = await asyncio.to_thread(load_config, self.config_path)
             specs = shell_specs(new)
@@ -289,17 +284,19 @@ class Agent:
             sinks.append(sink)
             forwarders.append(forwarder)
         # The model: rebuilt, with the current values and each unchanged shell's recent records.
-        if self.env is not None:
-            self.live.apply(self.env)
-            carry(self.env, env)
+        if old_env is not None:
+            self.live.apply(old_env)
+            carry(old_env, env)
         serving = new.api.enabled  # else nothing reads the model: it was built only to check the config
-        rings = rings_for(env.shells) if serving else {}
+        rings = rings_for(specs) if serving else {}
         for sid, ring in rings.items():
             before = self.live.series.get(sid)
             if before is not None and before.variables == ring.variables:
                 rings[sid] = before
         self.live.series = rings
-        self.env, self.specs = (env if serving else None), specs
+        # Kept only when the model of the config before was in memory: else it is built again at the first read.
+        self.model.replace(functools.partial(build_shells, new, specs), env if serving and old_env is not None else None)
+        self.specs = specs
         self.plan = plan(new, specs, self._handles)
         self._handles |= self.plan.handles
         self.measure.reconfigure(new, _shells(new), self.plan.handles, datetime.now(UTC).timestamp())
@@ -318,10 +315,6 @@ class Agent:
         for sink, forwarder in fresh:
             sup.start(f"sink-{sink.name}", sink.run)
             sup.start(f"forwarder-{sink.name}", forwarder.run)
-        if self._api is not None:
-            self._api.use(env)
-        elif serving:
-            self._start_api()  # the model of the config before could not be built: the API starts now
         for kind, message, details in self._buffer_notes[notes:]:
             await self.pipeline.status(kind, message, **details)
         try:
@@ -508,10 +501,9 @@ class Agent:
         sup.start("heartbeat", self._heartbeat)
         sup.start("usage-spool", self._usage_spool)
         if self.cfg.api.enabled:
-            self._model_task = asyncio.create_task(self._build_model(), name="aas-model")
+            self._start_api()
         else:
             log.info("local API off (api.enabled: false): no AAS model is kept in memory")
-            self._model_built.set()
         self._running = True
         try:
             await sup.wait(stop)
@@ -520,32 +512,9 @@ class Agent:
             async with self._reloading:  # a reload under way finishes first
                 await self._shutdown(drain_timeout)
 
-    async def _build_model(self) -> None:
-        """The AAS model, built in a thread while collection runs; then the local API that serves it."""
-        started = time.monotonic()
-        try:
-            self.env = await asyncio.to_thread(build_shells, self.cfg, self.specs)
-        except Exception as e:  # collection goes on without the model; the config check names the problem
-            log.error(
-                "the AAS model cannot be built, the local API stays off (edge-agent check -c FILE says why): %s", e
-            )
-            return
-        finally:
-            self._model_built.set()
-        log.info(
-            "AAS model built: %d shells, %d elements, in %.1f s",
-            len(self.specs),
-            len(self.plan.bindings),
-            time.monotonic() - started,
-        )
-        gc.freeze()  # long-lived: out of the collector's way, as the rest of the start-up's objects
-        self._start_api()
-
     async def _shutdown(self, drain_timeout: float) -> None:
         sup = self.supervisor
-        if self._model_task is not None:
-            self._model_task.cancel()
-            await asyncio.gather(self._model_task, return_exceptions=True)
+        self.model.cancel()
         log.info("stopping: collection first, then flushing buffers")
         await sup.stop("api", *sup.names("source-"), "heartbeat", "usage-spool")  # the API ends its sessions
         self.runstate.beat()
@@ -580,10 +549,10 @@ class Agent:
     def _start_api(self) -> None:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
-        if self.cfg.api.enabled and self.env is not None:
-            api = self._api = ApiServer(
+        if self.cfg.api.enabled:
+            api = ApiServer(
                 self.cfg,
-                self.env,
+                self.model,
                 self.live,
                 record=self.pipeline.usage,
                 operator=Operator(metrics=self.metrics.text, status=self.status, reload=self.reload),

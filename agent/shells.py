@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Callable, Sequence
 
 from aas_models import spec
 from aas_models.build import ShellEnvironment, build_environment, check_shells
 from agent.config import Config, Equipment
 from agent.config_sinks import HttpSinkConfig
+
+log = logging.getLogger(__name__)
 
 
 def shell_spec(cfg: Config, e: Equipment) -> spec.Shell:
@@ -164,3 +171,83 @@ def build_shells(cfg: Config, specs: Sequence[spec.Shell] | None = None) -> Shel
         site=site_spec(cfg),
         concept_descriptions=True,
     )
+
+
+class ModelUnavailable(Exception):
+    """The AAS model of the running configuration cannot be built; the message says why."""
+
+
+class ModelOnDemand:
+    """The AAS model (SDK objects) of the running configuration, built the first time something reads it.
+
+    Collecting needs only the specs; only the local API's AAS reads need the model, which costs about 4 KB per
+    element (20 MB at 5,000) and seconds of CPU to build. A gateway whose AAS API nobody reads never pays for it.
+    The first `await model()` builds it in a worker thread (the event loop, so collection, goes on); callers
+    meanwhile wait for that one build. A build that fails is not tried again for the same configuration: each
+    call raises ModelUnavailable with the reason, until `replace` (a reload) gives a new configuration.
+
+    The values collected before the build are not lost: `LiveValues` keeps each element's latest one until it is
+    written into the model (at every API read)."""
+
+    def __init__(self, build: Callable[[], ShellEnvironment]) -> None:
+        self._build = build
+        self.env: ShellEnvironment | None = None  # None until built
+        self._task: asyncio.Task[ShellEnvironment] | None = None
+        self._failed: str | None = None
+
+    async def __call__(self) -> ShellEnvironment:
+        if self.env is not None:
+            return self.env
+        if self._failed is not None:
+            raise ModelUnavailable(self._failed)
+        if self._task is None:
+            task = self._task = asyncio.create_task(self._building(self._build), name="aas-model")
+            task.add_done_callback(_retrieved)
+        # A caller that is cancelled (a client that went away) does not cancel the build the others wait for.
+        return await asyncio.shield(self._task)
+
+    async def settled(self) -> ShellEnvironment | None:
+        """The model, once a build under way has ended; None when none is built (or it failed)."""
+        if self._task is not None:
+            with contextlib.suppress(ModelUnavailable):
+                await asyncio.shield(self._task)
+        return self.env
+
+    def replace(self, build: Callable[[], ShellEnvironment], env: ShellEnvironment | None) -> None:
+        """A new configuration: its build, and its model when one was built already (else built on demand)."""
+        self._build, self.env, self._failed, self._task = build, env, None, None
+
+    def cancel(self) -> None:
+        """Stop waiting for a build under way (at stop)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _building(self, build: Callable[[], ShellEnvironment]) -> ShellEnvironment:
+        started = time.monotonic()
+        try:
+            env = await asyncio.to_thread(build)
+        except Exception as e:
+            if self._build is build:  # else a reload replaced the configuration meanwhile
+                self._failed, self._task = str(e), None
+                log.error(
+                    "the AAS model cannot be built; the local API answers AAS reads with 503 (edge-agent check -c "
+                    "FILE says why): %s",
+                    e,
+                )
+            raise ModelUnavailable(str(e)) from e
+        if self._build is build:
+            self.env, self._task = env, None
+            log.info(
+                "AAS model built (for the first AAS read): %d shells, %d elements, in %.1f s",
+                len(env.shells),
+                sum(len(s.elements) for s in env.shells),
+                time.monotonic() - started,
+            )
+            gc.freeze()  # long-lived: out of the collector's way, as the rest of the start-up's objects
+        return env
+
+
+def _retrieved(task: asyncio.Task[ShellEnvironment]) -> None:
+    """A build's failure is told to its callers and logged: not also as "exception never retrieved"."""
+    if not task.cancelled():
+        task.exception()

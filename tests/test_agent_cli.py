@@ -3,9 +3,13 @@ the same buffer is refused with a clear message."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,25 +67,41 @@ def test_the_running_agent_does_not_load_what_only_exports_and_api_reads_use() -
 
 
 @pytest.mark.parametrize("api", [True, False])
-def test_the_aas_model_is_built_only_for_the_local_api_that_serves_it(tmp_path: Path, api: bool) -> None:
-    """Only the local API reads the AAS model and the recent records (about 6 KB per element): with `api.enabled:
-    false` the agent collects and delivers as ever, and builds neither."""
+def test_the_aas_model_is_built_at_the_first_aas_read_and_only_for_the_local_api(tmp_path: Path, api: bool) -> None:
+    """Only the local API reads the AAS model (about 4 KB per element) and the recent records: the model is built
+    at the first AAS read, not at start, with the values collected before it; with `api.enabled: false` the
+    agent collects and delivers as ever, and keeps neither."""
     out = tmp_path / "records.jsonl"
     cfg = tmp_path / "agent.yaml"
+    port = free_port()
+    feed = "ns=2;s=CNC01.Control.FeedOverride"  # changes only when written: its one value comes at the subscribe
     with FactoryThread(port=free_port(), period=0.1, machines=1) as factory:
         text = factory_config(
             opc_port=factory.port,
             data_dir=tmp_path / "data",
             sinks=f"- type: file\n  path: {out}\n  batch: {{max_delay_ms: 50}}",
             machines=1,
+            extra_points=f'      - node: "{feed}"\n        path: Control.FeedOverride\n        type: Double\n',
         )
-        cfg.write_text(text + (f"api: {{port: {free_port()}}}\n" if api else "api: {enabled: false}\n"))
+        cfg.write_text(text + (f"api: {{port: {port}}}\n" if api else "api: {enabled: false}\n"))
         with AgentProcess(cfg, tmp_path / "agent.log") as agent:
-            wait_until("data records", lambda: out.exists() and b'"lane":"data"' in out.read_bytes(), 60)
+            wait_until("data records", lambda: out.exists() and b'"Control.FeedOverride"' in out.read_bytes(), 60)
             if api:
-                wait_until("the model built", lambda: "AAS model built" in agent.log(), 60)
+                wait_until("the API", lambda: "local API on" in agent.log(), 60)
+                assert _get(port, "/description")["profiles"]
+                assert "AAS model built" not in agent.log()  # collecting and serving /description built nothing
+                shell = _get(port, "/shells")["result"][0]
+                assert "AAS model built" in agent.log()
+                sm = base64.urlsafe_b64encode(f"{shell['id']}/sm/OperationalData".encode()).decode().rstrip("=")
+                value = _get(port, f"/submodels/{sm}/submodel-elements/Control.FeedOverride/$value")
+                assert value == {"FeedOverride": factory.read(feed)}, value  # collected before the model was built
             assert agent.stop() == 0
     log = agent.log()
-    assert ("AAS model built" in log) is api, log[-2000:]
+    assert log.count("AAS model built") == int(api), log[-2000:]
     assert ("no AAS model is kept in memory" in log) is not api, log[-2000:]
     assert ("local API on" in log) is api
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as r:
+        return json.loads(r.read())

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import logging
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from basyx.aas import model
 
 import aas_models.lazy as lazy_module
+from aas_models.build import ModelBuildError, ShellEnvironment
 from aas_models.lazy import LazySubmodel
 from aas_models.live import LiveValues
 from agent import usage
@@ -31,7 +33,7 @@ from agent.api.auth import Sessions
 from agent.api.server import ApiServer, create_app
 from agent.config import Config, ConfigError, parse, secrets
 from agent.config_api import ApiUser
-from agent.shells import build_shells
+from agent.shells import ModelOnDemand, build_shells
 from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
 from simulators.factory.agentconfig import factory_config
@@ -229,6 +231,64 @@ def test_errors_carry_the_spec_body_and_the_aas_is_read_only(tmp_path: Path) -> 
         assert (await (await client.get("/description")).json()) == {"profiles": list(PROFILES)}
 
     in_process(cfg, test)
+
+
+def test_the_model_is_built_once_at_the_first_aas_read_and_one_that_cannot_be_built_answers_503(
+    tmp_path: Path,
+) -> None:
+    """The agent serves a ModelOnDemand (agent/shells.py): nothing is built until an AAS read; concurrent first
+    reads share one build, and a reader that goes away does not cancel it; a build that fails answers every AAS
+    read with 503 and the reason, without building again, until a reload replaces the configuration."""
+    cfg = make_config(tmp_path, users=False)
+    aas = cfg.aas_id(cfg.equipment[0])
+    element = f"/submodels/{b64(f'{aas}/sm/OperationalData')}/submodel-elements/Control.FeedOverride/$value"
+    builds: list[str] = []
+    fail = threading.Event()
+    fail.set()
+    release = threading.Event()
+
+    def build() -> ShellEnvironment:
+        builds.append("build")
+        if fail.is_set():
+            raise ModelBuildError("cnc01: a problem made for this test")
+        release.wait(30)
+        return build_shells(cfg)
+
+    model, live = ModelOnDemand(build), LiveValues()
+    live.update(aas, "Control.FeedOverride", 42.0)  # collected before any model exists
+    asked: list[str] = []
+
+    async def served() -> ShellEnvironment:
+        asked.append("read")
+        return await model()
+
+    async def main() -> None:
+        app = create_app(cfg, served, live, Recorded())
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            assert (await client.get("/description")).status == 200
+            assert builds == []
+            for _ in range(2):
+                answer = await client.get("/shells")
+                assert answer.status == 503
+                text = (await answer.json())["messages"][0]["text"]
+                assert "cannot be built" in text and "a problem made for this test" in text, text
+            assert builds == ["build"]  # not built again for every read
+
+            fail.clear()
+            model.replace(build, None)  # a reload
+            gone = asyncio.create_task(model())
+            await until(lambda: len(builds) == 2, 30)
+            gone.cancel()  # a reader that went away
+            asked.clear()
+            reads = [asyncio.create_task(client.get(element)) for _ in range(5)]
+            await until(lambda: len(asked) == 5, 30, "five reads waiting for the build")
+            release.set()
+            for answer in await asyncio.gather(*reads):
+                assert answer.status == 200 and await answer.json() == {"FeedOverride": 42.0}
+            assert builds == ["build", "build"]  # one build for all, the cancelled reader's
+            assert model.env is not None and await model.settled() is model.env
+
+    asyncio.run(main())
 
 
 def test_live_values_level_core_and_the_modifiers(tmp_path: Path) -> None:

@@ -35,11 +35,13 @@ from basyx.aas.model.concept import ConceptDescription
 from aas_models.build import ShellEnvironment
 from aas_models.lazy import CHILDREN, LazyGroup, LazySubmodel
 from aas_models.live import LiveValues
+from agent.shells import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Model = Callable[[], Awaitable[ShellEnvironment]]  # the model to serve; ModelUnavailable when it cannot be built
 
 SSP = "https://admin-shell.io/aas/API/3/0/"
 PROFILES = (
@@ -412,10 +414,17 @@ def resolve(submodel: Submodel, text: str) -> tuple[Node, list[tuple[str, str]]]
 
 
 class AasRoutes:
-    """The read routes over one ShellEnvironment and its live values."""
+    """The read routes over one ShellEnvironment and its live values; or over the model `await model()` gives
+    at each read (agent/shells.py: ModelOnDemand, built at the first read and replaced by a reload)."""
 
-    def __init__(self, env: ShellEnvironment, live: LiveValues) -> None:
-        self.env = env
+    env: ShellEnvironment  # the model the current read is served from
+
+    def __init__(self, model: ShellEnvironment | Model, live: LiveValues) -> None:
+        if isinstance(model, ShellEnvironment):
+            self.env = model
+            self._model: Model | None = None
+        else:
+            self._model = model
         self.live = live
         self._reported: set[tuple[str, str]] = set()
 
@@ -452,11 +461,17 @@ class AasRoutes:
         return reads
 
     def _prepared(self, handler: Handler) -> Handler:
-        """`handler`, after the lazy submodels the request reads have their JSON (aas_models/lazy.py): the first
-        read of one builds and serializes it, seconds for a large machine, in a worker thread, so that the event
-        loop (collection, other requests) goes on meanwhile."""
+        """`handler`, after the model is built (the first AAS read builds it) and the lazy submodels the request
+        reads have their JSON (aas_models/lazy.py): the first read of one builds and serializes it. Each is
+        seconds for a large machine, in a worker thread, so that the event loop (collection, other requests) goes
+        on meanwhile."""
 
         async def prepared(request: web.Request) -> web.StreamResponse:
+            if self._model is not None:
+                try:
+                    self.env = await self._model()
+                except ModelUnavailable as e:
+                    raise ApiError(503, f"the AAS model of this configuration cannot be built: {e}") from e
             for group in self._unprepared(request):
                 await asyncio.to_thread(group.prepare)
             return await handler(request)

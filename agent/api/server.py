@@ -17,7 +17,7 @@ from aiohttp import web
 
 from aas_models.build import ShellEnvironment
 from aas_models.live import LiveValues
-from agent.api.aas import API_PREFIX, AasRoutes, ApiError, Handler, error_response
+from agent.api.aas import API_PREFIX, AasRoutes, ApiError, Handler, Model, error_response
 from agent.api.auth import SESSION, AuthRoutes, Record, Sessions
 from agent.api.control import ControlRoutes
 from agent.api.operator import Operator
@@ -29,16 +29,16 @@ log = logging.getLogger(__name__)
 SESSIONS = web.AppKey("sessions", Sessions)
 READS = web.AppKey("reads", frozenset)  # routes that serve AAS data: a session's reads (DO6003)
 PUBLIC = web.AppKey("public", frozenset)  # routes that need no session
-AAS = web.AppKey("aas", AasRoutes)  # the AAS read routes: a reload gives them the rebuilt model
 MAX_BODY = 64 * 1024  # logins and control writes are small
 SHUTDOWN_S = 15.0
 
 
 def create_app(
-    cfg: Config, env: ShellEnvironment, live: LiveValues, record: Record, operator: Operator | None = None
+    cfg: Config, env: ShellEnvironment | Model, live: LiveValues, record: Record, operator: Operator | None = None
 ) -> web.Application:
-    """The API over `env` (values from `live`), with `record(rows)` storing its usage rows; with `operator`,
-    also the operator's routes: `/metrics`, `/status` and the status page."""
+    """The API over `env` (values from `live`), or over the model `await env()` gives at each AAS read; with
+    `record(rows)` storing its usage rows; with `operator`, also the operator's routes: `/metrics`, `/status`
+    and the status page."""
     check(cfg)
     sessions = Sessions(cfg.api.users, record)
     app = web.Application(middlewares=[_errors, _sessions], client_max_size=MAX_BODY)
@@ -55,7 +55,6 @@ def create_app(
         r for r in app.router.routes() if r.resource is not None and r.resource.canonical.endswith("/description")
     ]
     app[SESSIONS] = sessions
-    app[AAS] = aas
     app[READS] = frozenset(reads)
     app[PUBLIC] = frozenset(public)
     app.cleanup_ctx.append(sessions.running)
@@ -97,7 +96,7 @@ class ApiServer:
     def __init__(
         self,
         cfg: Config,
-        env: ShellEnvironment,
+        env: ShellEnvironment | Model,
         live: LiveValues,
         record: Record,
         *,
@@ -108,19 +107,12 @@ class ApiServer:
         self.cfg, self.env, self.live, self.record = cfg, env, live, record
         self.operator = operator
         self._retry = retry
-        self._app: web.Application | None = None
-
-    def use(self, env: ShellEnvironment) -> None:
-        """Serve `env` from now on (a reload rebuilt the model)."""
-        self.env = env
-        if self._app is not None:
-            self._app[AAS].env = env
 
     async def run(self) -> None:
         api = self.cfg.api
         delay, longest = self._retry
         while True:
-            app = self._app = create_app(self.cfg, self.env, self.live, self.record, self.operator)
+            app = create_app(self.cfg, self.env, self.live, self.record, self.operator)
             try:
                 runner = await start(app, api.host, api.port)
                 break
