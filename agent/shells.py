@@ -181,7 +181,8 @@ class ModelOnDemand:
     """The AAS model (SDK objects) of the running configuration, built the first time something reads it.
 
     Collecting needs only the specs; only the local API's AAS reads need the model, which costs about 4 KB per
-    element (20 MB at 5,000) and seconds of CPU to build. A gateway whose AAS API nobody reads never pays for it.
+    element (22 MB of RSS at 5,000) and a second of CPU at 10,000. A gateway whose AAS API nobody reads never
+    pays for it.
     The first `await model()` builds it in a worker thread (the event loop, so collection, goes on); callers
     meanwhile wait for that one build. A build that fails is not tried again for the same configuration: each
     call raises ModelUnavailable with the reason, until `replace` (a reload) gives a new configuration.

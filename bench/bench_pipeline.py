@@ -661,6 +661,26 @@ def _tail(path: Path, lines: int = 30) -> str:
 # -- report -----------------------------------------------------------------------------------------
 
 
+# What each client's process imports, as its child does: the fixed part of its RSS, whatever the nodes.
+_IMPORTS = {
+    "bare": "import sys; sys.path.insert(0, 'bench'); import bench_pipeline",
+    "agent": "import agent.cli, agent.app",
+}
+_RSS = "; import os; print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20)"
+
+
+def import_rss() -> dict[str, float]:
+    """MB of RSS of a fresh process that only imports what the bare client or the agent imports: subtracted from
+    the RSS at the window's end, what is left is the client's state for the nodes it follows."""
+    out = {}
+    for name, code in _IMPORTS.items():
+        done = subprocess.run(
+            [sys.executable, "-c", code + _RSS], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+        )
+        out[name] = float(done.stdout.split()[-1])
+    return out
+
+
 def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentExtras, took: float) -> None:
     offered = args.vars * 1000 / args.period_ms
     ncpu = psutil.cpu_count() or 1
@@ -679,6 +699,7 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
     print(f"{'':28}{'bare asyncua':>14}{'edge-agent':>14}{'agent/bare':>12}")
     # The ratio column only where a ratio means something: throughput, the client's own cost, age.
     compared = {"values/s", "CPU % of one core", "CPU s per 10,000 values", "age on arrival median ms"}
+    imports = import_rss()
     rows: list[tuple[str, float, float, str]] = [
         ("values/s", bare.rate, agent.rate, ",.0f"),
         ("share of offered values", bare.rate / offered * 100, agent.rate / offered * 100, ".1f"),
@@ -694,6 +715,13 @@ def report(args: argparse.Namespace, bare: Window, agent: Window, extras: AgentE
         ("age on arrival p95 ms", percentile(bare.ages_ms, 0.95), percentile(agent.ages_ms, 0.95), ",.0f"),
         ("age on arrival p99 ms", percentile(bare.ages_ms, 0.99), percentile(agent.ages_ms, 0.99), ",.0f"),
         ("RSS at the window's end, MB", bare.rss_mb, agent.rss_mb, ",.0f"),
+        ("  of it the imports alone, MB", imports["bare"], imports["agent"], ",.0f"),
+        (
+            "  the rest per node, KB",
+            (bare.rss_mb - imports["bare"]) * 1024 / args.vars,
+            (agent.rss_mb - imports["agent"]) * 1024 / args.vars,
+            ",.1f",
+        ),
         ("server CPU % (node)", bare.percent(bare.server_cpu_s), agent.percent(agent.server_cpu_s), ".0f"),
         ("mosquitto CPU %", bare.percent(bare.broker_cpu_s), agent.percent(agent.broker_cpu_s), ".0f"),
         ("this bench process CPU %", bare.percent(bare.bench_cpu_s), agent.percent(agent.bench_cpu_s), ".0f"),
