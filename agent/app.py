@@ -295,7 +295,8 @@ class Agent:
                 rings[sid] = before
         self.live.series = rings
         # Kept only when the model of the config before was in memory: else it is built again at the first read.
-        self.model.replace(functools.partial(build_shells, new, specs), env if serving and old_env is not None else None)
+        kept = env if serving and old_env is not None else None
+        self.model.replace(functools.partial(build_shells, new, specs), kept)
         self.specs = specs
         self.plan = plan(new, specs, self._handles)
         self._handles |= self.plan.handles
