@@ -29,6 +29,7 @@ from agent import logs, nodepaths, usage
 from agent.api.operator import Operator
 from agent.api.server import ApiServer
 from agent.backoff import Backoff
+from agent.clock import ClockWatch
 from agent.config import Config, ConfigError, secrets
 from agent.config import Source as SourceConfig
 from agent.config import load as load_config
@@ -81,6 +82,7 @@ class Agent:
         )
         self._buffer_notes: list[tuple[str, str, dict[str, Any]]] = []  # (kind, message, details) to record
         self.metrics = Metrics(VERSION)
+        self.clocks = ClockWatch()
         for s in cfg.sinks:
             buf = self._open_buffer(cfg, s, quota)
             sink, forwarder = self._sink_on(s, buf)
@@ -96,7 +98,7 @@ class Agent:
             on_stored=self._wake,
             lanes=[lanes(s) for s in cfg.sinks],
             measure=self.measure,
-            on_received=self.metrics.received,
+            on_received=self._received,
         )
         self.sources: list[OpcUaSource] = []
         self._previous = self.runstate.load()
@@ -577,12 +579,29 @@ class Agent:
                 await asyncio.to_thread(self.measure.flush)
             if loop.time() >= next_stats:
                 next_stats += self.cfg.agent.status_interval_s
+                await self._check_clocks()
                 await self.pipeline.status(
                     "agent-stats",
                     "counters since start",
                     **self.status_snapshot(),
                     receive_age_ms=self.metrics.recent_receive_ages(),
                 )
+
+    def _received(self, source: str, ages: tuple[float, float]) -> None:
+        """A notification's values were stored: how old they arrived, for the metrics and the clock check."""
+        self.metrics.received(source, ages)
+        self.clocks.seen(source, ages)
+
+    async def _check_clocks(self) -> None:
+        for change in self.clocks.check():
+            (log.info if change.state == "agrees" else log.warning)("%s", change.message)
+            await self.pipeline.status(
+                "source-clock",
+                change.message,
+                source=change.source,
+                state=change.state,
+                offset_s=round(change.offset_s, 3),
+            )
 
     async def _usage_spool(self, every: float = 1.0) -> None:
         """Usage events of CLI commands (agent/usage.py) onto the usage lane, and control writes' outcomes

@@ -100,6 +100,7 @@ def test_the_aas_model_is_built_at_the_first_aas_read_and_only_for_the_local_api
     assert log.count("AAS model built") == int(api), log[-2000:]
     assert ("no AAS model is kept in memory" in log) is not api, log[-2000:]
     assert ("local API on" in log) is api
+    assert "ahead of the agent's clock" not in log and "clock is behind" not in log  # the simulator's agrees
 
 
 def _get(port: int, path: str) -> Any:

@@ -6,6 +6,7 @@ import base64
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
@@ -232,8 +233,43 @@ def test_the_age_of_values_on_arrival_shows_a_device_clock_that_is_behind(tmp_pa
                 return found
 
             with_ages = wait_until("an agent-stats record with ages on arrival", stats, 30)
+            # Two status intervals of values all ten minutes old: the clock check says so, once.
+            (clock,) = wait_until("the clock warning", lambda: _status(records, "source-clock"), 30)
+            assert clock["source"] == "plc" and clock["state"] == "behind", clock
+            assert behind <= clock["offset_s"] < behind + 30, clock
+            assert "its clock is behind the agent's" in clock["message"] and "10 min old" in clock["message"]
+            assert "its clock is behind the agent's" in agent.log()
             assert agent.stop() == 0
     ages = with_ages[-1]["receive_age_ms"]
     assert isinstance(ages, dict) and set(ages) == {"count", "p50", "p95", "max"}, ages
     assert ages["count"] >= 2
     assert behind * 1000 <= ages["p50"] <= ages["p95"] <= ages["max"] < (behind + 30) * 1000, ages
+
+
+def test_a_device_clock_set_to_korean_time_as_utc_is_warned_about_at_once(tmp_path: Path) -> None:
+    """A PLC whose clock runs 9 h ahead (local time sent as UTC): the values arrive from the agent's future; the
+    first status interval says so in the log and in a source-clock status record, with the likely cause."""
+    ahead = 9 * 3600.0
+    with FactoryThread(port=free_port(), period=0.1, machines=2, clock_offset=ahead) as factory:
+        config = _config(tmp_path, factory.port, free_port())
+        records = tmp_path / "records.jsonl"
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            (clock,) = wait_until("the clock warning", lambda: _status(records, "source-clock"), 60)
+            assert clock["source"] == "plc" and clock["state"] == "ahead", clock
+            assert -ahead <= clock["offset_s"] < -ahead + 30, clock
+            assert "9.0 h ahead of the agent's clock" in clock["message"] and "Korean time" in clock["message"]
+            wait_until("the warning in the log", lambda: "Korean time" in agent.log(), 30)
+            assert agent.stop() == 0
+    assert len(_status(records, "source-clock")) == 1  # said once, not every interval
+
+
+def _status(records: Path, kind: str) -> list[dict[str, Any]]:
+    if not records.exists():
+        return []
+    return [
+        r
+        for line in records.read_bytes().splitlines()
+        if (msg := orjson.loads(line))["lane"] == "status"
+        for r in msg["records"]
+        if r["kind"] == kind
+    ]
