@@ -125,6 +125,7 @@ class Agent:
             self.buffers,
             self.forwarders,
             self.dead_letters,
+            self.clocks,
         )
         self.metrics.attach(self.parts)
         self.supervisor = Supervisor(

@@ -141,6 +141,8 @@ def render(doc: dict[str, Any]) -> str:
         state = "connected" if m["connected"] else f"DISCONNECTED ({m['reason']})"
         name = f"{m['name']} ({m['id']})" if m["name"] else m["id"]
         lines.append(_fit(f"{name}: {state} since {m['since']}", WIDTH))
+        if (clock := m.get("clock")) and clock["state"] != "agrees":
+            lines.append(_fit(f"  ! source clock {clock['state']} by {_age(abs(clock['offsetS']))}", WIDTH))
         for e in m["elements"]:
             value = show(e["value"]) if e["valueKnown"] else "–"
             unit = f" {e['unit']}" if e["unit"] else ""

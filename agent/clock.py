@@ -87,6 +87,7 @@ class ClockWatch:
         self._now: dict[str, _Interval] = {}
         self._state: dict[str, State] = {}
         self._old_runs: dict[str, int] = {}  # intervals in a row whose every value was more than BEHIND_S old
+        self._offset: dict[str, float] = {}  # the median age of the last interval with values
 
     def seen(self, source: str, ages: tuple[float, float]) -> None:
         interval = self._now.get(source)
@@ -115,10 +116,18 @@ class ClockWatch:
                 state = "behind"
             else:
                 state = "agrees"
+            offset = self._offset[source] = statistics.median(interval.ages)
             if state != self._state.get(source, "agrees"):
-                changes.append(ClockChange(source, state, statistics.median(interval.ages), interval.count))
+                changes.append(ClockChange(source, state, offset, interval.count))
             self._state[source] = state
         return changes
 
     def states(self) -> dict[str, State]:
         return dict(self._state)
+
+    def view(self, source: str) -> dict[str, object] | None:
+        """For the status document: the source's state and the median age of its last interval with values
+        (seconds; below zero its clock is ahead); None before its first judged interval."""
+        if source not in self._offset:
+            return None
+        return {"state": self._state[source], "offsetS": round(self._offset[source], 3)}

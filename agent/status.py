@@ -20,6 +20,7 @@ from typing import Any
 from aas_models.text import Text
 from adapters.opcua.source import OpcUaSource
 from adapters.opcua.values import status_name
+from agent.clock import ClockWatch
 from agent.config import Config
 from agent.measure import Measure
 from agent.pipeline import Pipeline
@@ -41,6 +42,7 @@ class Parts:
     buffers: list[Buffer]
     forwarders: list[Forwarder]
     dead_letters: DeadLetters
+    clocks: ClockWatch
 
 
 def label(text: Text | None, language: str) -> str | None:
@@ -106,6 +108,7 @@ def snapshot(cfg: Config, parts: Parts, *, version: str, started: datetime) -> d
                 "connected": bool(src is not None and src.connected),
                 "since": _iso(src.since) if src is not None else None,
                 "reason": src.last_problem if src is not None and not src.connected else "",
+                "clock": parts.clocks.view(e.source),
                 "elements": by_machine.get(e.id, []),
             }
         )

@@ -55,3 +55,16 @@ def test_sources_are_judged_apart() -> None:
     watch.seen("a", (-100.0, -100.0))
     watch.seen("b", (0.2, 0.3))
     assert [(c.source, c.state) for c in watch.check()] == [("a", "ahead")]
+
+
+def test_the_status_view_is_the_state_and_the_last_interval_median() -> None:
+    watch = ClockWatch()
+    assert watch.view("plc") is None  # not judged yet
+    watch.seen("plc", (0.2, 0.4))
+    watch.check()
+    assert watch.view("plc") == {"state": "agrees", "offsetS": 0.3}
+    watch.seen("plc", (-600.0, -599.0))
+    watch.check()
+    assert watch.view("plc") == {"state": "ahead", "offsetS": -599.5}
+    watch.check()  # a quiet interval keeps the last figure
+    assert watch.view("plc") == {"state": "ahead", "offsetS": -599.5}

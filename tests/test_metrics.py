@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.cli_status import render
 from simulators.agentproc import AgentProcess
 from simulators.factory import FactoryThread
 from simulators.ports import free_port
@@ -250,8 +251,9 @@ def test_a_device_clock_set_to_korean_time_as_utc_is_warned_about_at_once(tmp_pa
     """A PLC whose clock runs 9 h ahead (local time sent as UTC): the values arrive from the agent's future; the
     first status interval says so in the log and in a source-clock status record, with the likely cause."""
     ahead = 9 * 3600.0
+    api_port = free_port()
     with FactoryThread(port=free_port(), period=0.1, machines=2, clock_offset=ahead) as factory:
-        config = _config(tmp_path, factory.port, free_port())
+        config = _config(tmp_path, factory.port, api_port)
         records = tmp_path / "records.jsonl"
         with AgentProcess(config, tmp_path / "agent.log") as agent:
             (clock,) = wait_until("the clock warning", lambda: _status(records, "source-clock"), 60)
@@ -259,6 +261,14 @@ def test_a_device_clock_set_to_korean_time_as_utc_is_warned_about_at_once(tmp_pa
             assert -ahead <= clock["offset_s"] < -ahead + 30, clock
             assert "9.0 h ahead of the agent's clock" in clock["message"] and "Korean time" in clock["message"]
             wait_until("the warning in the log", lambda: "Korean time" in agent.log(), 30)
+            # The status document, page and `edge-agent status` show it by the machines of that source.
+            request = urllib.request.Request(f"http://127.0.0.1:{api_port}/status", headers={"Authorization": AUTH})
+            with urllib.request.urlopen(request, timeout=10) as r:
+                doc = orjson.loads(r.read())
+            clocks = {m["id"]: m["clock"] for m in doc["machines"]}
+            assert {c["state"] for c in clocks.values()} == {"ahead"}, clocks
+            assert all(-ahead <= c["offsetS"] < -ahead + 30 for c in clocks.values()), clocks
+            assert "  ! source clock ahead by 9.0h" in render(doc).splitlines()
             assert agent.stop() == 0
     assert len(_status(records, "source-clock")) == 1  # said once, not every interval
 

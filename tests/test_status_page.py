@@ -155,3 +155,23 @@ def test_the_status_page_shows_live_values_and_a_server_going_and_coming_back(br
     )
     assert no_agent.returncode == 1 and "no agent answers" in no_agent.stderr
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists()
+
+
+def test_the_status_page_shows_a_source_clock_that_is_off(browser: Any, tmp_path: Path) -> None:
+    """A PLC 9 h ahead (Korean time sent as UTC): its machine carries a badge saying so, once the agent judged it."""
+    api_port = free_port()
+    with FactoryThread(port=free_port(), period=0.2, machines=1, clock_offset=9 * 3600.0) as factory:
+        config = _config(tmp_path, factory.port, api_port)
+        with AgentProcess(config, tmp_path / "agent.log") as agent:
+            wait_until("the API", lambda: "local API on" in agent.log(), 60)
+            browser.get(f"http://127.0.0.1:{api_port}/")
+
+            def badge() -> str:
+                return str(browser.execute_script(
+                    "const e = document.querySelector(\"[data-machine='cnc01'] [data-clock]\");"
+                    "return e ? e.dataset.clock + ' | ' + e.innerText : '';"
+                ))  # fmt: skip
+
+            shown = wait_until("the clock badge", badge, 60)
+            assert shown == "ahead | source clock ahead by 9.0 h", shown
+            shot(browser, "4-clock-ahead")

@@ -104,7 +104,11 @@ function drawMachines(doc, now) {
       el("span", {}, m.name ? m.name + " (" + m.id + ")" : m.id),
       el("span", { class: "badge " + stateText, "data-state": stateText }, stateText),
       el("span", { class: "muted" }, "since " + when(m.since) + (m.connected ? "" : " — " + (m.reason || ""))),
-      el("span", { class: "muted" }, m.endpoint || ""));
+      el("span", { class: "muted" }, m.endpoint || ""),
+      m.clock && m.clock.state !== "agrees"
+        ? el("span", { class: "badge clock", "data-clock": m.clock.state },
+          "source clock " + m.clock.state + " by " + age(Math.abs(m.clock.offsetS)))
+        : "");
     const rows = m.elements.map((e) => {
       const key = m.id + "/" + e.path;
       if (e.time) remember(key, Date.parse(e.time), numeric(e.value));
