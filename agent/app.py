@@ -26,14 +26,12 @@ from adapters.opcua.pki import Pki
 from adapters.opcua.source import OpcUaSource
 from adapters.sample import Interruption, SourceState
 from agent import logs, nodepaths, usage
-from agent.api.operator import Operator
-from agent.api.server import ApiServer
 from agent.backoff import Backoff
 from agent.clock import ClockWatch
 from agent.config import Config, ConfigError, secrets
 from agent.config import Source as SourceConfig
 from agent.config import load as load_config
-from agent.config_sinks import MqttSinkConfig
+from agent.config_sinks import MqttSinkConfig, SfLogSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.measure import Measure
@@ -50,7 +48,6 @@ from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
-from uploader.sflog.sink import SfLogSink
 from uploader.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -469,7 +466,11 @@ class Agent:
                 for f in self.forwarders
             },
             "dead_letters": self.dead_letters.count(),
-            "usage_log": {s.name: asdict(s.sender.stats) for s in self.sinks if isinstance(s, SfLogSink)},
+            "usage_log": {
+                sink.name: asdict(sink.sender.stats)  # type: ignore[attr-defined]
+                for sink, c in zip(self.sinks, self.cfg.sinks, strict=True)
+                if isinstance(c, SfLogSinkConfig)
+            },
         }
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
@@ -554,6 +555,10 @@ class Agent:
         """The local API (agent/api/, docs/api.md): AAS reads of the live model, sessions whose usage
         events go onto the usage lane here, guarded control writes."""
         if self.cfg.api.enabled:
+            # Imported here: aiohttp and the API's modules (~13 MB) are not loaded by an agent without the API.
+            from agent.api.operator import Operator
+            from agent.api.server import ApiServer
+
             api = ApiServer(
                 self.cfg,
                 self.model,

@@ -664,7 +664,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 # What each client's process imports, as its child does: the fixed part of its RSS, whatever the nodes.
 _IMPORTS = {
     "bare": "import sys; sys.path.insert(0, 'bench'); import bench_pipeline",
-    "agent": "import agent.cli, agent.app",
+    "agent": "import agent.cli, agent.app, agent.api.server",  # the bench's agent serves the local API
 }
 _RSS = "; import os; print(int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20)"
 

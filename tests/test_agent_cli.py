@@ -53,11 +53,12 @@ def test_second_agent_on_the_same_buffer_is_refused_and_the_first_stops_cleanly(
 
 
 def test_the_running_agent_does_not_load_what_only_exports_and_api_reads_use() -> None:
-    """basyx's serializers (with lxml and the AASX packager, ~5 MB) and numpy are imported by the commands and
-    API answers that use them, not by `run`: every gateway pays for what it loads, all the months it runs."""
+    """basyx's serializers (with lxml and the AASX packager, ~5 MB), numpy and aiohttp (~12 MB: the local API, the
+    http and usage-log sinks) are imported by the commands, API answers and sinks that use them, not by `run`:
+    every gateway pays for what it loads, all the months it runs."""
     probe = (
         "import sys, agent.app, agent.cli\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'lxml', 'numpy', 'pyecma376_2'}"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'lxml', 'numpy', 'pyecma376_2', 'aiohttp'}"
         " or m.startswith('basyx.aas.adapter')))"
     )
     out = subprocess.run(
@@ -86,6 +87,9 @@ def test_the_aas_model_is_built_at_the_first_aas_read_and_only_for_the_local_api
         cfg.write_text(text + (f"api: {{port: {port}}}\n" if api else "api: {enabled: false}\n"))
         with AgentProcess(cfg, tmp_path / "agent.log") as agent:
             wait_until("data records", lambda: out.exists() and b'"Control.FeedOverride"' in out.read_bytes(), 60)
+            assert agent.proc is not None
+            loaded = Path(f"/proc/{agent.proc.pid}/maps").read_text()
+            assert ("/aiohttp/" in loaded) is api  # without the API (and http sinks) aiohttp is not even loaded
             if api:
                 wait_until("the API", lambda: "local API on" in agent.log(), 60)
                 assert _get(port, "/description")["profiles"]

@@ -24,14 +24,16 @@ import ssl
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from pydantic import SecretStr
 
 from uploader.sflog.events import LogCall, check_key
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class SfLogClient:
         return f"SfLogClient({self.url!r}, timeout={self.timeout}, ca_file={self.ca_file})"
 
     def _open(self) -> aiohttp.ClientSession:
+        import aiohttp  # here: an agent without a usage-log sink does not load aiohttp (~11 MB)
+
         if self._session is None or self._session.closed:
             ssl_ctx: ssl.SSLContext | bool = True
             if self.ca_file is not None:
@@ -128,6 +132,8 @@ class SfLogClient:
         """POST `call` with the key; the outcome of the one attempt."""
         body = orjson.dumps(call.body(self._key.get_secret_value()))
         headers = {"Content-Type": "application/json; charset=UTF-8", "Accept": "application/json"}
+        import aiohttp
+
         try:
             async with self._open().post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
                 raw = await resp.read()
