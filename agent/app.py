@@ -31,7 +31,7 @@ from agent.clock import ClockWatch
 from agent.config import Config, ConfigError, secrets
 from agent.config import Source as SourceConfig
 from agent.config import load as load_config
-from agent.config_sinks import MqttSinkConfig, SfLogSinkConfig
+from agent.config_sinks import MqttSinkConfig
 from agent.deadletters import FILE as DEAD_LETTERS
 from agent.lock import DataDirBusy, DataDirLock
 from agent.measure import Measure
@@ -48,6 +48,7 @@ from uploader.buffer import Buffer, BufferCorruptError, BufferError
 from uploader.buffer.recover import Recovery, open_buffer
 from uploader.deadletter import DeadLetters
 from uploader.forwarder import Forwarder
+from uploader.sflog.sink import SfLogSink
 from uploader.sink import Sink
 
 log = logging.getLogger(__name__)
@@ -466,11 +467,7 @@ class Agent:
                 for f in self.forwarders
             },
             "dead_letters": self.dead_letters.count(),
-            "usage_log": {
-                sink.name: asdict(sink.sender.stats)  # type: ignore[attr-defined]
-                for sink, c in zip(self.sinks, self.cfg.sinks, strict=True)
-                if isinstance(c, SfLogSinkConfig)
-            },
+            "usage_log": {s.name: asdict(s.sender.stats) for s in self.sinks if isinstance(s, SfLogSink)},
         }
 
     async def run(self, stop: asyncio.Event, *, drain_timeout: float = 5.0) -> None:
