@@ -60,9 +60,9 @@ STATS_FLUSH_S = 60.0  # the statistics behind `edge-agent level` are written thi
 class Agent:
     def __init__(self, cfg: Config, config_path: Path | None = None) -> None:
         self.cfg = cfg
-        # Collecting needs only the specs. Only the local API reads the AAS model (SDK objects: seconds and ~4 KB
-        # per element) and the recent records (Time Series Data): the model is built at its first AAS read
-        # (ModelOnDemand), and without the API (api.enabled false) neither is kept.
+        # Collecting needs only the specs. Only the local API reads the AAS model (SDK objects, ~4 KB per element)
+        # and the recent records (Time Series Data): the model is built at its first AAS read (ModelOnDemand), and
+        # without the API (api.enabled false) neither is kept.
         self.specs = shell_specs(cfg)
         self.model = ModelOnDemand(functools.partial(build_shells, cfg, self.specs))
         self.live = LiveValues(series=rings_for(self.specs) if cfg.api.enabled else {})
