@@ -587,7 +587,7 @@ class Agent:
                     "agent-stats",
                     "counters since start",
                     **self.status_snapshot(),
-                    receive_age_ms=self.metrics.recent_receive_ages(),
+                    receive_age_ms=self.clocks.ages_ms,  # the interval _check_clocks closed
                 )
 
     def _received(self, source: str, ages: tuple[float, float]) -> None:
@@ -604,6 +604,7 @@ class Agent:
                 source=change.source,
                 state=change.state,
                 offset_s=round(change.offset_s, 3),
+                values=change.values,
             )
 
     async def _usage_spool(self, every: float = 1.0) -> None:

@@ -17,6 +17,9 @@ the pipeline stored (repeats of a value already stored are not counted):
 
 A change is logged (WARNING when a clock is off, INFO when it agrees again) and written as a `source-clock`
 status record (docs/operations.md). The offset given is the median age of the interval's values.
+
+The same interval's ages, over all sources, are the `receive_age_ms` figures of the agent-stats record
+written at its end (`ages_ms`).
 """
 
 from __future__ import annotations
@@ -69,6 +72,18 @@ def _span(seconds: float) -> str:
     return f"{seconds:.0f} s"
 
 
+def _summary(ages: list[float]) -> dict[str, float | int]:
+    if not ages:
+        return {}
+    n = len(ages)
+    return {
+        "count": n,
+        "p50": round(ages[n // 2] * 1000, 1),
+        "p95": round(ages[min(n - 1, n * 95 // 100)] * 1000, 1),
+        "max": round(ages[-1] * 1000, 1),
+    }
+
+
 class _Interval:
     __slots__ = ("ages", "count", "high", "low")
 
@@ -88,6 +103,9 @@ class ClockWatch:
         self._state: dict[str, State] = {}
         self._old_runs: dict[str, int] = {}  # intervals in a row whose every value was more than BEHIND_S old
         self._offset: dict[str, float] = {}  # the median age of the last interval with values
+        # Milliseconds, over every source: the median, 95th percentile, most and count of the ages of the interval
+        # `check` last closed (at most KEPT per source); empty when none arrived.
+        self.ages_ms: dict[str, float | int] = {}
 
     def seen(self, source: str, ages: tuple[float, float]) -> None:
         interval = self._now.get(source)
@@ -103,6 +121,7 @@ class ClockWatch:
     def check(self) -> list[ClockChange]:
         """The sources whose clock state changed in the interval since the last call."""
         now, self._now = self._now, {}
+        self.ages_ms = _summary(sorted(age for interval in now.values() for age in interval.ages))
         changes = []
         for source in self._state.keys() | now.keys():
             interval = now.get(source)

@@ -40,7 +40,6 @@ from agent.committer import AGENT_KEY
 from agent.status import Parts, buffer_figures
 
 _AGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0, float("inf"))
-RECENT_AGES = 10_000  # ages on arrival kept between two agent-stats records (two per notification)
 _RTT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, float("inf"))
 
 
@@ -71,7 +70,6 @@ class Metrics:
             buckets=_AGE_BUCKETS,
             registry=self.registry,
         )
-        self._recent: list[float] = []  # the ages of values on arrival since the last `recent_receive_ages`
         self._out: dict[tuple[str, str, str], int] = {}
         self._state = _State(self._out)
         self.registry.register(self._state)
@@ -92,22 +90,6 @@ class Metrics:
         observe = self._arrival.labels(source).observe
         observe(ages[0])
         observe(ages[1])
-        if len(self._recent) < RECENT_AGES:
-            self._recent += ages
-
-    def recent_receive_ages(self) -> dict[str, float | int]:
-        """Milliseconds: the median, 95th percentile and most of the ages on arrival since the last call (at most
-        the first RECENT_AGES of them), and how many; empty when none arrived. For the `agent-stats` records."""
-        ages, self._recent = sorted(self._recent), []
-        if not ages:
-            return {}
-        n = len(ages)
-        return {
-            "count": n,
-            "p50": round(ages[n // 2] * 1000, 1),
-            "p95": round(ages[min(n - 1, n * 95 // 100)] * 1000, 1),
-            "max": round(ages[-1] * 1000, 1),
-        }
 
     def round_trip(self, sink: str) -> Callable[[float], None]:
         """The forwarder's `on_round_trip` for `sink`."""

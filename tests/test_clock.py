@@ -68,3 +68,14 @@ def test_the_status_view_is_the_state_and_the_last_interval_median() -> None:
     assert watch.view("plc") == {"state": "ahead", "offsetS": -599.5}
     watch.check()  # a quiet interval keeps the last figure
     assert watch.view("plc") == {"state": "ahead", "offsetS": -599.5}
+
+
+def test_the_interval_ages_over_all_sources_are_the_agent_stats_figures() -> None:
+    watch = ClockWatch()
+    watch.seen("a", (0.1, 0.2))
+    watch.seen("b", (0.3, 0.4))
+    watch.seen("a", (0.5, 1.0))
+    watch.check()
+    assert watch.ages_ms == {"count": 6, "p50": 400.0, "p95": 1000.0, "max": 1000.0}
+    watch.check()  # a quiet interval: none
+    assert watch.ages_ms == {}
