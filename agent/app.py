@@ -541,6 +541,7 @@ class Agent:
         for sink in self.sinks:
             with contextlib.suppress(Exception):
                 await sink.stop()
+        await self.pipeline.committer.close()  # a commit whose caller was cancelled still finishes
         for buf in self.buffers:
             buf.close()
         self.dead_letters.close()

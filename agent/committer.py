@@ -13,6 +13,12 @@ callback) waits, so the server holds its queue: backpressure. After that:
   value can move the start.
 What the disk quota dropped is reported by the buffer's own accounts (`Buffer.drops()`), once the
 episode is over or every `report_s`, as one growing record per machine.
+
+The writes go through `Buffer.in_order`: while a buffer's thread checkpoints (the WAL copied into the
+file, with its fsync), a commit waits there and the event loop goes on sending, answering and taking in
+the next publish. Commits still run one at a time, in the order asked (seqs follow that order, and
+what a buffer holds back goes with the next), and a caller that is cancelled does not cut one short:
+it finishes, held records settled, and `close()` waits for it.
 """
 
 from __future__ import annotations
@@ -68,13 +74,22 @@ class Committer:
         self._on_stored = on_stored
         self._held = [_Held() for _ in self.buffers]
         self.last_error = ""  # why the last commit failed, for the gap it becomes
+        self._turn = asyncio.Lock()  # one commit at a time, in the order asked (first come, first served)
+        self._running: set[asyncio.Future[bool]] = set()
 
-    def reconfigure(self, buffers: Sequence[Buffer], lanes: Sequence[frozenset[str] | None]) -> None:
-        """A reload: commit to `buffers` from now on; a buffer kept keeps what it still holds back."""
-        held = {id(b): h for b, h in zip(self.buffers, self._held, strict=True)}
-        self.buffers = tuple(buffers)
-        self._lanes = tuple(lanes) or (None,) * len(self.buffers)
-        self._held = [held.get(id(b)) or _Held() for b in self.buffers]
+    async def reconfigure(self, buffers: Sequence[Buffer], lanes: Sequence[frozenset[str] | None]) -> None:
+        """A reload: commit to `buffers` from now on (after the commit under way); a buffer kept keeps what it
+        still holds back."""
+        async with self._turn:
+            held = {id(b): h for b, h in zip(self.buffers, self._held, strict=True)}
+            self.buffers = tuple(buffers)
+            self._lanes = tuple(lanes) or (None,) * len(self.buffers)
+            self._held = [held.get(id(b)) or _Held() for b in self.buffers]
+
+    async def close(self) -> None:
+        """Wait for the commits under way (their callers may be gone): then the buffers may be closed."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
 
     def hold_gaps(self, records: Sequence[GapRecord]) -> None:
         """Gap records for every buffer, written with the next commit (and kept until they are)."""
@@ -83,16 +98,24 @@ class Committer:
 
     async def commit(self, rows: list[Row], marks: Mapping[str, Mark] | None = None) -> bool:
         """Commit rows and marks to every buffer; False if one refused data or event rows for good."""
-        ok = True
-        for buf, held, lanes in zip(self.buffers, self._held, self._lanes, strict=True):
-            mine = rows if lanes is None else [r for r in rows if r[0] in lanes]
-            ok = await self._commit_one(buf, held, mine, marks or {}, lanes) and ok
-        self._on_stored()
-        return ok
+        done = asyncio.ensure_future(self._commit(rows, marks or {}))
+        self._running.add(done)
+        done.add_done_callback(self._running.discard)
+        return await asyncio.shield(done)
+
+    async def _commit(self, rows: list[Row], marks: Mapping[str, Mark]) -> bool:
+        async with self._turn:
+            ok = True
+            for buf, held, lanes in zip(self.buffers, self._held, self._lanes, strict=True):
+                mine = rows if lanes is None else [r for r in rows if r[0] in lanes]
+                ok = await self._commit_one(buf, held, mine, marks, lanes) and ok
+            self._on_stored()
+            return ok
 
     async def _commit_one(
         self, buf: Buffer, held: _Held, rows: list[Row], marks: Mapping[str, Mark], lanes: frozenset[str] | None
     ) -> bool:
+        gaps = len(held.gaps)  # gap records held from here on (hold_gaps, during an await below) wait for the next
         all_rows = [("gap", r.equipment, r.ts, r.body) for r in held.gaps] + held.status + rows
         if lanes is not None:
             all_rows = [r for r in all_rows if r[0] in lanes]
@@ -100,7 +123,7 @@ class Committer:
             lost = f"{held.status_lost} status records could not be stored (disk full)"
             now = datetime.now(UTC)
             all_rows.insert(0, ("status", AGENT_KEY, now.timestamp(), wire.status_body(now, "status-lost", lost)))
-        unmark = [m for r in held.gaps for m in r.clears]
+        unmark = [m for r in held.gaps[:gaps] for m in r.clears]
         if held.marks:
             marks = {**held.marks, **marks}
         delays = self._delays()
@@ -108,7 +131,7 @@ class Committer:
         deadline = loop.time() + self._timeout
         while True:
             try:
-                dropped = buf.add(all_rows, marks.items(), unmark=unmark)
+                dropped = await buf.in_order(buf.add, all_rows, list(marks.items()), unmark=unmark)
                 break
             except BufferError as exc:
                 if not held.failing:
@@ -120,11 +143,12 @@ class Committer:
                 await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
         if held.failing:
             log.info("storing records again")
-        held.gaps, held.status, held.status_lost, held.marks, held.failing = [], [], 0, {}, False
+        del held.gaps[:gaps]
+        held.status, held.status_lost, held.marks, held.failing = [], 0, {}, False
         drops = buf.drops()
         if drops and (not dropped.count or loop.time() - held.drops_reported >= self._report_s):
             try:
-                buf.add(self._quota_report(drops), settle=list(drops))
+                await buf.in_order(buf.add, self._quota_report(drops), settle=list(drops))
                 held.drops_reported = loop.time()
             except BufferError as exc:
                 log.error("cannot store the report of the quota's drops yet (kept in the buffer): %s", exc)

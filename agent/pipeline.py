@@ -290,7 +290,7 @@ class Pipeline:
             self._watch = self.measure.watch
         await self.store(rows)  # into the sinks that carried these elements, not into new ones
         self.buffers = tuple(buffers)
-        self.committer.reconfigure(self.buffers, lanes)
+        await self.committer.reconfigure(self.buffers, lanes)
         return removed
 
     # -- adapter callbacks ----------------------------------------------------------------------

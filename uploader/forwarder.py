@@ -123,7 +123,7 @@ class Forwarder:
                 else:
                     self._wake.clear()  # before looking: a wake from here on is not lost
                     if len(window) < self.batching.in_flight:
-                        batch = self._take()
+                        batch = await self._take()
                         if batch is not None:
                             window.add(asyncio.create_task(self._send(batch)))
                             self.stats.max_window = max(self.stats.max_window, len(window))
@@ -157,12 +157,16 @@ class Forwarder:
                 t.cancel()
             await asyncio.gather(*window, return_exceptions=True)
 
-    def _take(self) -> Batch | None:
-        """The next batch worth sending now: any urgent lane, or data that is plenty or waited long enough."""
-        waiting = self.buffer.waiting()
+    async def _take(self) -> Batch | None:
+        """The next batch worth sending now: any urgent lane, or data that is plenty or waited long enough.
+
+        Taken, as it is ended, with `Buffer.in_order`: while the buffer's thread checkpoints, this waits and the
+        loop goes on."""
+        buffer = self.buffer
+        waiting = buffer.waiting()
         for lane in Buffer.LANES:
             if lane != "data" and waiting[lane]:
-                return self.buffer.begin(lane, self.batching.max_records)
+                return await buffer.in_order(buffer.begin, lane, self.batching.max_records)
         if not waiting["data"]:
             self._data_since = None
             return None
@@ -177,8 +181,8 @@ class Forwarder:
             take = waiting["data"] // per_message * per_message
             if not take:
                 return None
-        batch = self.buffer.begin("data", take)
-        if not self.buffer.waiting()["data"]:
+        batch = await buffer.in_order(buffer.begin, "data", take)
+        if not buffer.waiting()["data"]:
             self._data_since = None
         return batch
 
@@ -209,7 +213,7 @@ class Forwarder:
     async def flush_once(self) -> bool:
         """Send one batch of the most urgent lane. False if anything was left unconfirmed."""
         for lane in Buffer.LANES:
-            batch = self.buffer.begin(lane, self.batching.max_records)
+            batch = await self.buffer.in_order(self.buffer.begin, lane, self.batching.max_records)
             if batch is None:
                 continue
             return await self._send(batch)
@@ -383,7 +387,7 @@ class Forwarder:
             limit = self.sink.max_message_bytes
             refused.append((too_large, f"record larger than the far end takes ({limit} bytes per message)"))
         rejected = self._dead_letter(batch.lane, refused)
-        self.buffer.end(batch, accepted, rejected)
+        await self.buffer.in_order(self.buffer.end, batch, accepted, rejected)
         if self.on_delivered is not None and confirmed:
             self._report_delivered(batch.lane, confirmed)
         self.stats.sent_messages += n_ok

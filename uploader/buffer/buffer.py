@@ -22,21 +22,38 @@ Invariants (each file states the ones it keeps: 4 in batches.py, 5 in lanes.py, 
    transaction as the chunks, so deleting every record and restarting does not bring a number
    back. A receiver dedupes by `(origin, seq)`.
 
-Every call blocks for one transaction, typically well under a few milliseconds; an
-auto-checkpoint adds one fsync of the database.
+Every call blocks for one transaction, typically well under a few milliseconds.
+
+Threads and the disk's slow moments: the buffer has a thread of its own for what waits on the disk.
+Checkpoints (copying the WAL into the database, with its fsync: 155–319 ms seen at 50,000 values/s,
+seconds on a worn SD card) run there, not inside a caller's transaction: once the writes since the last
+one made about `CHECKPOINT_PAGES` pages (estimated from what they wrote, scaled by what the last
+checkpoint found), one is queued. `in_order(call, ...)` is how an event loop calls the
+buffer: at once while that thread is idle, else queued behind what it has, awaited, the loop going
+on meanwhile; with `synchronous="full"` (an fsync per commit) every call goes there. Calls given to
+`in_order` run in the order given. Every call that touches the file or the queues holds the
+buffer's lock, so the loop and the thread never interleave; `pending()`, `waiting()`, `drops()`,
+`head()` and `whole()` read memory only and do not wait for it (a count may be a transaction old).
+Called without a running event loop (tools, tests), the buffer checkpoints in place, as SQLite would.
+bench/bench_loop_stall.py measures why only this goes to the thread: a whole `add()` there cost 28 %
+more CPU (the GIL passed back and forth) and shortened the loop's standstills by a few milliseconds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, ParamSpec, TypeVar
 
 from uploader.buffer import quota
 from uploader.buffer.batches import Batches
-from uploader.buffer.errors import BufferCeilingError, BufferFullError
+from uploader.buffer.errors import BufferCeilingError, BufferError, BufferFullError
 from uploader.buffer.lanes import Lane
 from uploader.buffer.records import (
     LANES,
@@ -56,6 +73,15 @@ from uploader.buffer.store import Store
 log = logging.getLogger("uploader.buffer")
 
 _DROP = "drop:"  # marks the buffer keeps itself: the quota's drops not yet reported
+
+CHECKPOINT_PAGES = 1000
+"""Pages written since the last checkpoint, as estimated, after which one is queued in the buffer's thread: SQLite's
+own default. Its auto-checkpoint, inside a commit, stays on at twice that (store.py) as the backstop."""
+_MARK_BYTES = 100  # what a mark may take in the log row, and again when the log is folded into the marks table
+_END_PAGES = 4  # what deleting a batch's chunk rows writes: their leaf pages, the free list
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class Buffer:
@@ -103,6 +129,16 @@ class Buffer:
         if chunk_records < 1:
             raise ValueError(f"chunk_records must be at least 1, got {chunk_records}")
         self.path = Path(path)
+        self._lock = threading.RLock()
+        # Started when first needed; one worker, so what is given to it runs in that order.
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"buffer-{self.path.stem}")
+        self._queued = 0  # calls given to the thread and not finished (counted on the event loop)
+        self._checkpointing = False  # one is queued or running
+        self._written = 0.0  # pages written since the last checkpoint, as estimated and scaled
+        self._scale = 1.0  # pages a checkpoint found per page estimated
+        self.checkpoint_frames = 0
+        """The most pages a checkpoint of this buffer found in the WAL (SQLite's backstop runs at 2,000)."""
+        self._writes_off_loop = synchronous == "full"
         self.quota_bytes = quota_bytes
         self.chunk_records = chunk_records
         self._closed = False
@@ -129,6 +165,7 @@ class Buffer:
         for name, (payload, n) in self._store.lane_sizes().items():
             self._lanes[name].bytes = payload + n * quota.CHUNK_OVERHEAD
         self._batches = Batches(self._store, self._lanes)
+        self._pages = self._store.pages(self._store.conn)  # the file's pages and free pages, as stats() last saw them
         marks = self._store.marks()
         self._drops: dict[str, tuple[int, float, float]] = {}
         for k, v in marks.items():
@@ -138,7 +175,9 @@ class Buffer:
 
     def marks(self) -> dict[str, str]:
         """Every mark saved by `add()`, latest value per key (the buffer's own drop accounts excluded)."""
-        return {k: v for k, v in self._store.marks().items() if not k.startswith(_DROP)}
+        with self._lock:
+            marks = self._store.marks()
+        return {k: v for k, v in marks.items() if not k.startswith(_DROP)}
 
     def drops(self) -> dict[str, tuple[int, float, float]]:
         """Records the quota dropped and nobody reported yet: per key (count, earliest ts, latest ts).
@@ -147,6 +186,55 @@ class Buffer:
         `add(..., settle=keys)` clears them in the transaction that stores their report.
         """
         return dict(self._drops)
+
+    async def in_order(self, call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """`call(*args, **kwargs)`, one of this buffer's methods, from an event loop that must not wait for the
+        disk: called at once while the buffer's thread is idle, else run there behind what it has (a
+        checkpoint; with `synchronous="full"`, every call) and awaited. Calls run in the order given.
+        Cancelling the wait does not stop a call already given to the thread: an `add()` is then still
+        stored (or fails) in full, a `begin()`'s batch stays open until `release()` (which waits for it)."""
+        if not self._queued and not self._writes_off_loop:
+            return call(*args, **kwargs)
+        return await self._in_thread(functools.partial(call, *args, **kwargs))
+
+    def _in_thread(self, job: Callable[[], _R]) -> asyncio.Future[_R]:
+        self._queued += 1
+        done = asyncio.get_running_loop().run_in_executor(self._thread, job)
+        done.add_done_callback(self._finished)
+        return done
+
+    def _finished(self, done: asyncio.Future[Any]) -> None:
+        self._queued -= 1
+
+    def _wrote(self, pages: int) -> None:
+        """After a write transaction of about `pages` pages: once `CHECKPOINT_PAGES` are written, a checkpoint, in
+        the buffer's thread when there is an event loop to spare the wait (here otherwise: in that thread, or in
+        a tool)."""
+        self._written += pages * self._scale
+        if self._checkpointing or self._written < CHECKPOINT_PAGES:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._checkpoint()
+            return
+        self._checkpointing = True
+        self._in_thread(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        with self._lock:
+            try:
+                estimated, self._written = self._written / self._scale, 0.0
+                frames = self._store.checkpoint()
+                if estimated >= 50:  # too few pages say little about the next thousand
+                    self._scale = min(4.0, max(0.5, frames / estimated))
+                self.checkpoint_frames = max(self.checkpoint_frames, frames)
+            except BufferError as exc:
+                log.warning("buffer %s: checkpoint failed, will retry after the next write: %s", self.path, exc)
+            except Exception:  # nobody awaits it: say it here
+                log.exception("buffer %s: checkpoint failed, will retry after the next write", self.path)
+            finally:
+                self._checkpointing = False
 
     @property
     def last_seq(self) -> int:
@@ -178,7 +266,13 @@ class Buffer:
         unknown lane or a body containing b"\\n", `TypeError` for a wrongly typed row,
         `BufferError` for storage failures; after any of those nothing was written.
         """
-        marks, unmark, settle = list(marks), list(unmark), [k for k in settle if k in self._drops]
+        with self._lock:
+            return self._add_rows(rows, list(marks), list(unmark), settle)
+
+    def _add_rows(
+        self, rows: Sequence[Row], marks: list[tuple[str, Mark]], unmark: list[str], settle: Iterable[str]
+    ) -> Dropped:
+        settle = [k for k in settle if k in self._drops]
         if not rows and not marks and not unmark and not settle:
             return Dropped(0, {})
         heads: dict[int, bytes] = {}  # heads this add() numbers
@@ -247,6 +341,8 @@ class Buffer:
         if seq != store.last_seq:
             self._high_water.write(seq)
         store.last_seq = seq
+        written = incoming + (len(marks) + len(unmark) + len(settle)) * _MARK_BYTES + sum(map(len, heads.values()))
+        self._wrote(2 + written // store.page_size + (_END_PAGES if room is not None and room.deleted else 0))
         for name, count in pending.items():
             self._lanes[name].pending = count
         for name, count in added.items():
@@ -329,7 +425,8 @@ class Buffer:
         state = self._lane(lane)
         if max_records < 1:
             raise ValueError(f"max_records must be at least 1, got {max_records}")
-        return self._batches.begin(state, max_records, max_bytes)
+        with self._lock:
+            return self._batches.begin(state, max_records, max_bytes)
 
     def end(self, batch: Batch, accepted: Iterable[int], rejected: Iterable[int] = ()) -> None:
         """Close `batch`: delete the `accepted` and `rejected` seqs, give the rest back to its lane.
@@ -338,17 +435,18 @@ class Buffer:
         for a batch that is not open or seqs that are not in it. If the delete fails
         (`BufferError`), the batch stays open and `end()` may be called again.
         """
-        try:
-            n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
-        except BufferFullError:
-            if not self._reserve.release():
-                raise
-            n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
-        lane = self._lanes[batch.lane]
-        lane.delivered += n_accepted
-        lane.rejected += n_rejected
-        if n_accepted or n_rejected:
-            self._store.give_space_back()
+        with self._lock:
+            try:
+                n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
+            except BufferFullError:
+                if not self._reserve.release():
+                    raise
+                n_accepted, n_rejected = self._batches.end(batch, accepted, rejected)
+            lane = self._lanes[batch.lane]
+            lane.delivered += n_accepted
+            lane.rejected += n_rejected
+            if n_accepted or n_rejected:
+                self._wrote(_END_PAGES + self._store.give_space_back())
 
     @property
     def heads_apart(self) -> bool:
@@ -360,7 +458,8 @@ class Buffer:
 
     @heads_apart.setter
     def heads_apart(self, on: bool) -> None:
-        self._batches.set_heads_apart(on)
+        with self._lock:
+            self._batches.set_heads_apart(on)
 
     def head(self, tag: bytes) -> bytes:
         """The head a stored body's tag (its first `TAG_BYTES`) stands for; KeyError if the file has none."""
@@ -373,9 +472,11 @@ class Buffer:
     def release(self) -> int:
         """End every open batch with nothing done (no disk write): for a sender that died mid-batch.
 
-        Its records go back to the front of their lanes; returns how many.
+        Its records go back to the front of their lanes; returns how many. A `begin()` still running in the
+        buffer's thread (its caller cancelled) finishes first, and its batch is released too.
         """
-        return self._batches.release()
+        with self._lock:
+            return self._batches.release()
 
     # -- reporting and lifetime ---------------------------------------------------------------------
 
@@ -388,10 +489,16 @@ class Buffer:
         return {name: lane.pending - lane.held for name, lane in self._lanes.items()}
 
     def stats(self) -> BufferStats:
-        """Counters since open and the current size of the database."""
+        """Counters since open and the current size of the database (while the buffer's thread has the file, as
+        of the last look: a status page or a metrics scrape does not wait for a checkpoint)."""
         store = self._store
-        with store.errors("stats"):
-            pages, free = store.pages(store.conn)
+        if self._lock.acquire(blocking=False):
+            try:
+                with store.errors("stats"):
+                    self._pages = store.pages(store.conn)
+            finally:
+                self._lock.release()
+        pages, free = self._pages
         lanes = self._lanes.values()
         return BufferStats(
             added={lane.name: lane.added for lane in lanes},
@@ -411,9 +518,11 @@ class Buffer:
         if self._closed:
             return
         self._closed = True
-        self._batches.forget()
-        self._high_water.close()
-        self._store.close()
+        self._thread.shutdown(wait=True)  # a call still running there (its caller cancelled) ends first
+        with self._lock:
+            self._batches.forget()
+            self._high_water.close()
+            self._store.close()
 
     def __enter__(self) -> Buffer:
         return self

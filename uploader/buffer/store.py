@@ -29,17 +29,19 @@ Durability: `synchronous="normal"` (the default) makes every commit survive a cr
 the process: it is written to the WAL before the call returns, but not fsynced, so a power loss or
 kernel panic may lose the last commits (the database stays consistent). `"full"` fsyncs the WAL on
 every commit and survives power loss too, at the cost of one fsync per `add()`/`end()`
-(milliseconds on eMMC/SD, which caps the add rate). Checkpoints are SQLite's own passive
-auto-checkpoints; with no other readers they always complete, and they are the only fsync under
-"normal".
+(milliseconds on eMMC/SD, which caps the add rate). Checkpoints (`checkpoint()`, passive) are run by
+the Buffer after about 1,000 pages were written (buffer.py); SQLite's own auto-checkpoint, at 2,000
+pages, is a backstop. With no other readers they always complete, and they are the only fsync under
+"normal". The WAL file is not truncated by them: it keeps its blocks, so a disk that fills while it
+is empty cannot keep the next commit out of it.
 
 Space: pages freed by deletes are given back to the file system with incremental vacuum, a
 bounded number per call, once more than `_VACUUM_MIN_FREE_BYTES` and a quarter of the file are
 free; less free space than that is reused by the next `add()`s. The WAL stays below about
 `_JOURNAL_SIZE_LIMIT` after each checkpoint.
 
-Threads: the connection keeps sqlite3's `check_same_thread`, so a `Store` must be used from the
-thread that opened it (the agent's asyncio thread).
+Threads: the connection may be used from any thread (`check_same_thread=False`), one at a time: the
+`Buffer` above holds its lock around every use, and checkpoints in a thread of its own (buffer.py).
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ _SQL_PAGES: Final = "SELECT * FROM pragma_page_count(), pragma_freelist_count()"
 # and in steady running those are records about to be sent and deleted anyway.
 _VACUUM_MIN_FREE_BYTES: Final = 8 * 1024 * 1024
 _VACUUM_STEP_PAGES: Final = 1024
-_WAL_AUTOCHECKPOINT_PAGES: Final = 1000
+# The Buffer checkpoints itself well before this (in its own thread when it runs under an event loop):
+# SQLite's own, inside a commit, is the backstop for a write the Buffer's estimate undercounts.
+_WAL_AUTOCHECKPOINT_PAGES: Final = 2000
 _JOURNAL_SIZE_LIMIT: Final = 8 * 1024 * 1024
 
 _FOREIGN: Final = (
@@ -147,7 +151,7 @@ class Store:
             f"UPDATE state SET last_seq = ?, {', '.join(f'pending_{lane} = ?' for lane in LANES)} WHERE id = 1"
         )
         with self.errors("open"):
-            self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+            self.conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         try:
             with self.errors("open"):
                 self._open(synchronous)
@@ -380,14 +384,23 @@ class Store:
 
     # -- outside transactions ---------------------------------------------------------------------
 
-    def give_space_back(self) -> None:
+    def give_space_back(self) -> int:
+        """Pages given back (at most `_VACUUM_STEP_PAGES`, each written to the WAL on the way), or 0."""
         try:
             pages, free = self.pages(self.conn)
             if free > max(_VACUUM_MIN_FREE_BYTES // self.page_size, pages // 4):
                 # executescript steps the pragma to completion; execute() would free a single page.
                 self.conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP_PAGES})")
+                return min(free, _VACUUM_STEP_PAGES)
         except sqlite3.Error as exc:
             log.warning("buffer %s: could not give free pages back to the file system, will retry: %s", self.path, exc)
+        return 0
+
+    def checkpoint(self) -> int:
+        """Copy the WAL into the database (the next write starts it over); returns the pages it held."""
+        with self.errors("checkpoint"):
+            _, frames, _ = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames)
 
     def wal_bytes(self) -> int:
         try:
