@@ -287,3 +287,39 @@ def test_stats_do_not_wait_while_the_buffers_thread_has_the_file(tmp_path: Path)
         )
         buf.add(data("press", 1_000, 5_000))
         assert buf.stats().db_bytes > before.db_bytes  # with the thread idle, it looks again
+
+
+def test_a_release_given_in_order_also_releases_a_batch_whose_taker_was_cancelled_while_it_waited(
+    tmp_path: Path,
+) -> None:
+    """A forwarder cancelled while its `begin()` waits in the buffer's thread leaves that batch open; the next
+    run's (or the drain's) `release()`, given after it, gives its records back, so nothing stays held."""
+
+    async def main() -> tuple[int, int]:
+        with Buffer(tmp_path / "b.db", quota_bytes=BIG, synchronous="full") as buf:
+            buf.add(data("press", 0, 100))
+            held, done = threading.Event(), threading.Event()
+
+            def busy() -> None:  # the buffer's thread is in the middle of something long (a checkpoint)
+                with buf._lock:
+                    held.set()
+                    done.wait(60)
+
+            thread = threading.Thread(target=busy)
+            thread.start()
+            try:
+                assert held.wait(30)
+                taking = asyncio.ensure_future(buf.in_order(buf.begin, "data", 10))
+                await until(lambda: buf._queued, timeout=30, what="the begin given to the thread")
+                taking.cancel()
+                await asyncio.gather(taking, return_exceptions=True)
+                releasing = asyncio.ensure_future(buf.in_order(buf.release))
+                await asyncio.sleep(0)
+            finally:
+                done.set()
+                thread.join()
+            return await releasing, buf.waiting()["data"]
+
+    released, waiting = asyncio.run(main())
+    assert released == 10
+    assert waiting == 100

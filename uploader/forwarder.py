@@ -108,8 +108,8 @@ class Forwarder:
 
     async def run(self) -> None:
         """Forward until cancelled. Raises only for a buffer that fails (the agent restarts it)."""
-        # A previous run that died left its batches open: their records are pending again.
-        self.buffer.release()
+        # A previous run that died left its batches open (maybe one still being taken): their records are pending again.
+        await self.buffer.in_order(self.buffer.release)
         window: set[asyncio.Task[bool]] = set()
         delays: Iterator[float] | None = None
         failing = False
@@ -224,7 +224,7 @@ class Forwarder:
 
         A sink that is not connected (still reconnecting: its run() goes on while the agent drains) gets the
         rest of the time to come back; a send that fails while it is connected ends the drain at once."""
-        self.buffer.release()
+        await self.buffer.in_order(self.buffer.release)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while sum(self.buffer.pending().values()) and loop.time() < deadline:

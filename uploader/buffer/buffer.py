@@ -35,7 +35,7 @@ on meanwhile; with `synchronous="full"` (an fsync per commit) every call goes th
 buffer's lock, so the loop and the thread never interleave; `pending()`, `waiting()`, `drops()`,
 `head()` and `whole()` read memory only and do not wait for it (a count may be a transaction old).
 Called without a running event loop (tools, tests), the buffer checkpoints in place, as SQLite would.
-bench/bench_loop_stall.py measures why only this goes to the thread: a whole `add()` there cost 28 %
+bench/bench_loop_stall.py measures why only this goes to the thread: whole `add()`s there cost 20–40 %
 more CPU (the GIL passed back and forth) and shortened the loop's standstills by a few milliseconds.
 """
 
@@ -472,8 +472,8 @@ class Buffer:
     def release(self) -> int:
         """End every open batch with nothing done (no disk write): for a sender that died mid-batch.
 
-        Its records go back to the front of their lanes; returns how many. A `begin()` still running in the
-        buffer's thread (its caller cancelled) finishes first, and its batch is released too.
+        Its records go back to the front of their lanes; returns how many. Given to `in_order`, it comes after
+        a `begin()` given there before it whose caller was cancelled, and releases that batch too.
         """
         with self._lock:
             return self._batches.release()
