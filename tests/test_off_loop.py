@@ -8,6 +8,7 @@ Each test uses a real buffer file and watches the statements SQLite runs, and on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -289,35 +290,65 @@ def test_stats_do_not_wait_while_the_buffers_thread_has_the_file(tmp_path: Path)
         assert buf.stats().db_bytes > before.db_bytes  # with the thread idle, it looks again
 
 
+@contextlib.contextmanager
+def checkpoint_under_way(buf: Buffer) -> Iterator[None]:
+    """The buffer's thread busy with a long checkpoint until the block ends (another thread holds its lock)."""
+    held, done = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        with buf._lock:
+            held.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=holding)
+    thread.start()
+    try:
+        assert held.wait(30)
+        buf._checkpointing = True
+        buf._in_thread(buf._checkpoint)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_a_call_whose_wait_is_cancelled_still_runs_in_its_turn(
+    tmp_path: Path, synchronous: Literal["normal", "full"]
+) -> None:
+    async def main() -> tuple[int, int]:
+        with Buffer(tmp_path / "b.db", quota_bytes=BIG, synchronous=synchronous) as buf:
+            with checkpoint_under_way(buf):
+                adding = asyncio.ensure_future(buf.in_order(buf.add, data("press", 0, 100)))
+                await asyncio.sleep(0)
+                adding.cancel()
+                await asyncio.gather(adding, return_exceptions=True)
+                queued = buf._queued  # the checkpoint and the add: both still to come
+            await until(lambda: not buf._queued, timeout=30, what="the buffer's thread idle")
+            return queued, buf.pending()["data"]
+
+    queued, stored = asyncio.run(main())
+    assert queued == 2
+    assert stored == 100, "the add was taken back from the thread's queue"
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
 def test_a_release_given_in_order_also_releases_a_batch_whose_taker_was_cancelled_while_it_waited(
-    tmp_path: Path,
+    tmp_path: Path, synchronous: Literal["normal", "full"]
 ) -> None:
     """A forwarder cancelled while its `begin()` waits in the buffer's thread leaves that batch open; the next
     run's (or the drain's) `release()`, given after it, gives its records back, so nothing stays held."""
 
     async def main() -> tuple[int, int]:
-        with Buffer(tmp_path / "b.db", quota_bytes=BIG, synchronous="full") as buf:
+        with Buffer(tmp_path / "b.db", quota_bytes=BIG, synchronous=synchronous) as buf:
             buf.add(data("press", 0, 100))
-            held, done = threading.Event(), threading.Event()
-
-            def busy() -> None:  # the buffer's thread is in the middle of something long (a checkpoint)
-                with buf._lock:
-                    held.set()
-                    done.wait(60)
-
-            thread = threading.Thread(target=busy)
-            thread.start()
-            try:
-                assert held.wait(30)
+            with checkpoint_under_way(buf):
                 taking = asyncio.ensure_future(buf.in_order(buf.begin, "data", 10))
-                await until(lambda: buf._queued, timeout=30, what="the begin given to the thread")
+                await asyncio.sleep(0)
                 taking.cancel()
                 await asyncio.gather(taking, return_exceptions=True)
                 releasing = asyncio.ensure_future(buf.in_order(buf.release))
                 await asyncio.sleep(0)
-            finally:
-                done.set()
-                thread.join()
             return await releasing, buf.waiting()["data"]
 
     released, waiting = asyncio.run(main())

@@ -195,7 +195,8 @@ class Buffer:
         stored (or fails) in full, a `begin()`'s batch stays open until `release()` (which waits for it)."""
         if not self._queued and not self._writes_off_loop:
             return call(*args, **kwargs)
-        return await self._in_thread(functools.partial(call, *args, **kwargs))
+        # Shielded: a cancelled wait neither takes the call back from the thread's queue nor stops counting it.
+        return await asyncio.shield(self._in_thread(functools.partial(call, *args, **kwargs)))
 
     def _in_thread(self, job: Callable[[], _R]) -> asyncio.Future[_R]:
         self._queued += 1
