@@ -14,7 +14,7 @@ Three ways, the same rows, the same run, on fresh files:
                 while one runs queued behind it (Buffer.in_order): what the agent does
 Printed per way: the timer's lateness p50 / p99 / max in ms, the longest single commit, and CPU per
 record (the whole process, both threads, less what the ticker's turns cost on an idle loop); ratios
-against "on loop". `--slow-fsync-ms` makes every fsync that long (an LD_PRELOAD shim, built with cc
+against "on loop". `--slow-fsync-ms` makes every fsync that much longer (an LD_PRELOAD shim, built with cc
 if there is one): how a worn SD card or a busy eMMC behaves, which this machine's disk does not.
 
 Usage: .venv/bin/python bench/bench_loop_stall.py [--seconds 20] [--rate 10] [--rows 5000] [--slow-fsync-ms 150]
