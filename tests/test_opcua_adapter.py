@@ -59,9 +59,11 @@ def test_polling_browse_paths_events_and_problems() -> None:
     polled = sink.of(1)
     gaps = [(b.server_time - a.server_time).total_seconds() for a, b in itertools.pairwise(polled)]  # type: ignore[operator]
     # Polled every 200 ms: about that apart, and never a burst (a late round is skipped, not caught up).
-    # A busy machine may delay a round, so only the median is held close.
+    # A busy machine may delay a round, so only the median is held close; and a read the server answered
+    # late stands closer to the next one, on time, than 200 ms: what a burst shows is more reads than rounds.
     assert 0.15 <= statistics.median(gaps[1:]) <= 0.4, gaps
-    assert min(gaps[1:]) > 0.1, gaps
+    span = sum(gaps[1:])
+    assert len(gaps[1:]) <= span / 0.2 + 2, f"{len(gaps[1:])} reads in {span:.2f} s: late rounds were caught up"
     assert all(isinstance(s.value, int) and 0 <= s.value <= 255 for s in sink.of(5))
     assert all(isinstance(s.value, float) for s in sink.of(2))
     problems = {p.handle: p.problem for p in sink.problems}
