@@ -194,16 +194,18 @@ def only(s: SignalInfo) -> bool:
 ONLY = [s for s in catalogue(1) if only(s)]
 
 
+@pytest.mark.parametrize("synchronous", ["normal", "full"])  # full: every write waits in the buffer's thread
 def test_sigkill_loses_nothing_and_gap_covers_downtime(
-    tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber
+    tmp_path: Path, broker: MosquittoBroker, subscriber: Subscriber, synchronous: str
 ) -> None:
     opc_port = free_port()
+    buffer = f"  synchronous: {synchronous}"
     with FactoryThread(port=opc_port, period=0.05, machines=1) as fac:
-        agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
+        agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False, buffer=buffer)
         wait_until("data to flow", lambda: len(received(subscriber).records("data")) > 600, timeout=60)
         agent.kill()
         killed_at = datetime.now().astimezone()
-        agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False)
+        agent = start_agent(tmp_path, opc_port, broker.port, only=only, events=False, buffer=buffer)
         try:
             wait_until(
                 "data after the restart",
