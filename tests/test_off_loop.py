@@ -54,6 +54,36 @@ def watch(buf: Buffer) -> list[tuple[str, str]]:
     return seen
 
 
+@contextlib.contextmanager
+def lock_held(buf: Buffer) -> Iterator[None]:
+    """Another thread holds the buffer's lock until the block ends (for up to 60 s), as its own thread does while it
+    checkpoints."""
+    held, done = threading.Event(), threading.Event()
+
+    def holding() -> None:
+        with buf._lock:
+            held.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=holding)
+    thread.start()
+    try:
+        assert held.wait(30)
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def checkpoint_under_way(buf: Buffer) -> Iterator[None]:
+    """The buffer's thread busy with a long checkpoint until the block ends."""
+    with lock_held(buf):
+        buf._checkpointing = True
+        buf._in_thread(buf._checkpoint)
+        yield
+
+
 async def turns_while(task: asyncio.Future[object]) -> int:
     """How often the loop came round to this coroutine before `task` finished."""
     turns = 0
@@ -263,23 +293,10 @@ def test_stats_do_not_wait_while_the_buffers_thread_has_the_file(tmp_path: Path)
     with Buffer(tmp_path / "b.db", quota_bytes=BIG) as buf:
         buf.add(data("press", 0, 1_000))
         before = buf.stats()
-        held, done = threading.Event(), threading.Event()
-
-        def checkpointing() -> None:  # what the buffer's thread does while it checkpoints: hold the lock
-            with buf._lock:
-                held.set()
-                done.wait(60)
-
-        thread = threading.Thread(target=checkpointing)
-        thread.start()
-        try:
-            assert held.wait(30)
+        with lock_held(buf):  # what the buffer's thread does while it checkpoints
             began = time.monotonic()
             during = buf.stats()
             took = time.monotonic() - began
-        finally:
-            done.set()
-            thread.join()
         assert took < 30, "stats() waited for the lock"
         assert (during.db_bytes, during.used_bytes, during.pending) == (
             before.db_bytes,
@@ -288,28 +305,6 @@ def test_stats_do_not_wait_while_the_buffers_thread_has_the_file(tmp_path: Path)
         )
         buf.add(data("press", 1_000, 5_000))
         assert buf.stats().db_bytes > before.db_bytes  # with the thread idle, it looks again
-
-
-@contextlib.contextmanager
-def checkpoint_under_way(buf: Buffer) -> Iterator[None]:
-    """The buffer's thread busy with a long checkpoint until the block ends (another thread holds its lock)."""
-    held, done = threading.Event(), threading.Event()
-
-    def holding() -> None:
-        with buf._lock:
-            held.set()
-            done.wait(60)
-
-    thread = threading.Thread(target=holding)
-    thread.start()
-    try:
-        assert held.wait(30)
-        buf._checkpointing = True
-        buf._in_thread(buf._checkpoint)
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 @pytest.mark.parametrize("synchronous", ["normal", "full"])
